@@ -1,0 +1,3 @@
+from riskd.cli import main
+
+main()
