@@ -1,0 +1,47 @@
+"""Alembic environment for riskd: driven by riskd.migrate, never by an alembic.ini.
+
+riskd.migrate hands over the settings (and, online, an open connection) in
+``config.attributes``; the version table lives in schema riskd, apart from the platform's.
+"""
+
+from alembic import context
+
+from riskd.migrate import SCHEMA, VERSION_TABLE, prepare_templates
+
+config = context.config
+settings = config.attributes["settings"]
+
+
+def run_offline() -> None:
+    config.attributes["template_params"] = prepare_templates(None, settings)
+    context.configure(
+        dialect_name="postgresql",
+        literal_binds=True,
+        version_table=VERSION_TABLE,
+        version_table_schema=SCHEMA,
+        transactional_ddl=True,
+        output_buffer=config.attributes.get("output_buffer"),
+    )
+    with context.begin_transaction():
+        context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connection = config.attributes["connection"]
+    connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    config.attributes["template_params"] = prepare_templates(connection, settings)
+    context.configure(
+        connection=connection,
+        version_table=VERSION_TABLE,
+        version_table_schema=SCHEMA,
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

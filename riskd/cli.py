@@ -1,0 +1,180 @@
+"""The ``riskd`` command line: parse, call one function, format the result.
+
+Errors riskd raises on purpose (riskd.errors) become one line on stderr and their exit code;
+``--json`` is handled the same way by every command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import psycopg
+
+from riskd import __version__
+from riskd import check as checks
+from riskd import migrate as migrations
+from riskd.config import Settings, load_settings, mask_dsn
+from riskd.db import connect
+from riskd.errors import ConfigError, RiskdError
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"riskd: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns riskd's own errors into one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RiskdError as exc:
+            _fail(str(exc), exc.exit_code)
+        except psycopg.OperationalError as exc:
+            _fail(f"database unavailable: {' '.join(str(exc).split())}", 2)
+        except psycopg.Error as exc:
+            _fail(f"database error: {' '.join(str(exc).split())}", 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    config: Path | None
+    dsn: str | None
+
+    def settings(self) -> Settings:
+        return load_settings(self.config, os.environ, self.dsn)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _print_json(value: object) -> None:
+    click.echo(json.dumps(value, default=_json_default, sort_keys=True))
+
+
+def _dsn_without_password(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    if value is not None and mask_dsn(value) != value:
+        raise click.BadParameter(
+            "a password on the command line is visible to every user in the process list; "
+            "put the DSN in RISKD_DSN, the config file or use PGPASSFILE"
+        )
+    return value
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Configuration file (default: $RISKD_CONFIG, else /etc/riskd/riskd.toml).",
+)
+@click.option(
+    "--dsn",
+    callback=_dsn_without_password,
+    help="Database to use; beats RISKD_DSN, DATABASE_URL and the config file. "
+    "No password here: use RISKD_DSN or PGPASSFILE.",
+)
+@click.version_option(__version__, prog_name="riskd")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, dsn: str | None) -> None:
+    """riskd: margin risk checks for a trading platform's PostgreSQL database."""
+    ctx.obj = _Options(config=config, dsn=dsn)
+
+
+@main.command()
+@click.option(
+    "--revision",
+    default="head",
+    show_default=True,
+    help="Target revision, up or down; 'base' removes everything riskd installed.",
+)
+@click.option("--sql", "as_sql", is_flag=True, help="Print the SQL instead of running it.")
+@click.option("--check", "check_only", is_flag=True, help="Exit 1 when not at head.")
+@click.pass_obj
+def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> None:
+    """Install or upgrade riskd's schema and triggers (exit 1 with --check when behind)."""
+    settings = opts.settings()
+    if as_sql:
+        click.echo(migrations.sql_script(settings, revision), nl=False)
+        return
+    if check_only:
+        now, head = migrations.current(settings), migrations.head(settings)
+        click.echo(f"riskd schema at {now or 'nothing installed'}, head is {head}")
+        if now != head:
+            sys.exit(1)
+        return
+    before, after = migrations.migrate(settings, revision)
+    if before == after:
+        click.echo(f"riskd schema already at {after or 'base'}")
+    else:
+        click.echo(f"riskd schema {before or 'base'} -> {after or 'base'}")
+
+
+def _level_line(r: checks.CheckResult) -> str:
+    util = "n/a (equity <= 0)" if r.utilization is None else f"{r.utilization * 100:.2f} %"
+    moved = f"{r.previous_level} -> {r.level}" if r.transition else r.level
+    extra = ""
+    if r.event_id is not None:
+        extra += f"  event {r.event_id}"
+    if r.close_request_id is not None:
+        extra += f"  close request {r.close_request_id}"
+    return (
+        f"{r.account_id}  {moved}  utilisation {util}  equity {r.equity}  "
+        f"used margin {r.used_margin}{extra}"
+    )
+
+
+@main.command()
+@click.argument("accounts", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.pass_obj
+def check(opts: _Options, accounts: tuple[str, ...], as_json: bool) -> None:
+    """Check ACCOUNTS now: record their state, write events, act; print the result."""
+    settings = opts.settings()
+    with connect(settings) as conn:
+        try:
+            results = checks.check_accounts(conn, settings, accounts)
+        except psycopg.errors.InvalidTextRepresentation as exc:
+            raise ConfigError(f"check: not an account id: {' '.join(str(exc).split())}") from exc
+    unknown = sorted(set(accounts) - {r.account_id for r in results})
+    if as_json:
+        _print_json({"results": results, "unknown": unknown})
+        return
+    for r in results:
+        click.echo(_level_line(r))
+    for account in unknown:
+        click.echo(f"{account}  unknown account")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.pass_obj
+def sweep(opts: _Options, as_json: bool) -> None:
+    """One full sweep over every account, then exit (for a timer or a scheduler)."""
+    settings = opts.settings()
+    with connect(settings) as conn:
+        result = checks.sweep(conn, settings)
+    if as_json:
+        _print_json(result)
+        return
+    levels = ", ".join(f"{k} {result.levels.get(k, 0)}" for k in ("ok", "warning", "critical"))
+    click.echo(
+        f"swept {result.accounts} accounts in {result.duration:.2f} s: {levels}; "
+        f"{len(result.transitions)} transitions"
+    )
+    for r in result.transitions:
+        click.echo("  " + _level_line(r))

@@ -1,0 +1,369 @@
+"""Configuration: one frozen, validated settings object, built once at start.
+
+riskd runs unattended under systemd, so a bad setting must stop it at start with one line
+naming the key (``[section] key``) and where the value came from, never surface later as a
+traceback inside the loop. Everything else receives these typed values and never reads the
+environment or a raw dict. Sources, lowest first: the defaults of DESIGN §4, the TOML file,
+``RISKD_<SECTION>_<KEY>`` environment variables; the DSN has its own chain (``load_settings``).
+Ratios are ``Decimal`` made from the text of the number (TOML ``0.8`` is ``Decimal("0.8")``,
+not the nearest binary float); durations are seconds as ``float``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal
+
+from riskd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/riskd/riskd.toml")
+_MAX_IDENTIFIER_BYTES = 63  # PostgreSQL silently truncates longer names (NAMEDATALEN - 1)
+
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[A-Za-z]*)", re.ASCII)
+_UNIT_SECONDS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``"500ms"``, ``"5s"``, ``"2m"``, ``"1h"``, or a bare number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a duration such as '5s', got {type(value).__name__}")
+    if not isinstance(value, str):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"duration must be a finite number >= 0, got {value!r}")
+        return float(value)
+    text = value.strip()
+    if not text:
+        raise ValueError("empty duration")
+    if text.startswith("-"):
+        raise ValueError(f"negative duration {_show(value)}")
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(f"invalid duration {_show(value)}, expected e.g. '500ms', '5s', '2m'")
+    unit = match["unit"] or "s"
+    if unit not in _UNIT_SECONDS:
+        raise ValueError(f"unknown unit {unit!r} in duration {_show(value)}, use ms, s, m or h")
+    return float(Decimal(match["number"]) * _UNIT_SECONDS[unit])
+
+
+@dataclass(frozen=True, slots=True)
+class TableName:
+    """A table as exact, case-sensitive identifiers; riskd quotes them itself."""
+
+    schema: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> TableName:
+        """``"schema.table"`` or ``"table"`` (in ``public``); no quoting, no case folding."""
+        parts = text.split(".")
+        if len(parts) > 2:
+            raise ValueError(f"expected 'table' or 'schema.table', got {_show(text)}")
+        for part in parts:
+            _identifier(part)
+        return cls(*parts) if len(parts) == 2 else cls("public", parts[0])
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DatabaseSettings:
+    dsn: str | None = None
+
+    def __repr__(self) -> str:  # settings get logged; the password must not be
+        return f"DatabaseSettings(dsn={None if self.dsn is None else mask_dsn(self.dsn)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSettings:
+    warning_threshold: Decimal = Decimal("0.80")
+    auto_close_threshold: Decimal = Decimal("0.90")
+    auto_close: Literal["request", "flatten", "off"] = "request"
+    hysteresis: Decimal = Decimal("0.02")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    debounce: float = 1.0
+    max_delay: float = 5.0
+    sweep_interval: float = 60.0
+    batch_size: int = 500
+    shutdown_timeout: float = 10.0
+    metrics_port: int = 0
+    log_format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaMapping:
+    """Where the platform keeps its data; the defaults are the reference schema."""
+
+    accounts_table: TableName = TableName("public", "trading_accounts")
+    account_id: str = "id"
+    account_user: str = "userId"
+    account_balance: str = "balance"
+    positions_table: TableName = TableName("public", "positions")
+    position_account: str = "tradingAccountId"
+    position_instrument: str = "instrumentId"
+    position_quantity: str = "quantity"
+    position_pnl: str = "unrealizedPnL"
+    instruments_table: TableName = TableName("public", "instruments")
+    instrument_id: str = "id"
+    instrument_price: str = "price"
+    instrument_margin_rate: str = "marginRate"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    schema: SchemaMapping = field(default_factory=SchemaMapping)
+    config_path: Path | None = None
+
+
+# Converters take a value as found (TOML value or environment string) and return it typed,
+# or raise ValueError with a short message; the caller adds the key and the source.
+Converter = Callable[[Any], Any]
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _name(text: object) -> str:
+    """A path or variable name for a one-line message: as is when printable, else repr."""
+    return str(text) if str(text).isprintable() else repr(str(text))
+
+
+def _string(value: object) -> str:  # never echoes the value: a DSN may hold a password
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _identifier(value: object) -> str:
+    text = _string(value)
+    if not text:
+        raise ValueError("empty identifier")
+    if "\x00" in text:
+        raise ValueError(f"NUL byte in identifier {_show(text)}")
+    if len(text.encode()) > _MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"identifier longer than {_MAX_IDENTIFIER_BYTES} bytes: {_show(text)}")
+    return text
+
+
+def _decimal(value: object) -> Decimal:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            number = Decimal(str(value).strip())  # str(): TOML 0.8 is Decimal("0.8")
+        except InvalidOperation:
+            pass
+        else:
+            if number.is_finite():
+                return number
+    raise ValueError(f"expected a number, got {_show(value)}")
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value, re.ASCII):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {_show(value)}")
+    return value
+
+
+def _bounded(parse: Converter, low: Any, high: Any = None, *, above: bool = False) -> Converter:
+    """``parse``, then ``low <= x <= high`` (``low < x`` when ``above``)."""
+
+    def convert(value: object) -> Any:
+        number = parse(value)
+        if high is not None and not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {_show(value)}")
+        if number < low or (above and number == low):
+            raise ValueError(f"must be {'>' if above else '>='} {low}, got {_show(value)}")
+        return number
+
+    return convert
+
+
+def _choice(*options: str) -> Converter:
+    def convert(value: object) -> str:
+        text = _string(value).strip()
+        if text not in options:
+            raise ValueError(f"must be one of {' | '.join(options)}, got {_show(value)}")
+        return text
+
+    return convert
+
+
+_SECTIONS: dict[str, dict[str, Converter]] = {
+    "database": {"dsn": _string},
+    "risk": {
+        "warning_threshold": _bounded(_decimal, 0, above=True),
+        "auto_close_threshold": _bounded(_decimal, 0, above=True),
+        "auto_close": _choice("request", "flatten", "off"),
+        "hysteresis": _bounded(_decimal, 0),
+    },
+    "daemon": {
+        "debounce": parse_duration,  # parse_duration refuses negative values itself
+        "max_delay": _bounded(parse_duration, 0, above=True),
+        "sweep_interval": _bounded(parse_duration, 0, above=True),
+        "batch_size": _bounded(_integer, 1, 100_000),
+        "shutdown_timeout": parse_duration,
+        "metrics_port": _bounded(_integer, 0, 65_535),
+        "log_format": _choice("text", "json"),
+    },
+    "schema": {
+        key: (lambda v: TableName.parse(_string(v))) if key.endswith("_table") else _identifier
+        for key in (f.name for f in fields(SchemaMapping))
+    },
+}
+
+# (section, key) -> (value as found, where it was found: "from file PATH" or "from env NAME")
+_Raw = dict[tuple[str, str], tuple[object, str]]
+
+
+def _unknown(section: str, key: str, where: str, env_prefix: str = "") -> ConfigError:
+    guess = difflib.get_close_matches(key.lower(), _SECTIONS[section], n=1)
+    spelled = [f"{env_prefix}{g.upper()}" if env_prefix else g for g in guess]
+    hint = f"; did you mean {spelled[0]}?" if spelled else ""
+    return ConfigError(f"[{section}] {_name(key)}: unknown key ({where}){hint}")
+
+
+def _read_file(path: Path, raw: _Raw) -> None:
+    where = f"from file {_name(path)}"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {_name(path)}: {exc}") from None
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, not UTF-8, absurd nesting
+        raise ConfigError(f"invalid TOML in {_name(path)}: {exc}") from None
+    for section, table in document.items():
+        if section not in _SECTIONS:
+            known = ", ".join(_SECTIONS)
+            raise ConfigError(f"[{_name(section)}] unknown section ({where}); known: {known}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] expected a table, got {type(table).__name__} ({where})")
+        for key, value in table.items():
+            if key not in _SECTIONS[section]:
+                raise _unknown(section, key, where)
+            raw[section, key] = (value, where)
+
+
+def _read_env(env: Mapping[str, str], raw: _Raw) -> None:
+    for name in sorted(env):
+        for section, keys in _SECTIONS.items():
+            prefix = f"RISKD_{section.upper()}_"
+            if not name.startswith(prefix):
+                continue
+            by_upper = {key.upper(): key for key in keys}
+            suffix = name.removeprefix(prefix)
+            if suffix not in by_upper:
+                raise _unknown(section, suffix.lower(), f"from env {_name(name)}", prefix)
+            raw[section, by_upper[suffix]] = (env[name], f"from env {name}")
+
+
+def _convert(section: str, raw: _Raw) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, convert in _SECTIONS[section].items():
+        if (section, key) in raw:
+            value, where = raw[section, key]
+            try:
+                values[key] = convert(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"[{section}] {key}: {exc} ({where})") from None
+    return values
+
+
+def _order_error(
+    raw: _Raw, section: str, low: tuple[str, object], relation: str, high: tuple[str, object]
+) -> ConfigError:
+    def describe(key: str, value: object) -> str:
+        where = raw[section, key][1] if (section, key) in raw else "default"
+        return f"[{section}] {key} ({value}, {where})"
+
+    return ConfigError(f"{describe(*low)} must be {relation} {describe(*high)}")
+
+
+def _validate(risk: RiskSettings, daemon: DaemonSettings, raw: _Raw) -> None:
+    """Rules that involve two keys; single-key rules live in the converters."""
+    warning, auto_close = risk.warning_threshold, risk.auto_close_threshold
+    low: tuple[str, object]
+    high: tuple[str, object]
+    if warning >= auto_close:
+        low, high = ("warning_threshold", warning), ("auto_close_threshold", auto_close)
+        raise _order_error(raw, "risk", low, "below", high)
+    if risk.hysteresis >= warning:
+        low, high = ("hysteresis", risk.hysteresis), ("warning_threshold", warning)
+        raise _order_error(raw, "risk", low, "below", high)
+    if daemon.debounce > daemon.max_delay:
+        low, high = ("debounce", f"{daemon.debounce:g}s"), ("max_delay", f"{daemon.max_delay:g}s")
+        raise _order_error(raw, "daemon", low, "at most", high)
+
+
+def _config_file(config_path: Path | None, env: Mapping[str, str]) -> Path | None:
+    if config_path is None and env.get("RISKD_CONFIG"):
+        config_path = Path(env["RISKD_CONFIG"])
+    if config_path is None:
+        return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+    if not Path(config_path).is_file():  # is_file() is False, not an error, for a NUL byte
+        raise ConfigError(f"config file not found (or not a file): {_name(config_path)}")
+    return Path(config_path)
+
+
+def load_settings(
+    config_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    dsn: str | None = None,
+) -> Settings:
+    """Build the settings from defaults, the TOML file and the environment, or ConfigError.
+
+    The file is ``config_path``, else ``$RISKD_CONFIG``, else ``/etc/riskd/riskd.toml`` when
+    it exists. The DSN is ``dsn`` (the --dsn flag), else ``RISKD_DSN``, else ``DATABASE_URL``,
+    else ``RISKD_DATABASE_DSN``, else ``[database] dsn``; empty values are skipped.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    path = _config_file(config_path, environ)
+    raw: _Raw = {}
+    if path is not None:
+        _read_file(path, raw)
+    _read_env(environ, raw)
+    values = {section: _convert(section, raw) for section in _SECTIONS}
+    risk = RiskSettings(**values["risk"])
+    daemon = DaemonSettings(**values["daemon"])
+    _validate(risk, daemon, raw)
+    file_or_env = values["database"].get("dsn")  # RISKD_DATABASE_DSN already beat the file
+    chain = (dsn, environ.get("RISKD_DSN"), environ.get("DATABASE_URL"), file_or_env)
+    return Settings(
+        database=DatabaseSettings(dsn=next((d for d in chain if d), None)),
+        risk=risk,
+        daemon=daemon,
+        schema=SchemaMapping(**values["schema"]),
+        config_path=path,
+    )
+
+
+_URL_PASSWORD = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*:)[^?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*")
+_KEYWORD_PASSWORD = re.compile(
+    r"(?:(?<=\s)|^)((?:ssl)?password)\s*=\s*"  # libpq allows spaces around '='
+    r"(?:'(?:[^'\\]|\\.)*(?:'|$)|\S*)"  # a quoted value (to the end if unterminated) or a word
+)
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with every password replaced by ``***``, for logs and ``riskd status``."""
+    masked = _URL_PASSWORD.sub(r"\1***@", dsn)
+    masked = _QUERY_PASSWORD.sub(r"\1***", masked)
+    return _KEYWORD_PASSWORD.sub(r"\1=***", masked)

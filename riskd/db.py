@@ -1,0 +1,44 @@
+"""Opening connections: one place that knows the DSN, the application name and the errors.
+
+A DSN can hold a password; it is never logged or printed unmasked (config.mask_dsn).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from riskd.config import Settings, mask_dsn
+from riskd.errors import ConfigError, DatabaseUnavailable
+
+APPLICATION_NAME = "riskd"
+
+
+def require_dsn(settings: Settings) -> str:
+    dsn = settings.database.dsn
+    if not dsn:
+        raise ConfigError(
+            "[database] dsn: no database given (--dsn, RISKD_DSN, DATABASE_URL or the config file)"
+        )
+    return dsn
+
+
+def connect(
+    settings: Settings, *, autocommit: bool = True, **kwargs: Any
+) -> psycopg.Connection[Any]:
+    """A connection to the platform's database, or DatabaseUnavailable with a one-line reason."""
+    dsn = require_dsn(settings)
+    try:
+        return psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            application_name=APPLICATION_NAME,
+            connect_timeout=10,
+            **kwargs,
+        )
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DatabaseUnavailable(f"cannot connect to {mask_dsn(dsn)}: {reason}") from exc
+    except psycopg.ProgrammingError as exc:  # malformed DSN
+        raise ConfigError(f"[database] dsn: {' '.join(str(exc).split())}") from exc

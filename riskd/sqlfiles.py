@@ -1,0 +1,84 @@
+"""Everything riskd installs or asks of the database lives as SQL in ``sql/``.
+
+Install scripts are templates: ``{name}`` placeholders are filled from the ``[schema]`` mapping
+with identifiers quoted by :mod:`psycopg.sql`, never by pasting strings. Named queries are kept
+in ``sql/queries.sql`` as ``-- name: <query>`` sections and loaded once.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from psycopg import sql
+
+from riskd.config import SchemaMapping, TableName
+from riskd.resources import sql_path
+
+# Transaction advisory locks of riskd take this first key ("rskd"), the account's hash second,
+# so they stay clear of the platform's own single-key advisory locks.
+LOCK_CLASS = 0x72736B64
+# The session advisory lock that elects the sweep leader.
+SWEEP_LEADER_KEY = 1
+
+_NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+
+
+@functools.cache
+def read(name: str) -> str:
+    """The text of ``sql/<name>``."""
+    return sql_path(name).read_text(encoding="utf-8")
+
+
+def _table(name: TableName) -> sql.Identifier:
+    return sql.Identifier(name.schema, name.name)
+
+
+def _fragment(name: str) -> sql.SQL:
+    """A trusted SQL fragment from our own ``sql/`` folder, comment lines dropped."""
+    lines = [line for line in read(name).splitlines() if not line.lstrip().startswith("--")]
+    return sql.SQL("\n".join(lines).strip())
+
+
+def template_params(mapping: SchemaMapping, account_id_type: str) -> dict[str, sql.Composable]:
+    """What the install templates may refer to.
+
+    ``account_id_type`` comes from the catalog (``format_type`` of the mapped account id
+    column), already in SQL syntax; it is the one piece not built from an identifier.
+    """
+    return {
+        "accounts": _table(mapping.accounts_table),
+        "a_id": sql.Identifier(mapping.account_id),
+        "a_user": sql.Identifier(mapping.account_user),
+        "a_balance": sql.Identifier(mapping.account_balance),
+        "positions": _table(mapping.positions_table),
+        "p_account": sql.Identifier(mapping.position_account),
+        "p_instrument": sql.Identifier(mapping.position_instrument),
+        "p_quantity": sql.Identifier(mapping.position_quantity),
+        "p_pnl": sql.Identifier(mapping.position_pnl),
+        "instruments": _table(mapping.instruments_table),
+        "i_id": sql.Identifier(mapping.instrument_id),
+        "i_price": sql.Identifier(mapping.instrument_price),
+        "i_margin_rate": sql.Identifier(mapping.instrument_margin_rate),
+        "account_id_type": sql.SQL(account_id_type),
+        "lock_class": sql.Literal(LOCK_CLASS),
+        "wake_up": _fragment("wake_up.sql"),
+    }
+
+
+def render(name: str, params: dict[str, sql.Composable]) -> str:
+    """Fill the template ``sql/<name>`` and return it as SQL text."""
+    return sql.SQL(read(name)).format(**params).as_string(None)  # type: ignore[arg-type]
+
+
+@functools.cache
+def queries() -> dict[str, str]:
+    """The named queries of ``sql/queries.sql``."""
+    text = read("queries.sql")
+    parts = _NAME.split(text)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+
+
+def query(name: str) -> sql.SQL:
+    """One named query, ready to execute with ``%(param)s`` parameters."""
+    return sql.SQL(queries()[name])  # type: ignore[arg-type]

@@ -1,0 +1,116 @@
+-- Capture (DESIGN §2.1): triggers on the platform's tables append the touched accounts to the
+-- dirty set riskd.dirty_accounts and wake the daemon on channel riskd_changes, once per quiet
+-- spell rather than once per row or per transaction.
+--
+-- Every statement here runs inside a trading transaction, so:
+--   * the functions are SECURITY DEFINER (the trading role needs no grant on schema riskd) and,
+--     to stay cheap, carry no SET clause: every name is schema-qualified instead, operators
+--     included, so nothing can be hijacked through search_path (CVE-2018-1058);
+--   * nothing here can raise: a plain INSERT into an unlogged table without index, a sequence
+--     draw, and a NOTIFY only when the notification queue is below riskd.notify_queue_limit
+--     (default 0.5; 0 turns the NOTIFY off, e.g. for sessions that use PREPARE TRANSACTION,
+--     and the daemon's timer drain still finds the marks);
+--   * the wake-up costs nothing but the draw: only the first mark after the daemon re-armed
+--     the sequence draws 1 and notifies.
+-- Rendered by riskd.sqlfiles from the [schema] mapping (identifiers quoted by psycopg.sql).
+
+-- Positions: statement-level with transition tables, so that a 100 000-row mark-to-market
+-- statement costs one call and marks each account once. An UPDATE marks the accounts whose
+-- (account, instrument, quantity, unrealised PnL) rows changed; EXCEPT ALL compares NULLs as
+-- equal, which is IS NOT DISTINCT FROM, so NULL transitions count and no-op updates do not.
+CREATE FUNCTION riskd.mark_positions_updated() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+BEGIN
+    INSERT INTO riskd.dirty_accounts (account_id)
+    SELECT DISTINCT c.account_id
+    FROM (
+        (SELECT n.{p_account} AS account_id, n.{p_instrument}, n.{p_quantity}, n.{p_pnl}
+           FROM riskd_new AS n
+         EXCEPT ALL
+         SELECT o.{p_account}, o.{p_instrument}, o.{p_quantity}, o.{p_pnl}
+           FROM riskd_old AS o)
+        UNION ALL
+        (SELECT o.{p_account}, o.{p_instrument}, o.{p_quantity}, o.{p_pnl}
+           FROM riskd_old AS o
+         EXCEPT ALL
+         SELECT n.{p_account}, n.{p_instrument}, n.{p_quantity}, n.{p_pnl}
+           FROM riskd_new AS n)
+    ) AS c;
+    {wake_up}
+    RETURN NULL;
+END
+$fn$;
+
+-- Positions inserted: the accounts of the new open positions.
+CREATE FUNCTION riskd.mark_positions_inserted() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+BEGIN
+    INSERT INTO riskd.dirty_accounts (account_id)
+    SELECT DISTINCT n.{p_account} FROM riskd_new AS n
+    WHERE n.{p_quantity} OPERATOR(pg_catalog.<>) 0;
+    {wake_up}
+    RETURN NULL;
+END
+$fn$;
+
+-- Positions deleted: the accounts of the deleted open positions.
+CREATE FUNCTION riskd.mark_positions_deleted() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+BEGIN
+    INSERT INTO riskd.dirty_accounts (account_id)
+    SELECT DISTINCT o.{p_account} FROM riskd_old AS o
+    WHERE o.{p_quantity} OPERATOR(pg_catalog.<>) 0;
+    {wake_up}
+    RETURN NULL;
+END
+$fn$;
+
+-- Balances: a row trigger whose WHEN clause filters no-op updates before any call is made;
+-- a fill updates one balance, the cheapest path for that is one row-level insert.
+CREATE FUNCTION riskd.mark_account_balance() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+BEGIN
+    INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW.{a_id});
+    {wake_up}
+    RETURN NULL;
+END
+$fn$;
+
+-- Prices and margin rates: fan a changed instrument out to the accounts holding it open.
+CREATE FUNCTION riskd.mark_instrument_holders() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+BEGIN
+    INSERT INTO riskd.dirty_accounts (account_id)
+    SELECT DISTINCT p.{p_account}
+    FROM {positions} AS p
+    WHERE p.{p_instrument} IN (
+            SELECT c.{i_id} FROM (
+                SELECT n.{i_id}, n.{i_price}, n.{i_margin_rate} FROM riskd_new AS n
+                EXCEPT
+                SELECT o.{i_id}, o.{i_price}, o.{i_margin_rate} FROM riskd_old AS o
+            ) AS c)
+      AND p.{p_quantity} OPERATOR(pg_catalog.<>) 0;
+    {wake_up}
+    RETURN NULL;
+END
+$fn$;
+
+CREATE TRIGGER riskd_positions_insert AFTER INSERT ON {positions}
+    REFERENCING NEW TABLE AS riskd_new
+    FOR EACH STATEMENT EXECUTE FUNCTION riskd.mark_positions_inserted();
+
+CREATE TRIGGER riskd_positions_update AFTER UPDATE ON {positions}
+    REFERENCING OLD TABLE AS riskd_old NEW TABLE AS riskd_new
+    FOR EACH STATEMENT EXECUTE FUNCTION riskd.mark_positions_updated();
+
+CREATE TRIGGER riskd_positions_delete AFTER DELETE ON {positions}
+    REFERENCING OLD TABLE AS riskd_old
+    FOR EACH STATEMENT EXECUTE FUNCTION riskd.mark_positions_deleted();
+
+CREATE TRIGGER riskd_accounts_balance AFTER UPDATE OF {a_balance} ON {accounts}
+    FOR EACH ROW WHEN (OLD.{a_balance} IS DISTINCT FROM NEW.{a_balance})
+    EXECUTE FUNCTION riskd.mark_account_balance();
+
+CREATE TRIGGER riskd_instruments_update AFTER UPDATE ON {instruments}
+    REFERENCING OLD TABLE AS riskd_old NEW TABLE AS riskd_new
+    FOR EACH STATEMENT EXECUTE FUNCTION riskd.mark_instrument_holders();
