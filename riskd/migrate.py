@@ -71,7 +71,7 @@ def _retrying() -> tenacity.Retrying:
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(_is_lock_timeout),
         stop=tenacity.stop_after_attempt(LOCK_ATTEMPTS),
-        wait=tenacity.wait_exponential_jitter(initial=0.5, max=10),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
         before_sleep=lambda state: log.warning(
             "migrate.lock_timeout",
             extra={"attempt": state.attempt_number, "lock_timeout": LOCK_TIMEOUT},
