@@ -19,12 +19,12 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 import tenacity
+from alembic import command, context, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
-from alembic import command, context, op
 from riskd import mapping as schema_mapping
 from riskd.config import Settings
 from riskd.db import connect

@@ -68,7 +68,7 @@ def template_params(mapping: SchemaMapping, account_id_type: str) -> dict[str, s
 
 def render(name: str, params: dict[str, sql.Composable]) -> str:
     """Fill the template ``sql/<name>`` and return it as SQL text."""
-    return sql.SQL(read(name)).format(**params).as_string(None)  # type: ignore[arg-type]
+    return sql.SQL(read(name)).format(**params).as_string(None)
 
 
 @functools.cache
@@ -81,4 +81,4 @@ def queries() -> dict[str, str]:
 
 def query(name: str) -> sql.SQL:
     """One named query, ready to execute with ``%(param)s`` parameters."""
-    return sql.SQL(queries()[name])  # type: ignore[arg-type]
+    return sql.SQL(queries()[name])

@@ -92,7 +92,9 @@ def settings_for(dsn: str, **overrides: Any) -> Settings:
 
 def _make_templates(server: Server) -> None:
     for name in ("reference", "migrated"):
-        server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        server.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         server.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         with psycopg.connect(server.admin_dsn(name), autocommit=True) as conn:
             conn.execute(sql_path("reference_schema.sql").read_text())  # type: ignore[arg-type]
@@ -136,7 +138,9 @@ def _clone(server: Server, template: str) -> Iterator[Db]:
         yield Db(server=server, name=name, dsn=dsn, settings=settings_for(dsn), conn=conn)
     finally:
         conn.close()
-        server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        server.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
