@@ -1,0 +1,234 @@
+"""Capture overhead: what riskd's triggers cost trading writes, as throughput ratios.
+
+pgbench, 8 clients, against the reference schema seeded with 100 000 accounts / 1 000 000
+positions on a throwaway PostgreSQL 18 (riskd.cluster). Each round runs every capture design
+once, in an order that rotates from round to round, on the same tables and server: no trigger,
+two do-nothing row triggers (the floor of any trigger design), the seed's pg_notify per row,
+riskd as a row trigger on positions, and riskd as installed (statement trigger with transition
+tables on positions, row trigger on balances). A drainer empties the dirty set every 100 ms and
+re-arms the wake-up when it finds it empty, as the daemon does. The ratios are medians over
+rounds of tps / tps without trigger, with the spread (min..max of the per-round ratios).
+
+    python bench/capture.py [--rounds 5] [--seconds 8] [--accounts 100000] [--positions 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import threading
+from pathlib import Path
+
+import psycopg
+
+from riskd import migrate
+from riskd.cluster import PgCluster, find_bindirs
+from riskd.config import DatabaseSettings, Settings
+from riskd.seed import seed
+
+HERE = Path(__file__).resolve().parent
+TABLES = ("positions", "trading_accounts", "instruments")
+
+DESIGNS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "floor (2 no-op row triggers)": (
+        "positions.bench_floor_positions",
+        "trading_accounts.bench_floor_accounts",
+    ),
+    "seed: pg_notify per row": (
+        "positions.bench_notify_positions",
+        "trading_accounts.bench_notify_accounts",
+    ),
+    "riskd, row trigger on positions": (
+        "positions.bench_row_positions",
+        "trading_accounts.riskd_accounts_balance",
+    ),
+    "riskd (as installed)": (
+        "positions.riskd_positions_insert",
+        "positions.riskd_positions_update",
+        "positions.riskd_positions_delete",
+        "trading_accounts.riskd_accounts_balance",
+        "instruments.riskd_instruments_update",
+    ),
+}
+WORKLOADS = {
+    "fill": "fill.pgbench",
+    "position update": "position_update.pgbench",
+    "500-row mark-to-market": "mark_to_market.pgbench",
+}
+TARGETS = {  # (simple, prepared), issue 2
+    "fill": (0.91, 0.86),
+    "position update": (0.83, 0.80),
+    "500-row mark-to-market": (0.91, 0.91),
+}
+
+
+def enable(conn: psycopg.Connection, design: str) -> None:
+    for table in TABLES:
+        conn.execute(f"ALTER TABLE public.{table} DISABLE TRIGGER USER")
+    for qualified in DESIGNS[design]:
+        table, trigger = qualified.split(".")
+        conn.execute(f"ALTER TABLE public.{table} ENABLE TRIGGER {trigger}")
+
+
+class Drainer(threading.Thread):
+    """Empties the dirty set every 100 ms, re-arming the wake-up after an empty drain."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.stop = threading.Event()
+        self.drained = 0
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop.wait(0.1):
+                row = conn.execute(
+                    "WITH d AS (DELETE FROM riskd.dirty_accounts RETURNING account_id)"
+                    " SELECT count(DISTINCT account_id) FROM d"
+                ).fetchone()
+                n = row[0] if row else 0
+                self.drained += n
+                if n == 0:
+                    conn.execute("SELECT setval('riskd.wakeup', 1, false)")
+
+
+def pgbench(
+    bindir: Path,
+    cluster: PgCluster,
+    script: str,
+    mode: str,
+    seconds: int,
+    clients: int,
+    positions: int,
+    per_account: int,
+) -> float:
+    out = subprocess.run(
+        [
+            str(bindir / "pgbench"),
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            "2",
+            "-T",
+            str(seconds),
+            "-M",
+            mode,
+            "-f",
+            str(HERE / script),
+            "-D",
+            f"positions={positions}",
+            "-D",
+            f"per_account={per_account}",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(cluster.port),
+            "-U",
+            "postgres",
+            "bench",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=True,
+    ).stdout
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    if not match:
+        raise RuntimeError(f"no tps in pgbench output:\n{out}")
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--positions", type=int, default=1_000_000)
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--modes", default="simple,prepared")
+    args = parser.parse_args()
+    per_account = args.positions // args.accounts
+    bindir = find_bindirs()[18]
+    with PgCluster(bindir, settings={"shared_buffers": "1GB", "max_wal_size": "4GB"}) as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE bench")
+        dsn = cluster.dsn("bench")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seed(conn, accounts=args.accounts, positions=args.positions)
+            migrate.migrate(Settings(database=DatabaseSettings(dsn=dsn)))
+            conn.execute((HERE / "variants.sql").read_text())
+            conn.execute("VACUUM ANALYZE")
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            drainer = Drainer(dsn)
+            drainer.start()
+            results: dict[tuple[str, str, str], list[float]] = {}
+            designs = list(DESIGNS)
+            for workload in args.workloads.split(","):
+                for mode in args.modes.split(","):
+                    for r in range(args.rounds):
+                        order = designs[r % len(designs) :] + designs[: r % len(designs)]
+                        for design in order:
+                            enable(conn, design)
+                            conn.execute("VACUUM public.positions, public.trading_accounts")
+                            tps = pgbench(
+                                bindir,
+                                cluster,
+                                WORKLOADS[workload],
+                                mode,
+                                args.seconds,
+                                args.clients,
+                                args.positions,
+                                per_account,
+                            )
+                            results.setdefault((workload, mode, design), []).append(tps)
+                        print(
+                            f"  {workload} / {mode} round {r + 1}: "
+                            + ", ".join(
+                                f"{d.split(' ')[0]} {results[(workload, mode, d)][-1]:.0f}"
+                                for d in designs
+                            ),
+                            flush=True,
+                        )
+            drainer.stop.set()
+            drainer.join()
+    report(results, args, version)
+
+
+def report(
+    results: dict[tuple[str, str, str], list[float]], args: argparse.Namespace, version: str
+) -> None:
+    print()
+    print(
+        f"capture overhead, {datetime.date.today()}, PostgreSQL {version}, "
+        f"{os.cpu_count()} cores, {platform.machine()}, {args.clients} clients, "
+        f"{args.accounts} accounts / {args.positions} positions, "
+        f"{args.rounds} rounds x {args.seconds} s, ratio = tps / tps without trigger, "
+        "median (min..max)"
+    )
+    print()
+    print("| workload | protocol | design | tps (median) | ratio | target |")
+    print("|---|---|---|---|---|---|")
+    for (workload, mode, design), samples in results.items():
+        base = results[(workload, mode, "none")]
+        ratios = [s / b for s, b in zip(samples, base, strict=True)]
+        target = ""
+        if design == "riskd (as installed)":
+            t = TARGETS[workload][0 if mode == "simple" else 1]
+            target = f">= {t:.2f} {'met' if statistics.median(ratios) >= t else 'NOT met'}"
+        print(
+            f"| {workload} | {mode} | {design} | {statistics.median(samples):.0f} | "
+            f"{statistics.median(ratios):.2f} ({min(ratios):.2f}..{max(ratios):.2f}) | "
+            f"{target} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
