@@ -1,8 +1,10 @@
--- The sweep (DESIGN §2.5): one set-based pass over every account. It refreshes the recorded
--- figures of accounts whose level is unchanged and records first-time `ok` accounts, both
--- without locks; it returns the accounts whose level changes, which the caller then sends
--- through riskd.check_accounts in batches — the same locked path as every other check, so a
--- sweep and the daemon never write the same transition twice. Rendered by riskd.sqlfiles.
+-- The sweep (DESIGN §2.5): one set-based pass over every account, reading only. It records
+-- accounts never seen before that are `ok` (no lock needed: no event), and returns the
+-- accounts whose level changes, which the caller then sends through riskd.check_accounts in
+-- batches — the same locked path as every other check, so a sweep and the daemon never write
+-- the same transition twice. It does not rewrite the figures of accounts whose level holds:
+-- every change the triggers see is checked anyway, and rewriting 100 000 rows a minute after
+-- each price move would cost more than the sweep itself. Rendered by riskd.sqlfiles.
 CREATE FUNCTION riskd.sweep(p_warning numeric, p_auto_close numeric, p_hysteresis numeric)
 RETURNS TABLE (account_id {account_id_type}, level text, previous_level text)
 LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
@@ -34,21 +36,12 @@ BEGIN
     ), decided AS (
         SELECT r.*,
                riskd.decide_level(r.n_open, r.equity, r.used_margin, r.w, r.ac, p_hysteresis,
-                                  COALESCE(r.recorded, 'ok')) AS level,
-               riskd.utilization(r.n_open, r.equity, r.used_margin) AS utilization
+                                  COALESCE(r.recorded, 'ok')) AS level
         FROM risk AS r
-    ), refreshed AS (
-        -- same level: only the figures move. If a check changed the level meanwhile, the
-        -- re-checked WHERE clause skips the row.
-        UPDATE riskd.account_state AS s
-        SET utilization = d.utilization, equity = d.equity, used_margin = d.used_margin,
-            checked_at = now()
-        FROM decided AS d
-        WHERE s.account_id = d.account_id AND s.level = d.level
-          AND (s.equity, s.used_margin) IS DISTINCT FROM (d.equity, d.used_margin)
     ), first_seen AS (
         INSERT INTO riskd.account_state AS s (account_id, level, utilization, equity, used_margin)
-        SELECT d.account_id, d.level, d.utilization, d.equity, d.used_margin
+        SELECT d.account_id, d.level, riskd.utilization(d.n_open, d.equity, d.used_margin),
+               d.equity, d.used_margin
         FROM decided AS d WHERE d.recorded IS NULL AND d.level = 'ok'
         ON CONFLICT ON CONSTRAINT account_state_pkey DO NOTHING
     )
