@@ -7,6 +7,7 @@ A mapping that names a missing table or column is refused with one line naming t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -36,22 +37,24 @@ class ResolvedMapping:
     account_id_type: str
 
 
+_Row = tuple[Any, ...]
+
+
 def _describe(
-    conn: psycopg.Connection[tuple[str, str | None, str | None]], table: TableName
-) -> tuple[str | None, dict[str, str]]:
+    conn: psycopg.Connection[_Row], table: TableName
+) -> tuple[str | None, dict[str, tuple[str, int]]]:
+    """The relkind of a table and its columns as {name: (SQL type, type oid)}."""
     rows = conn.execute(
         query("describe_table"), {"schema": table.schema, "table": table.name}
     ).fetchall()
     if not rows:
         return None, {}
-    return rows[0][0], {name: typ for _, name, typ in rows if name is not None and typ}
+    return rows[0][0], {name: (typ, oid) for _, name, typ, oid in rows if name is not None}
 
 
-def resolve(
-    conn: psycopg.Connection[tuple[str, str | None, str | None]], mapping: SchemaMapping
-) -> ResolvedMapping:
+def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedMapping:
     """Verify every mapped table and column exists; raise SchemaMappingError otherwise."""
-    types: dict[str, str] = {}
+    types: dict[str, tuple[str, int]] = {}
     for table_key, column_keys in _LAYOUT:
         table: TableName = getattr(mapping, table_key)
         relkind, columns = _describe(conn, table)
@@ -71,7 +74,16 @@ def resolve(
                     f"{table.schema}.{table.name}"
                 )
             types[column_key] = columns[column]
-    return ResolvedMapping(mapping=mapping, account_id_type=types["account_id"])
+    # the capture triggers store a position's account id as an account id: a type that would
+    # not convert would fail trading writes at run time, so refuse it here
+    (source_type, source), (target_type, target) = types["position_account"], types["account_id"]
+    row = conn.execute(query("assignable"), {"source": source, "target": target}).fetchone()
+    if not row or not row[0]:
+        raise SchemaMappingError(
+            f"[schema] position_account: type {source_type} cannot be stored as the account "
+            f"id's type {target_type}"
+        )
+    return ResolvedMapping(mapping=mapping, account_id_type=target_type)
 
 
 def as_json(mapping: SchemaMapping) -> dict[str, str]:

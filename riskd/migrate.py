@@ -86,6 +86,8 @@ def _connection(settings: Settings) -> Iterator[sa.Connection]:
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+            # what a WHEN clause or a view resolves at creation must not meet a hostile schema
+            conn.exec_driver_sql("SET search_path = pg_catalog")
             conn.commit()
             yield conn
     finally:

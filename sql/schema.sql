@@ -63,8 +63,10 @@ CREATE TABLE riskd.daemons (
 -- serialization failure under REPEATABLE READ or SERIALIZABLE). The drainer de-duplicates.
 -- UNLOGGED: no WAL on the trading path; a server crash empties it, the sweep after every
 -- reconnect covers that.
+-- account_id may be NULL: a position without an account marks NULL rather than failing the
+-- trade on a NOT NULL check; the drainer skips it.
 CREATE UNLOGGED TABLE riskd.dirty_accounts (
-    account_id {account_id_type} NOT NULL,
+    account_id {account_id_type},
     marked_at  timestamptz NOT NULL DEFAULT now()
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
 

@@ -1,10 +1,14 @@
 -- The wake-up, inlined into every capture function as {wake_up} (a nested call would cost
--- every trading statement). Runs right after the mark: FOUND says the mark inserted a row.
+-- every trading statement). Runs right after a mark: FOUND says the mark inserted a row.
+-- riskd.notify_queue_limit is read only when about to notify, and a value that is not a plain
+-- number counts as the default: a typo in a setting must never fail a trade (I1).
 IF FOUND
        AND pg_catalog.nextval('riskd.wakeup'::pg_catalog.regclass) OPERATOR(pg_catalog.=) 1
-       AND pg_catalog.pg_notification_queue_usage() OPERATOR(pg_catalog.<) pg_catalog.float8(
-           COALESCE(NULLIF(pg_catalog.current_setting('riskd.notify_queue_limit', true), ''),
-                    '0.5'))
+       AND pg_catalog.pg_notification_queue_usage() OPERATOR(pg_catalog.<) (CASE
+           WHEN pg_catalog.current_setting('riskd.notify_queue_limit', true)
+                OPERATOR(pg_catalog.~) '^ *[0-9]{0,6}[.]?[0-9]{1,12} *$'
+           THEN pg_catalog.float8(pg_catalog.current_setting('riskd.notify_queue_limit', true))
+           ELSE 0.5::pg_catalog.float8 END)
     THEN
         PERFORM pg_catalog.pg_notify('riskd_changes', '');
     END IF;
