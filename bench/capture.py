@@ -5,8 +5,9 @@ positions on a throwaway PostgreSQL 18 (riskd.cluster). Each round runs every ca
 once, in an order that rotates from round to round, on the same tables and server: no trigger,
 two do-nothing row triggers (the floor of any trigger design), the seed's pg_notify per row,
 riskd's mark as a plain row trigger and as a plain statement trigger on positions, and riskd as
-installed (a row trigger that hands bulk statements over to a statement trigger). A drainer empties the dirty set every 100 ms and
-re-arms the wake-up when it finds it empty, as the daemon does. The ratios are medians over
+installed (a row trigger that hands bulk statements over to a statement trigger). A drainer
+empties the dirty set every 100 ms and re-arms the wake-up when it finds it empty, as the
+daemon does. The ratios are medians over
 rounds of tps / tps without trigger, with the spread (min..max of the per-round ratios).
 
     python bench/capture.py [--rounds 5] [--seconds 8] [--accounts 100000] [--positions 1000000]
