@@ -48,6 +48,7 @@ BEGIN
     END IF;
     INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW.{p_account});
     PERFORM pg_catalog.set_config(v_flag, '=' OPERATOR(pg_catalog.||) NEW.{p_account}::text, true);
+    PERFORM pg_catalog.set_config('riskd.marked', NEW.{p_account}::text, true);
     {wake_up}
     RETURN NEW;
 END
@@ -68,6 +69,7 @@ BEGIN
     END IF;
     INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW.{p_account});
     PERFORM pg_catalog.set_config(v_flag, '=' OPERATOR(pg_catalog.||) NEW.{p_account}::text, true);
+    PERFORM pg_catalog.set_config('riskd.marked', NEW.{p_account}::text, true);
     {wake_up}
     RETURN NEW;
 END
@@ -193,11 +195,15 @@ END
 $fn$;
 
 -- Balances: one row per account, so a row trigger marks each account once whatever the
--- statement; BEFORE, with a WHEN clause, like the position rows.
+-- statement; BEFORE, with a WHEN clause, like the position rows. A fill moves a position and
+-- then the balance of the same account: the position's row trigger leaves the account in the
+-- transaction-local setting riskd.marked, and the WHEN clause skips the second mark — one
+-- mark per transaction covers every change the transaction commits with it.
 CREATE FUNCTION riskd.mark_account_balance() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 BEGIN
     INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW.{a_id});
+    PERFORM pg_catalog.set_config('riskd.marked', NEW.{a_id}::text, true);
     {wake_up}
     RETURN NEW;
 END
@@ -270,7 +276,9 @@ CREATE TRIGGER riskd_positions_delete AFTER DELETE ON {positions}
     FOR EACH STATEMENT EXECUTE FUNCTION riskd.mark_positions_deleted();
 
 CREATE TRIGGER riskd_account_balance BEFORE UPDATE OF {a_balance} ON {accounts}
-    FOR EACH ROW WHEN (OLD.{a_balance} IS DISTINCT FROM NEW.{a_balance})
+    FOR EACH ROW WHEN (OLD.{a_balance} IS DISTINCT FROM NEW.{a_balance}
+                       AND pg_catalog.current_setting('riskd.marked', true)
+                           IS DISTINCT FROM NEW.{a_id}::text)
     EXECUTE FUNCTION riskd.mark_account_balance();
 
 CREATE TRIGGER riskd_instruments_update AFTER UPDATE ON {instruments}

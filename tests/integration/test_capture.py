@@ -236,6 +236,49 @@ def test_merge_that_updates_marks(db: Db) -> None:
 # --- balances ----------------------------------------------------------------------------------
 
 
+def transaction_marks(db: Db, *statements: str) -> Counter[str]:
+    """Run ``statements`` as one transaction on a fresh session; what it marked."""
+    clear(db)
+    with db.connect(autocommit=False) as conn:
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
+        conn.commit()
+    return dirty(db)
+
+
+FILL = (
+    'INSERT INTO public.executions ("tradingAccountId", "instrumentId", quantity, price)'
+    " VALUES ('a', 'btc', 1, 100)",
+    "UPDATE public.positions SET quantity = quantity + 1, \"unrealizedPnL\" = 5 WHERE id = 'p1'",
+    "UPDATE public.trading_accounts SET balance = balance - 1 WHERE id = 'a'",
+)
+
+
+def test_a_fill_marks_its_account_once(db: Db) -> None:
+    basic(db)
+    assert transaction_marks(db, *FILL) == Counter({"a": 1})
+
+
+def test_a_balance_of_another_account_in_the_same_transaction_is_marked(db: Db) -> None:
+    basic(db)
+    got = transaction_marks(
+        db, FILL[1], "UPDATE public.trading_accounts SET balance = balance - 1 WHERE id = 'b'"
+    )
+    assert got == Counter({"a": 1, "b": 1})
+
+
+def test_a_mark_rolled_back_with_its_savepoint_does_not_hide_the_balance(db: Db) -> None:
+    basic(db)
+    got = transaction_marks(
+        db,
+        "SAVEPOINT s",
+        FILL[1],
+        "ROLLBACK TO SAVEPOINT s",
+        "UPDATE public.trading_accounts SET balance = balance - 1 WHERE id = 'a'",
+    )
+    assert got == Counter({"a": 1})
+
+
 def test_balance_update_marks(db: Db) -> None:
     basic(db)
     got = marks(db, "UPDATE public.trading_accounts SET balance = balance - 1 WHERE id = 'a'")
