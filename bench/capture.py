@@ -4,8 +4,8 @@ pgbench, 8 clients, against the reference schema seeded with 100 000 accounts / 
 positions on a throwaway PostgreSQL 18 (riskd.cluster). Each round runs every capture design
 once, in an order that rotates from round to round, on the same tables and server: no trigger,
 two do-nothing row triggers (the floor of any trigger design), the seed's pg_notify per row,
-riskd's mark as a plain row trigger and as a plain statement trigger on positions, and riskd as
-installed (a row trigger that hands bulk statements over to a statement trigger). A drainer
+riskd's mark as an AFTER row trigger on positions, and riskd as installed (statement triggers
+with transition tables on positions, a BEFORE row trigger on balances). A drainer
 empties the dirty set every 100 ms and re-arms the wake-up when it finds it empty, as the
 daemon does. The ratios are medians over
 rounds of tps / tps without trigger, with the spread (min..max of the per-round ratios).
@@ -45,19 +45,11 @@ DESIGNS: dict[str, tuple[str, ...]] = {
         "positions.bench_notify_positions",
         "trading_accounts.bench_notify_accounts",
     ),
-    "row trigger only (AFTER, per changed row)": (
+    "row trigger on positions (AFTER, per changed row)": (
         "positions.bench_row_positions",
         "trading_accounts.riskd_account_balance",
     ),
-    "statement trigger only (transition tables)": (
-        "positions.bench_stmt_positions",
-        "trading_accounts.riskd_account_balance",
-    ),
     "riskd (as installed)": (
-        "positions.riskd_position_insert",
-        "positions.riskd_position_update",
-        "positions.riskd_position_move",
-        "positions.riskd_position_delete",
         "positions.riskd_positions_insert",
         "positions.riskd_positions_update",
         "positions.riskd_positions_delete",

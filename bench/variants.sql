@@ -31,8 +31,8 @@ CREATE TRIGGER bench_notify_accounts AFTER UPDATE OF balance ON public.trading_a
     FOR EACH ROW WHEN (OLD.balance IS DISTINCT FROM NEW.balance)
     EXECUTE FUNCTION bench_notify_account();
 
--- riskd's mark as a plain AFTER row trigger on position updates, and as a plain statement
--- trigger with transition tables: the two halves riskd's hybrid is made of, measured alone.
+-- riskd's mark as an AFTER row trigger on position updates (riskd installs a statement trigger
+-- with transition tables): the other half of "measure both".
 CREATE FUNCTION bench_mark_position_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
     INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW."tradingAccountId");
@@ -47,23 +47,3 @@ CREATE TRIGGER bench_row_positions AFTER UPDATE OF quantity, "unrealizedPnL" ON 
                        OR OLD."unrealizedPnL" IS DISTINCT FROM NEW."unrealizedPnL")
     EXECUTE FUNCTION bench_mark_position_row();
 
-CREATE FUNCTION bench_mark_positions_stmt() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
-BEGIN
-    INSERT INTO riskd.dirty_accounts (account_id)
-    SELECT DISTINCT c.account_id
-    FROM (SELECT n."tradingAccountId" AS account_id, n."instrumentId" AS instrument,
-                 n.quantity, n."unrealizedPnL" AS pnl, 1 AS side FROM riskd_new AS n
-          UNION ALL
-          SELECT o."tradingAccountId", o."instrumentId", o.quantity, o."unrealizedPnL", -1
-          FROM riskd_old AS o) AS c
-    GROUP BY c.account_id, c.instrument, c.quantity, c.pnl
-    HAVING sum(c.side) <> 0;
-    IF FOUND AND pg_catalog.nextval('riskd.wakeup'::pg_catalog.regclass) OPERATOR(pg_catalog.=) 1
-       AND pg_catalog.pg_notification_queue_usage() OPERATOR(pg_catalog.<) 0.5 THEN
-        PERFORM pg_catalog.pg_notify('riskd_changes', '');
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER bench_stmt_positions AFTER UPDATE ON public.positions
-    REFERENCING OLD TABLE AS riskd_old NEW TABLE AS riskd_new
-    FOR EACH STATEMENT EXECUTE FUNCTION bench_mark_positions_stmt();

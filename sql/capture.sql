@@ -16,194 +16,68 @@
 --   * the wake-up costs nothing but the draw: only the first mark after the daemon re-armed
 --     the sequence draws 1 and notifies (wake_up.sql).
 --
--- Positions: one changed row is cheapest marked by a row trigger with a WHEN clause (no call at
--- all for a row whose watched columns did not change); many changed rows are cheapest marked
--- once per account by a statement trigger reading the transition tables. Queries on transition
--- tables are planned anew on every call, so a statement trigger alone would make every
--- single-row write pay a plan. Both are installed and hand over per statement:
---   * the BEFORE row trigger runs as each row is written. The first changed row of a statement
---     marks its account and leaves "one" in a transaction-local setting; a second changed row
---     marks nothing and leaves "bulk", and from then on the WHEN clause skips the call;
---   * the AFTER statement trigger reads the setting: "one" — done, reset; "bulk" — mark every
---     account whose rows changed, from the transition tables, once each; reset.
--- The setting is keyed by operation and trigger depth (riskd.capture_update_1, …), so that a
--- MERGE's actions and statements run by other triggers keep their own.
+-- Positions: statement triggers with transition tables, so that a statement marks each account
+-- it changed once, whatever its size: a 500-row mark-to-market statement costs one call and one
+-- insert per account, not per row. The price: PL/pgSQL plans a query on a transition table anew
+-- on every call, which a single-row write pays (docs/benchmarks.md has the measured trade-off
+-- against row triggers, and against a row trigger that hands bulk statements over).
 --
 -- Rendered by riskd.sqlfiles from the [schema] mapping (identifiers quoted by psycopg.sql).
 
--- Row half. BEFORE, so it runs synchronously (an AFTER row trigger's WHEN is evaluated while the
--- statement runs, its call deferred to the statement's end); it returns the row unchanged.
-CREATE FUNCTION riskd.mark_position_inserted() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-DECLARE
-    v_flag text := 'riskd.capture_insert_'
-                   OPERATOR(pg_catalog.||) pg_catalog.pg_trigger_depth()::text;
-    v_state text := pg_catalog.current_setting(v_flag, true);
-BEGIN
-    IF v_state OPERATOR(pg_catalog.<>) '' THEN  -- '=<account>': a second changed row
-        PERFORM pg_catalog.set_config(v_flag OPERATOR(pg_catalog.||) '_first',
-                                      pg_catalog.substr(v_state, 2), true);
-        PERFORM pg_catalog.set_config(v_flag, 'bulk', true);
-        RETURN NEW;
-    END IF;
-    INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW.{p_account});
-    PERFORM pg_catalog.set_config(v_flag, '=' OPERATOR(pg_catalog.||) NEW.{p_account}::text, true);
-    PERFORM pg_catalog.set_config('riskd.marked', NEW.{p_account}::text, true);
-    {wake_up}
-    RETURN NEW;
-END
-$fn$;
-
-CREATE FUNCTION riskd.mark_position_updated() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-DECLARE
-    v_flag text := 'riskd.capture_update_'
-                   OPERATOR(pg_catalog.||) pg_catalog.pg_trigger_depth()::text;
-    v_state text := pg_catalog.current_setting(v_flag, true);
-BEGIN
-    IF v_state OPERATOR(pg_catalog.<>) '' THEN  -- '=<account>': a second changed row
-        PERFORM pg_catalog.set_config(v_flag OPERATOR(pg_catalog.||) '_first',
-                                      pg_catalog.substr(v_state, 2), true);
-        PERFORM pg_catalog.set_config(v_flag, 'bulk', true);
-        RETURN NEW;
-    END IF;
-    INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW.{p_account});
-    PERFORM pg_catalog.set_config(v_flag, '=' OPERATOR(pg_catalog.||) NEW.{p_account}::text, true);
-    PERFORM pg_catalog.set_config('riskd.marked', NEW.{p_account}::text, true);
-    {wake_up}
-    RETURN NEW;
-END
-$fn$;
-
-CREATE FUNCTION riskd.mark_position_deleted() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-DECLARE
-    v_flag text := 'riskd.capture_delete_'
-                   OPERATOR(pg_catalog.||) pg_catalog.pg_trigger_depth()::text;
-    v_state text := pg_catalog.current_setting(v_flag, true);
-BEGIN
-    IF v_state OPERATOR(pg_catalog.<>) '' THEN  -- '=<account>': a second changed row
-        PERFORM pg_catalog.set_config(v_flag OPERATOR(pg_catalog.||) '_first',
-                                      pg_catalog.substr(v_state, 2), true);
-        PERFORM pg_catalog.set_config(v_flag, 'bulk', true);
-        RETURN OLD;
-    END IF;
-    INSERT INTO riskd.dirty_accounts (account_id) VALUES (OLD.{p_account});
-    PERFORM pg_catalog.set_config(v_flag, '=' OPERATOR(pg_catalog.||) OLD.{p_account}::text, true);
-    {wake_up}
-    RETURN OLD;
-END
-$fn$;
-
--- A position moved to another account changes the old one too. Rare: a plain row trigger.
-CREATE FUNCTION riskd.mark_position_moved() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-BEGIN
-    INSERT INTO riskd.dirty_accounts (account_id) VALUES (OLD.{p_account});
-    {wake_up}
-    RETURN NEW;
-END
-$fn$;
-
--- Statement half. Called for every statement, it costs a setting read unless the statement
--- was "bulk". An UPDATE marks the accounts whose (account, instrument, quantity, unrealised
--- PnL) rows changed: old rows count -1, new rows +1, and a group that does not cancel out is
--- a change. Grouping compares NULLs as equal, which is IS NOT DISTINCT FROM: NULL transitions
--- count, no-op rows do not.
+-- Positions inserted or deleted: the accounts of the open positions among them.
 CREATE FUNCTION riskd.mark_positions_inserted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-DECLARE
-    v_flag text := 'riskd.capture_insert_'
-                   OPERATOR(pg_catalog.||) pg_catalog.pg_trigger_depth()::text;
-    v_state text := pg_catalog.current_setting(v_flag, true);
-    v_first text;
 BEGIN
-    IF v_state IS NULL OR v_state OPERATOR(pg_catalog.=) '' THEN
-        RETURN NULL;
-    END IF;
-    PERFORM pg_catalog.set_config(v_flag, '', true);
-    IF v_state OPERATOR(pg_catalog.=) 'bulk' THEN
-        -- the account the row trigger marked before handing over
-        v_first := pg_catalog.current_setting(v_flag OPERATOR(pg_catalog.||) '_first', true);
-        INSERT INTO riskd.dirty_accounts (account_id)
-        SELECT DISTINCT n.{p_account} FROM riskd_new AS n
-        WHERE n.{p_quantity} OPERATOR(pg_catalog.<>) 0
-          AND (v_first IS NULL OR n.{p_account}::text OPERATOR(pg_catalog.<>) v_first);
-        {wake_up}
-    END IF;
+    INSERT INTO riskd.dirty_accounts (account_id)
+    SELECT DISTINCT n.{p_account} FROM riskd_new AS n
+    WHERE n.{p_quantity} OPERATOR(pg_catalog.<>) 0;
+    {wake_up}
     RETURN NULL;
 END
 $fn$;
 
+-- Positions updated: the accounts whose (account, instrument, quantity, unrealised PnL) rows
+-- changed. Old rows count -1, new rows +1, and a group that does not cancel out is a change;
+-- grouping compares NULLs as equal, which is IS NOT DISTINCT FROM, so NULL transitions count
+-- and no-op rows do not. A position moved between accounts marks both.
 CREATE FUNCTION riskd.mark_positions_updated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-DECLARE
-    v_flag text := 'riskd.capture_update_'
-                   OPERATOR(pg_catalog.||) pg_catalog.pg_trigger_depth()::text;
-    v_state text := pg_catalog.current_setting(v_flag, true);
-    v_first text;
 BEGIN
-    IF v_state IS NULL OR v_state OPERATOR(pg_catalog.=) '' THEN
-        RETURN NULL;
-    END IF;
-    PERFORM pg_catalog.set_config(v_flag, '', true);
-    IF v_state OPERATOR(pg_catalog.=) 'bulk' THEN
-        -- the account the row trigger marked before handing over
-        v_first := pg_catalog.current_setting(v_flag OPERATOR(pg_catalog.||) '_first', true);
-        INSERT INTO riskd.dirty_accounts (account_id)
-        SELECT DISTINCT c.account_id
-        FROM (
-            SELECT n.{p_account} AS account_id, n.{p_instrument} AS instrument,
-                   n.{p_quantity} AS quantity, n.{p_pnl} AS pnl, 1 AS side
-            FROM riskd_new AS n
-            UNION ALL
-            SELECT o.{p_account}, o.{p_instrument}, o.{p_quantity}, o.{p_pnl}, -1
-            FROM riskd_old AS o
-        ) AS c
-        GROUP BY c.account_id, c.instrument, c.quantity, c.pnl
-        HAVING pg_catalog.sum(c.side) OPERATOR(pg_catalog.<>) 0
-           AND (v_first IS NULL OR c.account_id::text OPERATOR(pg_catalog.<>) v_first);
-        {wake_up}
-    END IF;
+    INSERT INTO riskd.dirty_accounts (account_id)
+    SELECT DISTINCT c.account_id
+    FROM (
+        SELECT n.{p_account} AS account_id, n.{p_instrument} AS instrument,
+               n.{p_quantity} AS quantity, n.{p_pnl} AS pnl, 1 AS side
+        FROM riskd_new AS n
+        UNION ALL
+        SELECT o.{p_account}, o.{p_instrument}, o.{p_quantity}, o.{p_pnl}, -1
+        FROM riskd_old AS o
+    ) AS c
+    GROUP BY c.account_id, c.instrument, c.quantity, c.pnl
+    HAVING pg_catalog.sum(c.side) OPERATOR(pg_catalog.<>) 0;
+    {wake_up}
     RETURN NULL;
 END
 $fn$;
 
 CREATE FUNCTION riskd.mark_positions_deleted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-DECLARE
-    v_flag text := 'riskd.capture_delete_'
-                   OPERATOR(pg_catalog.||) pg_catalog.pg_trigger_depth()::text;
-    v_state text := pg_catalog.current_setting(v_flag, true);
-    v_first text;
 BEGIN
-    IF v_state IS NULL OR v_state OPERATOR(pg_catalog.=) '' THEN
-        RETURN NULL;
-    END IF;
-    PERFORM pg_catalog.set_config(v_flag, '', true);
-    IF v_state OPERATOR(pg_catalog.=) 'bulk' THEN
-        -- the account the row trigger marked before handing over
-        v_first := pg_catalog.current_setting(v_flag OPERATOR(pg_catalog.||) '_first', true);
-        INSERT INTO riskd.dirty_accounts (account_id)
-        SELECT DISTINCT o.{p_account} FROM riskd_old AS o
-        WHERE o.{p_quantity} OPERATOR(pg_catalog.<>) 0
-          AND (v_first IS NULL OR o.{p_account}::text OPERATOR(pg_catalog.<>) v_first);
-        {wake_up}
-    END IF;
+    INSERT INTO riskd.dirty_accounts (account_id)
+    SELECT DISTINCT o.{p_account} FROM riskd_old AS o
+    WHERE o.{p_quantity} OPERATOR(pg_catalog.<>) 0;
+    {wake_up}
     RETURN NULL;
 END
 $fn$;
 
 -- Balances: one row per account, so a row trigger marks each account once whatever the
--- statement; BEFORE, with a WHEN clause, like the position rows. A fill moves a position and
--- then the balance of the same account: the position's row trigger leaves the account in the
--- transaction-local setting riskd.marked, and the WHEN clause skips the second mark — one
--- mark per transaction covers every change the transaction commits with it.
+-- statement. BEFORE (no after-trigger queue entry) with a WHEN clause, so a row whose balance
+-- did not change costs no call.
 CREATE FUNCTION riskd.mark_account_balance() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 BEGIN
     INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW.{a_id});
-    PERFORM pg_catalog.set_config('riskd.marked', NEW.{a_id}::text, true);
     {wake_up}
     RETURN NEW;
 END
@@ -228,41 +102,6 @@ BEGIN
 END
 $fn$;
 
-CREATE TRIGGER riskd_position_insert BEFORE INSERT ON {positions}
-    FOR EACH ROW
-    WHEN (NEW.{p_quantity} OPERATOR(pg_catalog.<>) 0
-          AND pg_catalog.current_setting('riskd.capture_insert_'
-                  OPERATOR(pg_catalog.||) (pg_catalog.pg_trigger_depth()
-                                           OPERATOR(pg_catalog.+) 1)::text, true)
-              IS DISTINCT FROM 'bulk')
-    EXECUTE FUNCTION riskd.mark_position_inserted();
-
-CREATE TRIGGER riskd_position_update
-    BEFORE UPDATE OF {p_account}, {p_instrument}, {p_quantity}, {p_pnl} ON {positions}
-    FOR EACH ROW
-    WHEN ((OLD.{p_quantity} IS DISTINCT FROM NEW.{p_quantity}
-           OR OLD.{p_pnl} IS DISTINCT FROM NEW.{p_pnl}
-           OR OLD.{p_account} IS DISTINCT FROM NEW.{p_account}
-           OR OLD.{p_instrument} IS DISTINCT FROM NEW.{p_instrument})
-          AND pg_catalog.current_setting('riskd.capture_update_'
-                  OPERATOR(pg_catalog.||) (pg_catalog.pg_trigger_depth()
-                                           OPERATOR(pg_catalog.+) 1)::text, true)
-              IS DISTINCT FROM 'bulk')
-    EXECUTE FUNCTION riskd.mark_position_updated();
-
-CREATE TRIGGER riskd_position_move BEFORE UPDATE OF {p_account} ON {positions}
-    FOR EACH ROW WHEN (OLD.{p_account} IS DISTINCT FROM NEW.{p_account})
-    EXECUTE FUNCTION riskd.mark_position_moved();
-
-CREATE TRIGGER riskd_position_delete BEFORE DELETE ON {positions}
-    FOR EACH ROW
-    WHEN (OLD.{p_quantity} OPERATOR(pg_catalog.<>) 0
-          AND pg_catalog.current_setting('riskd.capture_delete_'
-                  OPERATOR(pg_catalog.||) (pg_catalog.pg_trigger_depth()
-                                           OPERATOR(pg_catalog.+) 1)::text, true)
-              IS DISTINCT FROM 'bulk')
-    EXECUTE FUNCTION riskd.mark_position_deleted();
-
 CREATE TRIGGER riskd_positions_insert AFTER INSERT ON {positions}
     REFERENCING NEW TABLE AS riskd_new
     FOR EACH STATEMENT EXECUTE FUNCTION riskd.mark_positions_inserted();
@@ -276,9 +115,7 @@ CREATE TRIGGER riskd_positions_delete AFTER DELETE ON {positions}
     FOR EACH STATEMENT EXECUTE FUNCTION riskd.mark_positions_deleted();
 
 CREATE TRIGGER riskd_account_balance BEFORE UPDATE OF {a_balance} ON {accounts}
-    FOR EACH ROW WHEN (OLD.{a_balance} IS DISTINCT FROM NEW.{a_balance}
-                       AND pg_catalog.current_setting('riskd.marked', true)
-                           IS DISTINCT FROM NEW.{a_id}::text)
+    FOR EACH ROW WHEN (OLD.{a_balance} IS DISTINCT FROM NEW.{a_balance})
     EXECUTE FUNCTION riskd.mark_account_balance();
 
 CREATE TRIGGER riskd_instruments_update AFTER UPDATE ON {instruments}

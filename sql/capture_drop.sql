@@ -1,17 +1,9 @@
 -- Removes what capture.sql installed on the platform's tables.
-DROP TRIGGER IF EXISTS riskd_position_insert ON {positions};
-DROP TRIGGER IF EXISTS riskd_position_update ON {positions};
-DROP TRIGGER IF EXISTS riskd_position_move ON {positions};
-DROP TRIGGER IF EXISTS riskd_position_delete ON {positions};
 DROP TRIGGER IF EXISTS riskd_positions_insert ON {positions};
 DROP TRIGGER IF EXISTS riskd_positions_update ON {positions};
 DROP TRIGGER IF EXISTS riskd_positions_delete ON {positions};
 DROP TRIGGER IF EXISTS riskd_account_balance ON {accounts};
 DROP TRIGGER IF EXISTS riskd_instruments_update ON {instruments};
-DROP FUNCTION IF EXISTS riskd.mark_position_inserted();
-DROP FUNCTION IF EXISTS riskd.mark_position_updated();
-DROP FUNCTION IF EXISTS riskd.mark_position_moved();
-DROP FUNCTION IF EXISTS riskd.mark_position_deleted();
 DROP FUNCTION IF EXISTS riskd.mark_positions_inserted();
 DROP FUNCTION IF EXISTS riskd.mark_positions_updated();
 DROP FUNCTION IF EXISTS riskd.mark_positions_deleted();
