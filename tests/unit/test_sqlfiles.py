@@ -1,0 +1,37 @@
+"""Install templates are rendered with quoted identifiers, never pasted names."""
+
+from __future__ import annotations
+
+from riskd.config import SchemaMapping, TableName
+from riskd.sqlfiles import queries, render, template_params
+
+HOSTILE = SchemaMapping(
+    accounts_table=TableName("Trading Desk", 'Acc"ounts'),
+    account_id="id); DROP TABLE x; --",
+    positions_table=TableName("public", "Positions"),
+    position_pnl="PnL",
+)
+
+
+def test_identifiers_are_quoted_whatever_they_contain() -> None:
+    text = render("capture.sql", template_params(HOSTILE, "text"))
+    assert '"Trading Desk"."Acc""ounts"' in text
+    assert '"id); DROP TABLE x; --"' in text
+    assert 'ON "public"."Positions"' in text
+    assert '"PnL"' in text
+    # no placeholder left unrendered, and the wake-up fragment went in
+    assert "{" not in text.replace("{0,6}", "").replace("{1,12}", "")
+    assert text.count("pg_notify('riskd_changes', '')") == 5
+
+
+def test_every_install_template_renders() -> None:
+    params = template_params(SchemaMapping(), "bigint")
+    for name in ("schema.sql", "check.sql", "sweep.sql", "capture.sql", "capture_drop.sql"):
+        assert render(name, params).strip()
+    assert "account_id  bigint PRIMARY KEY" in render("schema.sql", params)
+
+
+def test_named_queries_are_loaded_by_name() -> None:
+    names = set(queries())
+    assert {"check_accounts", "sweep", "describe_table", "assignable"} <= names
+    assert all(text and not text.startswith("-- name") for text in queries().values())
