@@ -21,7 +21,6 @@ import sqlalchemy as sa
 import tenacity
 from alembic import command, context, op
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
@@ -169,10 +168,6 @@ def sql_script(settings: Settings, revision: str = "head") -> str:
     return buffer.getvalue()
 
 
-def is_at_head(settings: Settings) -> bool:
-    return current(settings) == head(settings)
-
-
 # --- used by alembic/env.py and the revisions in alembic/versions ---------------------------
 
 
@@ -211,9 +206,3 @@ def prepare_templates(conn: sa.Connection | None, settings: Settings) -> dict[st
     driver = conn.connection.driver_connection
     resolved = schema_mapping.resolve(driver, settings.schema)  # type: ignore[arg-type]
     return template_params(settings.schema, resolved.account_id_type)
-
-
-def current_revision_of(conn: sa.Connection) -> str | None:
-    return MigrationContext.configure(
-        conn, opts={"version_table": VERSION_TABLE, "version_table_schema": SCHEMA}
-    ).get_current_revision()
