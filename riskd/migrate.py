@@ -20,6 +20,7 @@ import psycopg
 import sqlalchemy as sa
 import tenacity
 from alembic import command, context, op
+from alembic import util as alembic_util
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
@@ -164,7 +165,10 @@ def sql_script(settings: Settings, revision: str = "head") -> str:
     buffer = io.StringIO()
     cfg = _alembic_config(settings, output_buffer=buffer)
     cfg.output_buffer = buffer
-    command.upgrade(cfg, revision, sql=True)
+    try:
+        command.upgrade(cfg, revision, sql=True)
+    except alembic_util.CommandError as exc:
+        raise MigrationError(f"migrate --sql: {' '.join(str(exc).split())}") from exc
     return buffer.getvalue()
 
 

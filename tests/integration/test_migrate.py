@@ -215,3 +215,10 @@ def test_a_mapping_unlike_the_reference_schema(bare_db: Db) -> None:
         check_accounts(bare_db.conn, settings, ["seven"])
     migrate.migrate(settings, "base")
     assert catalog(bare_db) == before
+
+
+def test_an_unknown_revision_is_one_line(bare_db: Db) -> None:
+    for args in (("migrate", "--revision", "nope"), ("migrate", "--sql", "--revision", "nope")):
+        result = cli(*args, dsn=bare_db.dsn)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.count("\n") == 1 and "nope" in result.stderr
