@@ -69,10 +69,11 @@ TARGETS = {  # (simple, prepared), issue 2
 }
 
 
-def enable(conn: psycopg.Connection, design: str) -> None:
+def enable(conn: psycopg.Connection, triggers: tuple[str, ...]) -> None:
+    """Disable every user trigger on the watched tables, then enable ``table.trigger``s."""
     for table in TABLES:
         conn.execute(f"ALTER TABLE public.{table} DISABLE TRIGGER USER")
-    for qualified in DESIGNS[design]:
+    for qualified in triggers:
         table, trigger = qualified.split(".")
         conn.execute(f"ALTER TABLE public.{table} ENABLE TRIGGER {trigger}")
 
@@ -177,7 +178,7 @@ def main() -> None:
                     for r in range(args.rounds):
                         order = designs[r % len(designs) :] + designs[: r % len(designs)]
                         for design in order:
-                            enable(conn, design)
+                            enable(conn, DESIGNS[design])
                             conn.execute("VACUUM public.positions, public.trading_accounts")
                             tps = pgbench(
                                 bindir,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from capture import enable  # bench/ is the script's directory, hence on sys.path
 
 from riskd import migrate
 from riskd.cluster import PgCluster, find_bindirs
@@ -25,7 +26,6 @@ from riskd.seed import seed
 
 HERE = Path(__file__).resolve().parent
 ACCOUNTS, POSITIONS = 10_000, 100_000  # ten positions per account, numbered consecutively
-TABLES = ("positions", "trading_accounts", "instruments")
 DESIGNS: dict[str, tuple[str, ...]] = {
     "none": (),
     "floor": ("positions.bench_floor_positions", "trading_accounts.bench_floor_accounts"),
@@ -64,14 +64,6 @@ END LOOP; END $$""",
 }
 
 
-def enable(conn: psycopg.Connection, design: str) -> None:
-    for table in TABLES:
-        conn.execute(f"ALTER TABLE public.{table} DISABLE TRIGGER USER")
-    for qualified in DESIGNS[design]:
-        table, trigger = qualified.split(".")
-        conn.execute(f"ALTER TABLE public.{table} ENABLE TRIGGER {trigger}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--statements", type=int, default=5_000)
@@ -93,7 +85,7 @@ def main() -> None:
                 samples: dict[str, list[float]] = {d: [] for d in designs}
                 for r in range(args.rounds):
                     for design in designs[r % len(designs) :] + designs[: r % len(designs)]:
-                        enable(conn, design)
+                        enable(conn, DESIGNS[design])
                         conn.execute("VACUUM positions, trading_accounts, riskd.dirty_accounts")
                         conn.execute("BEGIN")
                         started = time.perf_counter()
