@@ -80,6 +80,32 @@ def check_accounts(
         return cur.fetchall()
 
 
+async def acheck_accounts(
+    conn: psycopg.AsyncConnection[Any],
+    settings: Settings,
+    account_ids: Iterable[object],
+    instance: str | None = None,
+) -> list[CheckResult]:
+    """check_accounts for the daemon's asyncio connections."""
+    ids = sorted({str(a) for a in account_ids})
+    if not ids:
+        return []
+    params = _params(settings) | {"ids": ids, "instance": instance or default_instance()}
+    async with conn.transaction(), conn.cursor(row_factory=class_row(CheckResult)) as cur:
+        await cur.execute(query("check_accounts"), params)
+        return await cur.fetchall()
+
+
+async def asweep_candidates(conn: psycopg.AsyncConnection[Any], settings: Settings) -> list[str]:
+    """The set-based pass of the sweep: the accounts whose level changes, to be checked."""
+    params = _params(settings)
+    async with conn.transaction():
+        cur = await conn.execute(
+            query("sweep"), {k: params[k] for k in ("warning", "auto_close", "hysteresis")}
+        )
+        return [row[0] for row in await cur.fetchall()]
+
+
 def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from decimal import Decimal
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from riskd import __version__
+from riskd import __version__, daemon, logs
 from riskd import check as checks
 from riskd import migrate as migrations
 from riskd.config import Settings, load_settings, mask_dsn
@@ -122,6 +123,16 @@ def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> No
         click.echo(f"riskd schema already at {after or 'base'}")
     else:
         click.echo(f"riskd schema {before or 'base'} -> {after or 'base'}")
+
+
+@main.command()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+@click.pass_obj
+def run(opts: _Options, verbose: bool) -> None:
+    """The daemon: listen, debounce, check, sweep; stops cleanly on SIGTERM / SIGINT."""
+    settings = opts.settings()
+    logs.configure(settings.daemon.log_format, logging.DEBUG if verbose else logging.INFO)
+    sys.exit(daemon.run(settings))
 
 
 def _level_line(r: checks.CheckResult) -> str:

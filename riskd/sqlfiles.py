@@ -18,7 +18,9 @@ from riskd.resources import sql_path
 # Transaction advisory locks of riskd take this first key ("rskd"), the account's hash second,
 # so they stay clear of the platform's own single-key advisory locks.
 LOCK_CLASS = 0x72736B64
-# The session advisory lock that elects the sweep leader.
+# The session advisory lock that elects the sweep leader: a class of its own ("rskL"), so that
+# no account whose hash happens to equal the key can ever wait behind the leader's session lock.
+SWEEP_LEADER_CLASS = 0x72736B4C
 SWEEP_LEADER_KEY = 1
 
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)

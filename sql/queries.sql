@@ -36,3 +36,42 @@ SELECT %(source)s::oid = %(target)s::oid OR EXISTS (
     SELECT 1 FROM pg_catalog.pg_cast
     WHERE castsource = %(source)s::oid AND casttarget = %(target)s::oid
       AND castcontext IN ('a', 'i'))
+
+-- name: drain
+-- The daemon's drain (DESIGN §2.2): take every mark, one row per account, with the age of its
+-- oldest mark (so max_delay counts from the change, not from the drain). Several instances may
+-- drain at once: a row goes to exactly one of them.
+WITH d AS (DELETE FROM riskd.dirty_accounts RETURNING account_id, marked_at)
+SELECT account_id::text,
+       extract(epoch FROM pg_catalog.clock_timestamp() - min(marked_at))::float8 AS age
+FROM d WHERE account_id IS NOT NULL GROUP BY account_id
+
+-- name: rearm
+-- After a drain came back empty: the next mark draws 1 from the sequence and NOTIFYs.
+SELECT pg_catalog.setval('riskd.wakeup', 1, false)
+
+-- name: requeue
+-- Hand accounts back to the dirty set (shutdown with work undone); text ids become the account
+-- id type through the table's row type, whatever that type is.
+INSERT INTO riskd.dirty_accounts (account_id)
+SELECT r.account_id
+FROM pg_catalog.jsonb_populate_recordset(NULL::riskd.dirty_accounts, %(rows)s::jsonb) AS r
+
+-- name: ping
+SELECT pg_catalog.pg_notify(%(channel)s, %(payload)s)
+
+-- name: try_sweep_leader
+SELECT pg_catalog.pg_try_advisory_lock(%(lock_class)s, %(key)s)
+
+-- name: heartbeat
+INSERT INTO riskd.daemons AS d (instance, host, pid, version, started_at, heartbeat_at, stats)
+VALUES (%(instance)s, %(host)s, %(pid)s, %(version)s, %(started_at)s, pg_catalog.now(),
+        %(stats)s)
+ON CONFLICT (instance) DO UPDATE
+SET heartbeat_at = pg_catalog.now(), stats = EXCLUDED.stats, version = EXCLUDED.version
+
+-- name: leave
+DELETE FROM riskd.daemons WHERE instance = %(instance)s
+
+-- name: schema_revision
+SELECT version_num FROM riskd.alembic_version

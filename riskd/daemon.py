@@ -1,0 +1,706 @@
+"""``riskd run``: the loop of DESIGN §2 in one asyncio process.
+
+Tasks, each owning its connection:
+
+* listener: a dedicated autocommit connection LISTENs on ``riskd_changes`` and on a private ping
+  channel; a ping NOTIFYed from the pool every ``PING_INTERVAL`` must come back within
+  ``PING_TIMEOUT``, else the connection counts as dead however healthy its socket looks (a
+  silently stalled network). Reconnects with capped exponential backoff and jitter.
+* drainer: on a wake-up, and on a short timer (a wake-up can race a commit), takes the dirty set
+  (``DELETE … RETURNING``: several instances share it without locks) into the debouncer; while
+  drains keep finding marks it drains again after ``BUSY_DRAIN_INTERVAL``; after an empty one it
+  re-arms the wake-up.
+* checker: due accounts from the debouncer, in batches of ``batch_size``, ahead of sweep work;
+  one round trip and one transaction per batch (riskd.check_accounts).
+* sweeper: the instance holding the sweep leader lock (a session advisory lock) sweeps every
+  ``sweep_interval`` and right after every (re)connect; the others try for the lock meanwhile.
+* reporter: the heartbeat row in riskd.daemons, systemd STATUS=, and WATCHDOG=1 only while the
+  loop and the listener are healthy.
+
+SIGTERM / SIGINT: stop taking work, finish the batch in flight within ``shutdown_timeout``, hand
+what is left back to the dirty set, remove the heartbeat, exit 0 (I6). A second signal exits at
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from riskd import __version__, migrate
+from riskd import check as checks
+from riskd.config import Settings, mask_dsn
+from riskd.db import APPLICATION_NAME, require_dsn
+from riskd.debounce import Debouncer
+from riskd.errors import ConfigError
+from riskd.mapping import as_json as mapping_json
+from riskd.sdnotify import SdNotifier
+from riskd.sqlfiles import SWEEP_LEADER_CLASS, SWEEP_LEADER_KEY, query
+
+log = logging.getLogger("riskd.daemon")
+
+CHANGES_CHANNEL = "riskd_changes"
+PING_INTERVAL = 2.0  # seconds between self-pings on the listener
+PING_TIMEOUT = 3.0  # a ping not back by then: the listener is dead
+DRAIN_INTERVAL = 0.1  # the timer drain, for wake-ups that raced a commit or were skipped
+BUSY_DRAIN_INTERVAL = 0.005  # while drains keep finding marks
+HEARTBEAT_INTERVAL = 2.0
+CONNECT_TIMEOUT = 5
+CHECK_TIMEOUT = 60.0  # a batch that takes longer is abandoned and retried
+BACKOFF_INITIAL = 0.2
+BACKOFF_MAX = 10.0
+MALFORMED_LOG_EVERY = 60.0
+
+# Keepalives so that a dead peer is noticed by the kernel in seconds, not after two hours.
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
+
+# Errors a daemon rides out: connection loss, server restart, timeouts, a stalled listener.
+TRANSIENT: tuple[type[Exception], ...] = (psycopg.OperationalError, OSError, TimeoutError)
+
+T = TypeVar("T")
+
+
+class ListenerStalled(Exception):
+    """The listener's self-ping did not come back in time."""
+
+
+LISTENER_FAULTS: tuple[type[Exception], ...] = (*TRANSIENT, ListenerStalled)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(slots=True)
+class Stats:
+    """The counters the heartbeat row carries (riskd.daemons.stats)."""
+
+    notifications: int = 0
+    pings: int = 0
+    drains: int = 0
+    drained_accounts: int = 0
+    checks: int = 0
+    check_batches: int = 0
+    events: int = 0
+    close_requests: int = 0
+    errors: int = 0
+    malformed_payloads: int = 0
+    reconnects: int = 0
+    sweeps: int = 0
+    leader: bool = False
+    last_sweep_at: str | None = None
+    last_sweep_duration: float | None = None
+    lag: float = 0.0
+    dirty: int = 0
+    last_check_latency: float | None = None
+    state: str = "starting"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Ping:
+    token: str
+    sent_at: float
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        instance: str | None = None,
+        notifier: SdNotifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.dsn = require_dsn(settings)
+        self.instance = instance or checks.default_instance()
+        self.notifier = notifier or SdNotifier()
+        self.clock = clock
+        self.stats = Stats()
+        self.debouncer = Debouncer(settings.daemon.debounce, settings.daemon.max_delay)
+        self.sweep_queue: deque[str] = deque()
+        self.ping_channel = f"riskd_ping_{uuid.uuid4().hex[:16]}"
+        self.started_at = datetime.now(UTC)
+        self._ping: _Ping | None = None
+        self._listener_progress = clock()
+        self._listening = False
+        self._malformed_logged_at = -MALFORMED_LOG_EVERY
+        self._malformed_since_log = 0
+        self._in_flight: list[tuple[str, float]] = []
+        self._sweep_pending = 0
+        # created in run(), inside the event loop
+        self._stopping: asyncio.Event
+        self._work: asyncio.Event
+        self._drain_now: asyncio.Event
+        self._reconnected: asyncio.Event
+        self._swept_once: asyncio.Event
+        self._listen_ready: asyncio.Event
+        self._sweep_done: asyncio.Event
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+
+    # ----------------------------------------------------------------- plumbing
+
+    async def _connect(self, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self.dsn,
+            autocommit=True,
+            application_name=APPLICATION_NAME,
+            connect_timeout=CONNECT_TIMEOUT,
+            **KEEPALIVES,
+            **kwargs,
+        )
+
+    def _retrying(self, what: str) -> AsyncRetrying:
+        """Retry transient failures for ever, backing off exponentially with jitter up to a
+        cap, each retry logged with its reason; the daemon's stop cancels the wait."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.stats.errors += 1
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "%s: %s; retrying in %.1f s (attempt %d)",
+                what,
+                _reason(exc) if exc else "failed",
+                delay,
+                state.attempt_number,
+            )
+
+        return AsyncRetrying(
+            retry=retry_if_exception_type(LISTENER_FAULTS),
+            wait=wait_exponential_jitter(initial=BACKOFF_INITIAL, max=BACKOFF_MAX, jitter=1),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    async def _retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        async for attempt in self._retrying(what):
+            with attempt:
+                return await fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ----------------------------------------------------------------- start
+
+    async def _preflight(self) -> None:
+        """riskd installed, at the revision this code needs, with the configured mapping."""
+        conn = await self._retry("database unreachable at start", self._connect)
+        async with conn:
+            try:
+                cur = await conn.execute(query("schema_revision"))
+                row = await cur.fetchone()
+                cur = await conn.execute(query("installed_mapping"))
+                installed = await cur.fetchone()
+            except psycopg.errors.UndefinedTable as exc:
+                raise ConfigError(
+                    "riskd is not installed in this database: run `riskd migrate` first"
+                ) from exc
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise ConfigError(
+                    f"the daemon's role lacks a privilege it needs: {_reason(exc)} "
+                    "(docs/operations.md lists the grants)"
+                ) from exc
+        head = migrate.head(self.settings)
+        current = row[0] if row else None
+        if current != head:
+            raise ConfigError(
+                f"riskd schema is at {current or 'nothing'}, this riskd needs {head}: "
+                "run `riskd migrate`"
+            )
+        wanted = mapping_json(self.settings.schema)
+        if installed is None or installed[0] != wanted:
+            raise ConfigError(
+                "[schema] differs from the mapping `riskd migrate` installed the triggers with: "
+                "run `riskd migrate` with this configuration, or fix [schema]"
+            )
+
+    async def run(self) -> int:
+        self._stopping = asyncio.Event()
+        self._work = asyncio.Event()
+        self._drain_now = asyncio.Event()
+        self._reconnected = asyncio.Event()
+        self._swept_once = asyncio.Event()
+        self._sweep_done = asyncio.Event()
+        self._listen_ready = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second %s: exiting at once", signal.Signals(signum).name)
+                os._exit(1)
+            log.info("%s: stopping", signal.Signals(signum).name)
+            self._stopping.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+
+        log.info("riskd %s starting as %s on %s", __version__, self.instance, mask_dsn(self.dsn))
+        self.notifier.status("starting: connecting to the database")
+        preflight = asyncio.create_task(self._preflight())
+        stop = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({preflight, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not preflight.done():
+            preflight.cancel()
+            with contextlib.suppress(BaseException):
+                await preflight
+            self.notifier.stopping()
+            return 0
+        stop.cancel()
+        preflight.result()  # a ConfigError ends the run here, with its one line
+
+        self._pool = AsyncConnectionPool(
+            self.dsn,
+            min_size=2,
+            max_size=4,
+            open=False,
+            timeout=PING_TIMEOUT,
+            kwargs={
+                "autocommit": True,
+                "application_name": APPLICATION_NAME,
+                "connect_timeout": CONNECT_TIMEOUT,
+                **KEEPALIVES,
+            },
+            check=AsyncConnectionPool.check_connection,
+            name="riskd",
+        )
+        await self._pool.open(wait=False)
+        workers = {
+            "listener": asyncio.create_task(self._listener(), name="listener"),
+            "drainer": asyncio.create_task(self._drainer(), name="drainer"),
+            "sweeper": asyncio.create_task(self._sweeper(), name="sweeper"),
+            "reporter": asyncio.create_task(self._reporter(), name="reporter"),
+            "watchdog": asyncio.create_task(self._watchdog(), name="watchdog"),
+        }
+        checker = asyncio.create_task(self._checker(), name="checker")
+        ready = asyncio.create_task(self._announce_ready(), name="ready")
+        stopping = asyncio.create_task(self._stopping.wait(), name="stop")
+        everything = {stopping, checker, *workers.values()}
+        done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
+        crashed = [t for t in done if t is not stopping and not t.cancelled() and t.exception()]
+        for task in crashed:
+            exc = task.exception()
+            assert exc is not None
+            log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
+        return await self._shutdown(workers, checker, ready, code=1 if crashed else 0)
+
+    async def _announce_ready(self) -> None:
+        await self._listen_ready.wait()
+        await self._swept_once.wait()
+        self.stats.state = "running"
+        self.notifier.ready(self._summary())
+        log.info("ready: listening on %s", CHANGES_CHANNEL)
+
+    # ----------------------------------------------------------------- stop
+
+    async def _shutdown(
+        self,
+        workers: dict[str, asyncio.Task[None]],
+        checker: asyncio.Task[None],
+        ready: asyncio.Task[None],
+        code: int,
+    ) -> int:
+        self.stats.state = "stopping"
+        self.notifier.stopping("stopping: finishing the checks in flight")
+        ready.cancel()
+        for task in workers.values():
+            task.cancel()
+        await asyncio.gather(*workers.values(), ready, return_exceptions=True)
+        self._work.set()
+        timeout = self.settings.daemon.shutdown_timeout
+        try:
+            await asyncio.wait_for(checker, timeout)
+        except TimeoutError:
+            log.warning("checks still running after %.1f s: abandoned", timeout)
+        except Exception as exc:  # noqa: BLE001 - already counted; the stop goes on
+            log.warning("checker: %s", _reason(exc))
+        left = [a for a, _ in self._in_flight] if not checker.done() else []
+        left += self.debouncer.drain_all()
+        await self._hand_back(left)
+        await self._leave()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._pool.close(timeout=1.0), 5.0)
+        log.info("stopped (%d accounts handed back to the dirty set)", len(left))
+        return code
+
+    async def _hand_back(self, accounts: list[str]) -> None:
+        if not accounts:
+            return
+        rows = json.dumps([{"account_id": a} for a in sorted(set(accounts))])
+        try:
+            async with self._pool.connection(timeout=2.0) as conn:
+                await asyncio.wait_for(conn.execute(query("requeue"), {"rows": rows}), 5.0)
+        except Exception as exc:  # noqa: BLE001 - the next sweep finds them anyway
+            log.warning("could not hand %d accounts back: %s", len(accounts), _reason(exc))
+
+    async def _leave(self) -> None:
+        try:
+            async with self._pool.connection(timeout=2.0) as conn:
+                await asyncio.wait_for(
+                    conn.execute(query("leave"), {"instance": self.instance}), 5.0
+                )
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not remove the heartbeat row: %s", _reason(exc))
+
+    # ----------------------------------------------------------------- listener
+
+    async def _listener(self) -> None:
+        first = True
+        while True:
+            conn = await self._retry("listener", self._listen_connection)
+            if not first:
+                self.stats.reconnects += 1
+                log.info("listener reconnected")
+            first = False
+            self._listening = True
+            self._listen_ready.set()
+            self._listener_progress = self.clock()
+            self._reconnected.set()
+            self._drain_now.set()
+            try:
+                await self._listen(conn)
+            except LISTENER_FAULTS as exc:
+                self.stats.errors += 1
+                log.warning("listener lost: %s; reconnecting", _reason(exc))
+            finally:
+                self._listening = False
+                self._ping = None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 1.0)
+
+    async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
+        self._listener_progress = self.clock()
+        conn = await self._connect()
+        try:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANGES_CHANNEL)))
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.ping_channel)))
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        next_ping = self.clock() + PING_INTERVAL
+        while True:
+            now = self.clock()
+            if self._ping is not None:
+                if now >= self._ping.sent_at + PING_TIMEOUT:
+                    raise ListenerStalled(f"no answer to the self-ping in {PING_TIMEOUT:.0f} s")
+                wake = self._ping.sent_at + PING_TIMEOUT
+            elif now >= next_ping:
+                token = uuid.uuid4().hex
+                self._ping = _Ping(token, now)
+                asyncio.create_task(self._send_ping(token))
+                continue
+            else:
+                wake = next_ping
+            async for notify in conn.notifies(timeout=max(0.0, wake - now)):
+                if self._on_notify(notify):
+                    next_ping = self.clock() + PING_INTERVAL
+
+    async def _send_ping(self, token: str) -> None:
+        try:
+            async with self._pool.connection(timeout=PING_TIMEOUT) as conn:
+                await asyncio.wait_for(
+                    conn.execute(query("ping"), {"channel": self.ping_channel, "payload": token}),
+                    PING_TIMEOUT,
+                )
+        except Exception as exc:  # noqa: BLE001 - the listener judges by the missing answer
+            log.debug("ping not sent: %s", _reason(exc))
+
+    def _on_notify(self, notify: psycopg.Notify) -> bool:
+        """Handle one notification; True when it answered our ping."""
+        if notify.channel == self.ping_channel:
+            if self._ping is not None and notify.payload == self._ping.token:
+                self._ping = None
+                self.stats.pings += 1
+                self._listener_progress = self.clock()
+                return True
+            return False
+        # riskd_changes: the triggers' wake-up carries no payload. Anything else is not ours:
+        # counted and dropped, never parsed into an action (I4).
+        if notify.payload == "":
+            self.stats.notifications += 1
+            self._drain_now.set()
+            return False
+        self.stats.malformed_payloads += 1
+        self._malformed_since_log += 1
+        now = self.clock()
+        if now - self._malformed_logged_at >= MALFORMED_LOG_EVERY:
+            log.warning(
+                "dropped %d unexpected payload(s) on %s (latest from backend pid %d, %d bytes)",
+                self._malformed_since_log,
+                CHANGES_CHANNEL,
+                notify.pid,
+                len(notify.payload.encode("utf-8", "replace")),
+            )
+            self._malformed_logged_at = now
+            self._malformed_since_log = 0
+        return False
+
+    # ----------------------------------------------------------------- drainer
+
+    async def _drainer(self) -> None:
+        while True:
+            self._drain_now.clear()
+            found = await self._retry("drain", self._drain_once)
+            if found:
+                delay = BUSY_DRAIN_INTERVAL
+            else:
+                found = await self._retry("drain", self._rearm_and_drain)
+                delay = BUSY_DRAIN_INTERVAL if found else DRAIN_INTERVAL
+            if found and delay == BUSY_DRAIN_INTERVAL:
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_now.wait(), delay)
+
+    async def _drain_once(self) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(query("drain"))
+            rows: list[tuple[str, float]] = await cur.fetchall()
+        return self._take(rows)
+
+    async def _rearm_and_drain(self) -> int:
+        # Re-arm first, then drain: a mark made after the empty drain and before the re-arm
+        # (which drew more than 1, so did not notify) is found by this second drain.
+        async with self._pool.connection() as conn:
+            await conn.execute(query("rearm"))
+            cur = await conn.execute(query("drain"))
+            rows: list[tuple[str, float]] = await cur.fetchall()
+        return self._take(rows)
+
+    def _take(self, rows: Iterable[tuple[str, float]]) -> int:
+        now = self.clock()
+        n = 0
+        for account, age in rows:
+            self.debouncer.mark(account, now, now - max(0.0, age or 0.0))
+            n += 1
+        self.stats.drains += 1
+        if n:
+            self.stats.drained_accounts += n
+            self._work.set()
+        return n
+
+    # ----------------------------------------------------------------- checker
+
+    def _next_batch(self) -> tuple[list[tuple[str, float]], bool]:
+        size = self.settings.daemon.batch_size
+        due = self.debouncer.pop_due(self.clock(), size)
+        if due:
+            return due, False
+        now = self.clock()
+        batch: list[tuple[str, float]] = []
+        while self.sweep_queue and len(batch) < size:
+            batch.append((self.sweep_queue.popleft(), now))
+        return batch, True
+
+    async def _checker(self) -> None:
+        """Due accounts first, sweep work when none is due; runs until the stop, then returns
+        after the batch in flight."""
+        while True:
+            self._work.clear()
+            if self._stopping.is_set():
+                return
+            batch, from_sweep = self._next_batch()
+            if batch:
+                self._in_flight = batch
+                try:
+                    await self._check_batch(batch)
+                finally:
+                    self._in_flight = []
+                    if from_sweep:
+                        self._sweep_pending -= len(batch)
+                        if self._sweep_pending <= 0:
+                            self._sweep_done.set()
+                continue
+            deadline = self.debouncer.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), timeout)
+
+    async def _check_batch(self, batch: list[tuple[str, float]]) -> None:
+        ids = [a for a, _ in batch]
+        try:
+            async with self._pool.connection(timeout=CHECK_TIMEOUT) as conn:
+                results = await asyncio.wait_for(
+                    checks.acheck_accounts(conn, self.settings, ids, self.instance),
+                    CHECK_TIMEOUT,
+                )
+        except TRANSIENT as exc:
+            self.stats.errors += 1
+            log.warning("check of %d accounts failed: %s; will retry", len(ids), _reason(exc))
+            now = self.clock()
+            for account, first in batch:
+                self.debouncer.mark(account, now, first)
+            await asyncio.sleep(BACKOFF_INITIAL)
+            return
+        except psycopg.Error as exc:
+            self.stats.errors += 1
+            if len(batch) > 1:  # find the account that fails, check the others
+                half = len(batch) // 2
+                log.warning("check of %d accounts failed: %s; splitting", len(ids), _reason(exc))
+                await self._check_batch(batch[:half])
+                await self._check_batch(batch[half:])
+            else:
+                log.error("check of account %s failed: %s", ids[0], _reason(exc))
+            return
+        now = self.clock()
+        self.stats.checks += len(results)
+        self.stats.check_batches += 1
+        self.stats.last_check_latency = max(now - first for _, first in batch)
+        for r in results:
+            if r.event_id is not None:
+                self.stats.events += 1
+                log.info(
+                    "account %s: %s -> %s (utilisation %s)",
+                    r.account_id,
+                    r.previous_level,
+                    r.level,
+                    r.utilization,
+                )
+            if r.close_request_id is not None:
+                self.stats.close_requests += 1
+
+    # ----------------------------------------------------------------- sweeper
+
+    async def _sweeper(self) -> None:
+        interval = self.settings.daemon.sweep_interval
+        await self._listen_ready.wait()  # LISTEN first, then read the state (DESIGN §6)
+        while True:
+            conn = await self._retry("sweep connection", self._connect)
+            try:
+                self.stats.leader = False
+                while True:
+                    if not self.stats.leader:
+                        cur = await conn.execute(
+                            query("try_sweep_leader"),
+                            {"lock_class": SWEEP_LEADER_CLASS, "key": SWEEP_LEADER_KEY},
+                        )
+                        row = await cur.fetchone()
+                        self.stats.leader = bool(row and row[0])
+                        if self.stats.leader:
+                            log.info("this instance is the sweep leader")
+                    if self.stats.leader:
+                        self._reconnected.clear()
+                        await self._sweep(conn)
+                        wait = interval
+                    else:
+                        wait = min(interval, 5.0)
+                    self._swept_once.set()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._reconnected.wait(), wait)
+            except TRANSIENT as exc:
+                self.stats.errors += 1
+                log.warning("sweep connection lost: %s; reconnecting", _reason(exc))
+            finally:
+                self.stats.leader = False
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 1.0)
+
+    async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        started = self.clock()
+        candidates = await checks.asweep_candidates(conn, self.settings)
+        if candidates:
+            self._sweep_done.clear()
+            self._sweep_pending += len(candidates)
+            self.sweep_queue.extend(candidates)
+            self._work.set()
+            await self._sweep_done.wait()
+        self.stats.sweeps += 1
+        self.stats.last_sweep_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.stats.last_sweep_duration = round(self.clock() - started, 3)
+        log.info(
+            "swept in %.2f s: %d accounts changed level",
+            self.stats.last_sweep_duration,
+            len(candidates),
+        )
+
+    # ----------------------------------------------------------------- reporting
+
+    def _summary(self) -> str:
+        s = self.stats
+        return (
+            f"{s.state}; {'listening' if self._listening else 'not listening'}; "
+            f"{len(self.debouncer)} dirty; {s.checks} checks, {s.events} events; "
+            f"lag {s.lag:.1f} s{'; sweep leader' if s.leader else ''}"
+        )
+
+    def _refresh(self) -> None:
+        oldest = self.debouncer.oldest()
+        self.stats.lag = round(max(0.0, self.clock() - oldest), 3) if oldest is not None else 0.0
+        self.stats.dirty = len(self.debouncer)
+
+    async def _reporter(self) -> None:
+        host = socket.gethostname()
+        while True:
+            self._refresh()
+            params = {
+                "instance": self.instance,
+                "host": host,
+                "pid": os.getpid(),
+                "version": __version__,
+                "started_at": self.started_at,
+                "stats": json.dumps(asdict(self.stats)),
+            }
+            try:
+                async with self._pool.connection(timeout=HEARTBEAT_INTERVAL) as conn:
+                    await asyncio.wait_for(conn.execute(query("heartbeat"), params), 5.0)
+            except Exception as exc:  # noqa: BLE001 - reported, never fatal
+                self.stats.errors += 1
+                log.warning("heartbeat not written: %s", _reason(exc))
+            self.notifier.status(self._summary())
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def healthy(self) -> bool:
+        """The loop runs (we are in it) and the listener is alive or busy reconnecting."""
+        window = CONNECT_TIMEOUT + BACKOFF_MAX + PING_INTERVAL + PING_TIMEOUT + 5
+        return self.clock() - self._listener_progress < window
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            await asyncio.Event().wait()  # no watchdog configured: nothing to do, ever
+            return
+        while True:
+            if self.healthy():
+                self.notifier.watchdog()
+            else:
+                log.warning("listener unhealthy: withholding the systemd watchdog ping")
+            await asyncio.sleep(interval)
+
+
+def run(settings: Settings) -> int:
+    """Run the daemon until SIGTERM / SIGINT; the exit code."""
+    return asyncio.run(Daemon(settings).run())
