@@ -165,6 +165,7 @@ class Daemon:
         self._reconnected: asyncio.Event
         self._swept_once: asyncio.Event
         self._listen_ready: asyncio.Event
+        self._ready: asyncio.Event
         self._sweep_done: asyncio.Event
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 
@@ -251,6 +252,7 @@ class Daemon:
         self._swept_once = asyncio.Event()
         self._sweep_done = asyncio.Event()
         self._listen_ready = asyncio.Event()
+        self._ready = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = 0
 
@@ -261,7 +263,7 @@ class Daemon:
                 log.warning("second %s: exiting at once", signal.Signals(signum).name)
                 os._exit(1)
             log.info("%s: stopping", signal.Signals(signum).name)
-            self._stopping.set()
+            self._request_stop()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
@@ -315,10 +317,24 @@ class Daemon:
             log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
         return await self._shutdown(workers, checker, ready, code=1 if crashed else 0)
 
+    def _request_stop(self) -> None:
+        """Stop taking work: every loop wakes up, sees the stop and returns at a safe point
+        (never cancelled in the middle of a query: psycopg then tries to cancel it on the
+        server, which can take seconds)."""
+        self._stopping.set()
+        for event in (self._drain_now, self._reconnected, self._work, self._sweep_done):
+            event.set()
+
+    async def _pause(self, seconds: float, event: asyncio.Event | None = None) -> None:
+        """Wait ``seconds``, less if ``event`` is set (the stop sets every event)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for((event or self._stopping).wait(), seconds)
+
     async def _announce_ready(self) -> None:
         await self._listen_ready.wait()
         await self._swept_once.wait()
         self.stats.state = "running"
+        self._ready.set()
         self.notifier.ready(self._summary())
         log.info("ready: listening on %s", CHANGES_CHANNEL)
 
@@ -333,10 +349,19 @@ class Daemon:
     ) -> int:
         self.stats.state = "stopping"
         self.notifier.stopping("stopping: finishing the checks in flight")
+        self._request_stop()
         ready.cancel()
-        for task in workers.values():
+        for name in ("listener", "watchdog"):  # idle waits: safe to cancel
+            workers[name].cancel()
+        _, busy = await asyncio.wait(workers.values(), timeout=2.0)
+        for task in busy:  # still retrying through an outage, or mid-query
             task.cancel()
-        await asyncio.gather(*workers.values(), ready, return_exceptions=True)
+        _, stuck = await asyncio.wait({*workers.values(), ready}, timeout=5.0)
+        for task in stuck:  # a bug, not an outage: say where it hangs, and go on stopping
+            where = "; ".join(
+                f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()
+            )
+            log.error("%s did not stop when asked: %s", task.get_name(), where)
         self._work.set()
         timeout = self.settings.daemon.shutdown_timeout
         try:
@@ -472,7 +497,7 @@ class Daemon:
     # ----------------------------------------------------------------- drainer
 
     async def _drainer(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             self._drain_now.clear()
             found = await self._retry("drain", self._drain_once)
             if found:
@@ -480,11 +505,7 @@ class Daemon:
             else:
                 found = await self._retry("drain", self._rearm_and_drain)
                 delay = BUSY_DRAIN_INTERVAL if found else DRAIN_INTERVAL
-            if found and delay == BUSY_DRAIN_INTERVAL:
-                await asyncio.sleep(delay)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain_now.wait(), delay)
+            await self._pause(delay, None if found else self._drain_now)
 
     async def _drain_once(self) -> int:
         async with self._pool.connection() as conn:
@@ -564,7 +585,7 @@ class Daemon:
             now = self.clock()
             for account, first in batch:
                 self.debouncer.mark(account, now, first)
-            await asyncio.sleep(BACKOFF_INITIAL)
+            await self._pause(BACKOFF_INITIAL)
             return
         except psycopg.Error as exc:
             self.stats.errors += 1
@@ -598,11 +619,11 @@ class Daemon:
     async def _sweeper(self) -> None:
         interval = self.settings.daemon.sweep_interval
         await self._listen_ready.wait()  # LISTEN first, then read the state (DESIGN §6)
-        while True:
+        while not self._stopping.is_set():
             conn = await self._retry("sweep connection", self._connect)
             try:
                 self.stats.leader = False
-                while True:
+                while not self._stopping.is_set():
                     if not self.stats.leader:
                         cur = await conn.execute(
                             query("try_sweep_leader"),
@@ -619,8 +640,7 @@ class Daemon:
                     else:
                         wait = min(interval, 5.0)
                     self._swept_once.set()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._reconnected.wait(), wait)
+                    await self._pause(wait, self._reconnected)
             except TRANSIENT as exc:
                 self.stats.errors += 1
                 log.warning("sweep connection lost: %s; reconnecting", _reason(exc))
@@ -664,7 +684,7 @@ class Daemon:
 
     async def _reporter(self) -> None:
         host = socket.gethostname()
-        while True:
+        while not self._stopping.is_set():
             self._refresh()
             params = {
                 "instance": self.instance,
@@ -681,7 +701,7 @@ class Daemon:
                 self.stats.errors += 1
                 log.warning("heartbeat not written: %s", _reason(exc))
             self.notifier.status(self._summary())
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await self._pause(HEARTBEAT_INTERVAL)
 
     def healthy(self) -> bool:
         """The loop runs (we are in it) and the listener is alive or busy reconnecting."""
@@ -693,6 +713,7 @@ class Daemon:
         if interval is None:
             await asyncio.Event().wait()  # no watchdog configured: nothing to do, ever
             return
+        await self._ready.wait()  # systemd arms the watchdog once the start-up is complete
         while True:
             if self.healthy():
                 self.notifier.watchdog()
