@@ -18,8 +18,10 @@ import psycopg
 import pytest
 from conftest import Db
 from daemonproc import DaemonProcess, wait_until
+from proxy import TcpProxy
 from test_daemon import Start, add_accounts, events, pending_requests, set_quantity, start
 
+from riskd.daemon import PING_INTERVAL, PING_TIMEOUT
 from riskd.sqlfiles import LOCK_CLASS
 
 __all__ = ["start"]  # the fixture, shared with test_daemon
@@ -246,3 +248,27 @@ def test_database_unreachable_at_start_keeps_retrying(start: Start) -> None:
     assert daemon.alive()
     assert "password" not in daemon.log()
     assert daemon.stop() == 0
+
+
+def test_silently_stalled_network(db: Db, start: Start) -> None:
+    """Through a proxy that stops forwarding without closing anything: keepalives never fire
+    (the proxy's kernel still ACKs, tests/proxy.py), so only the self-ping can notice."""
+    a, b = add_accounts(db, 2)
+    with TcpProxy("127.0.0.1", int(psycopg.conninfo.conninfo_to_dict(db.dsn)["port"])) as proxy:
+        dsn = psycopg.conninfo.make_conninfo(db.dsn, host="127.0.0.1", port=proxy.port)
+        daemon = start(dsn=dsn)
+        daemon.wait_ready()
+        proxy.stall()
+        stalled_at = time.monotonic()
+        set_quantity(db, a, "95")  # made while the daemon is cut off
+        wait_until(lambda: "ListenerStalled" in daemon.log(), 15, "the stall noticed")
+        noticed = time.monotonic() - stalled_at
+        assert noticed <= PING_INTERVAL + PING_TIMEOUT + 1.5, f"noticed after {noticed:.1f} s"
+        assert events(db) == []
+        proxy.resume()
+        wait_until(lambda: events(db), 30, "the breach made during the stall")
+        assert events(db) == [(a, "ok", "critical")]
+        daemon.wait_stats(lambda s: s["reconnects"] >= 1, 15, "the reconnect counted")
+        set_quantity(db, b, "95")  # and it goes on working
+        wait_until(lambda: len(events(db)) == 2, 15, "a breach after the stall")
+        assert daemon.stop() == 0
