@@ -9,18 +9,21 @@
 --     the caller's search_path; in a WHEN clause they are resolved once, at CREATE TRIGGER),
 --     so nothing can be hijacked through search_path (CVE-2018-1058);
 --   * nothing here can raise: plain INSERTs into an unlogged table without index (so no
---     conflict, no serialization failure under REPEATABLE READ or SERIALIZABLE), transaction-
---     local settings, a sequence draw, and a NOTIFY only when the notification queue is below
+--     conflict, no serialization failure under REPEATABLE READ or SERIALIZABLE), a sequence
+--     read and draw, and a NOTIFY only when the notification queue is below
 --     riskd.notify_queue_limit (default 0.5; '0' turns the NOTIFY off, e.g. for sessions that
 --     use PREPARE TRANSACTION — the daemon's timer drain still finds the marks);
---   * the wake-up costs nothing but the draw: only the first mark after the daemon re-armed
---     the sequence draws 1 and notifies (wake_up.sql).
+--   * the wake-up costs a read of the wakeup sequence while a wake-up is pending, and a draw
+--     only when the daemon has re-armed it; the first mark after a re-arm draws 1 and notifies
+--     (wake_up.sql).
 --
 -- Positions: statement triggers with transition tables, so that a statement marks each account
--- it changed once, whatever its size: a 500-row mark-to-market statement costs one call and one
--- insert per account, not per row. The price: PL/pgSQL plans a query on a transition table anew
--- on every call, which a single-row write pays (docs/benchmarks.md has the measured trade-off
--- against row triggers, and against a row trigger that hands bulk statements over).
+-- it changed once, whatever its size (a 100 000-row statement: one insert per account, one
+-- wake-up at most), and a 500-row mark-to-market statement costs one call. The price, measured
+-- (docs/benchmarks.md): a single-row write pays the transition-table capture, an after-trigger
+-- queue entry and the start-up of the aggregates below — the plan itself is cached, its
+-- executor start is not. Row triggers mark a single row for less but a bulk statement once
+-- per row; handing over between the two per statement costs more than it saves (measured).
 --
 -- Rendered by riskd.sqlfiles from the [schema] mapping (identifiers quoted by psycopg.sql).
 
@@ -72,11 +75,17 @@ END
 $fn$;
 
 -- Balances: one row per account, so a row trigger marks each account once whatever the
--- statement. BEFORE (no after-trigger queue entry) with a WHEN clause, so a row whose balance
--- did not change costs no call.
+-- statement. BEFORE (no after-trigger queue entry), and the change tested in the body rather
+-- than in a WHEN clause: a WHEN clause is read back from the catalog and compiled on every
+-- statement, which cost more than the call it saves (docs/benchmarks.md). UPDATE OF keeps
+-- statements that do not set the balance away from the trigger, in C.
 CREATE FUNCTION riskd.mark_account_balance() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 BEGIN
+    IF COALESCE(NEW.{a_balance} OPERATOR(pg_catalog.=) OLD.{a_balance},
+                NEW.{a_balance} IS NULL AND OLD.{a_balance} IS NULL) THEN
+        RETURN NEW;
+    END IF;
     INSERT INTO riskd.dirty_accounts (account_id) VALUES (NEW.{a_id});
     {wake_up}
     RETURN NEW;
@@ -115,8 +124,7 @@ CREATE TRIGGER riskd_positions_delete AFTER DELETE ON {positions}
     FOR EACH STATEMENT EXECUTE FUNCTION riskd.mark_positions_deleted();
 
 CREATE TRIGGER riskd_account_balance BEFORE UPDATE OF {a_balance} ON {accounts}
-    FOR EACH ROW WHEN (OLD.{a_balance} IS DISTINCT FROM NEW.{a_balance})
-    EXECUTE FUNCTION riskd.mark_account_balance();
+    FOR EACH ROW EXECUTE FUNCTION riskd.mark_account_balance();
 
 CREATE TRIGGER riskd_instruments_update AFTER UPDATE ON {instruments}
     REFERENCING OLD TABLE AS riskd_old NEW TABLE AS riskd_new

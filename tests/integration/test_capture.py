@@ -294,6 +294,15 @@ def test_same_balance_update_does_not_mark(db: Db) -> None:
     assert got == Counter({"a": 1, "b": 1})
 
 
+def test_balance_update_to_the_same_numeric_value_does_not_mark(db: Db) -> None:
+    """The balance trigger compares in its body (no WHEN clause), numerics by value."""
+    basic(db)
+    same = "UPDATE public.trading_accounts SET balance = 10000.000 WHERE id = 'a'"
+    assert marks(db, same) == Counter()
+    other = "UPDATE public.trading_accounts SET balance = 10000.001 WHERE id = 'a'"  # control
+    assert marks(db, other) == Counter({"a": 1})
+
+
 # --- instruments -------------------------------------------------------------------------------
 
 
@@ -383,6 +392,21 @@ def test_wake_up_once_per_rearm(db: Db) -> None:
         rearm(db)
         marks(db, PNL_UP)
         assert wakeups(db, listener) == 1
+
+
+def test_pending_wake_up_is_read_not_drawn(db: Db) -> None:
+    """Between a wake-up and the daemon's re-arm, marks only read the wakeup sequence: a draw
+    per mark would take its one buffer exclusively in every trading backend."""
+    basic(db)
+    rearm(db)
+    last = "SELECT pg_sequence_last_value('riskd.wakeup')"
+    assert db.scalar(last) is None  # armed
+    marks(db, PNL_UP)
+    assert db.scalar(last) == 1  # the first mark drew 1 (and notified)
+    marks(db, PNL_UP)
+    marks(db, "UPDATE public.trading_accounts SET balance = balance + 1 WHERE id = 'a'")
+    marks(db, "INSERT INTO public.positions VALUES ('p2', 'b', 'btc', 1, 1, 1)")
+    assert db.scalar(last) == 1  # three more marks, no draw
 
 
 def test_rolled_back_change_sends_nothing(db: Db) -> None:
@@ -517,6 +541,7 @@ def evil(db: Db) -> str:
     """Schema ``evil``: a raising look-alike of every unqualified name a trigger could resolve."""
     functions = {
         "nextval(regclass)": "bigint",
+        "pg_sequence_last_value(regclass)": "bigint",
         "pg_notify(text, text)": "void",
         "current_setting(text, boolean)": "text",
         "pg_notification_queue_usage()": "double precision",
