@@ -3,12 +3,14 @@
 pgbench, 8 clients, against the reference schema seeded with 100 000 accounts / 1 000 000
 positions on a throwaway PostgreSQL 18 (riskd.cluster). Each round runs every capture design
 once, in an order that rotates from round to round, on the same tables and server: no trigger,
-two do-nothing row triggers (the floor of any trigger design), the seed's pg_notify per row,
-riskd's mark as an AFTER row trigger on positions, and riskd as installed (statement triggers
-with transition tables on positions, a BEFORE row trigger on balances). A drainer
-empties the dirty set every 100 ms and re-arms the wake-up when it finds it empty, as the
-daemon does. The ratios are medians over
-rounds of tps / tps without trigger, with the spread (min..max of the per-round ratios).
+two do-nothing row triggers (the floor of any trigger design), a do-nothing statement trigger
+with transition tables (the floor of a statement design), the seed's pg_notify per row,
+riskd's mark as BEFORE row triggers without WHEN clause (cheapest for one row, but a bulk
+statement marks once per row), and riskd as installed (statement triggers with transition
+tables on positions, a BEFORE row trigger on balances). A drainer empties the dirty set every
+100 ms and re-arms the wake-up when it finds it empty, as the daemon does. The ratios are
+medians over rounds of tps / tps without trigger, with the spread (min..max of the per-round
+ratios).
 
     python bench/capture.py [--rounds 5] [--seconds 8] [--accounts 100000] [--positions 1000000]
 """
@@ -41,13 +43,17 @@ DESIGNS: dict[str, tuple[str, ...]] = {
         "positions.bench_floor_positions",
         "trading_accounts.bench_floor_accounts",
     ),
+    "statement floor (transition tables, no-op)": (
+        "positions.bench_statement_floor_positions",
+        "trading_accounts.bench_floor_accounts",
+    ),
     "seed: pg_notify per row": (
         "positions.bench_notify_positions",
         "trading_accounts.bench_notify_accounts",
     ),
-    "row trigger on positions (AFTER, per changed row)": (
+    "row triggers (BEFORE, no WHEN; marks per row)": (
         "positions.bench_row_positions",
-        "trading_accounts.riskd_account_balance",
+        "trading_accounts.bench_row_accounts",
     ),
     "riskd (as installed)": (
         "positions.riskd_positions_insert",

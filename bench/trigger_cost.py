@@ -29,7 +29,7 @@ ACCOUNTS, POSITIONS = 10_000, 100_000  # ten positions per account, numbered con
 DESIGNS: dict[str, tuple[str, ...]] = {
     "none": (),
     "floor": ("positions.bench_floor_positions", "trading_accounts.bench_floor_accounts"),
-    "row": ("positions.bench_row_positions", "trading_accounts.riskd_account_balance"),
+    "row": ("positions.bench_row_positions", "trading_accounts.bench_row_accounts"),
     "riskd": (
         "positions.riskd_positions_insert",
         "positions.riskd_positions_update",
