@@ -598,6 +598,7 @@ class Daemon:
                 log.error("check of account %s failed: %s", ids[0], _reason(exc))
             return
         now = self.clock()
+        self.debouncer.checked(ids, now)
         self.stats.checks += len(results)
         self.stats.check_batches += 1
         self.stats.last_check_latency = max(now - first for _, first in batch)

@@ -2,8 +2,15 @@
 
 An account becomes due ``debounce`` seconds after its last change, but never later than
 ``max_delay`` after its first unchecked change, so an account that changes every 100 ms is
-still checked every ``max_delay``. Memory holds one entry per distinct dirty account whatever
-the update rate (I5): a mark of an account already waiting only moves its last-change time.
+still checked every ``max_delay``. And an account is checked at most once per ``max_delay``
+while it keeps changing: an account that changes every 1.5 s would otherwise pass a 1 s quiet
+period each time and cost a check per change; its next check waits until ``max_delay`` after
+the previous one, which still acts on any change within ``max_delay`` of it (I2). With
+``debounce = 0`` coalescing is off, by request: every change is due at once.
+
+Memory holds one entry per distinct dirty account whatever the update rate (I5): a mark of an
+account already waiting only moves its last-change time; the time of each account's last check
+is kept for ``max_delay`` only.
 
 Deadlines only ever move later, so one heap entry per account suffices: an entry is keyed by
 the deadline it had when pushed, which is never after its real deadline; when it reaches the top
@@ -13,6 +20,7 @@ too early it is pushed again with the real one.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 class _Entry:
     first: float  # when the first unchecked change happened
     last: float  # when the latest change was seen
+    not_before: float  # max_delay after the account's previous check
 
 
 class Debouncer:
@@ -29,8 +38,11 @@ class Debouncer:
             raise ValueError("debounce must be >= 0 and max_delay > 0")
         self.debounce = debounce
         self.max_delay = max_delay
+        self.min_interval = max_delay if debounce > 0 else 0.0
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, str]] = []
+        self._checked: dict[str, float] = {}  # account -> its last check, for min_interval
+        self._checked_order: deque[tuple[float, str]] = deque()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -39,7 +51,22 @@ class Debouncer:
         return account in self._entries
 
     def _deadline(self, entry: _Entry) -> float:
-        return min(entry.last + self.debounce, entry.first + self.max_delay)
+        return max(min(entry.last + self.debounce, entry.first + self.max_delay), entry.not_before)
+
+    def _forget_checks_before(self, when: float) -> None:
+        while self._checked_order and self._checked_order[0][0] < when:
+            at, account = self._checked_order.popleft()
+            if self._checked.get(account) == at:
+                del self._checked[account]
+
+    def checked(self, accounts: Iterable[str], now: float) -> None:
+        """These accounts were checked at ``now``: their next check waits for min_interval."""
+        if self.min_interval <= 0:
+            return
+        self._forget_checks_before(now - self.min_interval)
+        for account in accounts:
+            self._checked[account] = now
+            self._checked_order.append((now, account))
 
     def mark(self, account: str, now: float, changed_at: float | None = None) -> None:
         """Record a change of ``account`` seen at ``now``; ``changed_at`` (<= now) is when the
@@ -47,7 +74,10 @@ class Debouncer:
         first = now if changed_at is None else min(changed_at, now)
         entry = self._entries.get(account)
         if entry is None:
-            entry = _Entry(first=first, last=now)
+            self._forget_checks_before(now - self.min_interval)
+            previous = self._checked.get(account)
+            not_before = previous + self.min_interval if previous is not None else first
+            entry = _Entry(first=first, last=now, not_before=not_before)
             self._entries[account] = entry
             heapq.heappush(self._heap, (self._deadline(entry), account))
         else:
@@ -89,4 +119,6 @@ class Debouncer:
         accounts = list(self._entries)
         self._entries.clear()
         self._heap.clear()
+        self._checked.clear()
+        self._checked_order.clear()
         return accounts

@@ -60,6 +60,37 @@ def test_memory_is_one_entry_per_account() -> None:
     assert len(d._heap) == 3
 
 
+def test_a_warm_account_is_checked_at_most_once_per_max_delay() -> None:
+    """Changes every 1.5 s pass the 1 s quiet period each time; the checks still keep
+    max_delay apart, and each change is acted on within max_delay of it."""
+    d = Debouncer(debounce=1.0, max_delay=5.0)
+    checks: list[float] = []
+    changes = [i * 1.5 for i in range(40)]  # 60 s
+    pending: list[float] = []
+    for tick in range(650):
+        now = tick * 0.1
+        if changes and changes[0] <= now:
+            pending.append(changes.pop(0))
+            d.mark("warm", now=now)
+        if d.pop_due(now, 10):
+            checks.append(now)
+            assert all(now - c <= 5.0 + 0.1 for c in pending), (now, pending)
+            pending.clear()
+            d.checked(["warm"], now)
+    gaps = [b - a for a, b in zip(checks, checks[1:], strict=False)]
+    assert min(gaps) >= 5.0 - 1e-9
+    assert len(checks) <= 60 / 5 + 1
+
+
+def test_zero_debounce_does_not_space_checks() -> None:
+    d = Debouncer(debounce=0.0, max_delay=5.0)
+    d.mark("a", now=0.0)
+    assert d.pop_due(0.0, 10) == [("a", 0.0)]
+    d.checked(["a"], 0.0)
+    d.mark("a", now=0.1)
+    assert d.pop_due(0.1, 10) == [("a", 0.1)]
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         Debouncer(debounce=-1, max_delay=5)
@@ -97,25 +128,32 @@ def test_against_model(
     debounce: float, max_delay: float, script: list[tuple[float, str, float]]
 ) -> None:
     d = Debouncer(debounce=debounce, max_delay=max_delay)
-    model: dict[str, tuple[float, float]] = {}  # account -> (first, last)
+    spacing = max_delay if debounce > 0 else 0.0
+    model: dict[str, tuple[float, float, float]] = {}  # account -> (first, last, not before)
+    checked: dict[str, float] = {}
     now = 0.0
+
+    def deadline(first: float, last: float, not_before: float) -> float:
+        return max(min(last + debounce, first + max_delay), not_before)
+
     for advance, action, age in script:
         now += advance
         if action != "pop":
-            first, last = model.get(action, (now - age, now))
-            model[action] = (min(first, now - age), max(last, now))
+            not_before = checked[action] + spacing if action in checked else float("-inf")
+            first, last, not_before = model.get(action, (now - age, now, not_before))
+            model[action] = (min(first, now - age), max(last, now), not_before)
             d.mark(action, now=now, changed_at=now - age)
             continue
-        due = {a for a, (f, last) in model.items() if min(last + debounce, f + max_delay) <= now}
+        due = {a for a, e in model.items() if deadline(*e) <= now}
         popped = d.pop_due(now, limit=len(ACCOUNTS))
         assert {a for a, _ in popped} == due
         for account, first in popped:
             assert first == model[account][0]
             del model[account]
+            checked[account] = now
+        d.checked([a for a, _ in popped], now)
         if model:
-            deadline = d.next_deadline()
-            assert deadline is not None
-            assert deadline <= min(
-                min(last + debounce, f + max_delay) for f, last in model.values()
-            )
+            next_due = d.next_deadline()
+            assert next_due is not None
+            assert next_due <= min(deadline(*e) for e in model.values())
         assert len(d) == len(model)
