@@ -189,3 +189,35 @@ def sweep(opts: _Options, as_json: bool) -> None:
     )
     for r in result.transitions:
         click.echo("  " + _level_line(r))
+
+
+# --- status (owned by the status/events work) ---------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.pass_obj
+def status(opts: _Options, as_json: bool) -> None:
+    """Daemons, lag, queue, levels, close requests, recent events; exit 1 when unhealthy."""
+    raise click.ClickException("not built yet")
+
+
+# --- events (owned by the status/events work) ---------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def events(opts: _Options, as_json: bool) -> None:
+    """Recent risk events; --follow tails them live."""
+    raise click.ClickException("not built yet")
+
+
+# --- demo (owned by the demo work) --------------------------------------------------------
+
+
+@main.command()
+@click.pass_obj
+def demo(opts: _Options) -> None:
+    """The whole loop on an embedded PostgreSQL: market simulator, daemon, live view."""
+    raise click.ClickException("not built yet")

@@ -140,13 +140,17 @@ class Daemon:
         instance: str | None = None,
         notifier: SdNotifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        handle_signals: bool = True,
     ) -> None:
         self.settings = settings
         self.dsn = require_dsn(settings)
         self.instance = instance or checks.default_instance()
         self.notifier = notifier or SdNotifier()
         self.clock = clock
+        self.handle_signals = handle_signals
         self.stats = Stats()
+        # change-to-check latencies of the latest checks (seconds), for live views and metrics
+        self.latencies: deque[float] = deque(maxlen=10_000)
         self.debouncer = Debouncer(settings.daemon.debounce, settings.daemon.max_delay)
         self.sweep_queue: deque[str] = deque()
         self.ping_channel = f"riskd_ping_{uuid.uuid4().hex[:16]}"
@@ -265,8 +269,9 @@ class Daemon:
             log.info("%s: stopping", signal.Signals(signum).name)
             self._request_stop()
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
+        if self.handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, on_signal, signum)
 
         log.info("riskd %s starting as %s on %s", __version__, self.instance, mask_dsn(self.dsn))
         self.notifier.status("starting: connecting to the database")
@@ -316,6 +321,11 @@ class Daemon:
             assert exc is not None
             log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
         return await self._shutdown(workers, checker, ready, code=1 if crashed else 0)
+
+    def request_stop(self) -> None:
+        """Stop the daemon as SIGTERM does (for an embedding program: the demo)."""
+        log.info("stop requested")
+        self._request_stop()
 
     def _request_stop(self) -> None:
         """Stop taking work: every loop wakes up, sees the stop and returns at a safe point
@@ -599,6 +609,7 @@ class Daemon:
             return
         now = self.clock()
         self.debouncer.checked(ids, now)
+        self.latencies.extend(now - first for _, first in batch)
         self.stats.checks += len(results)
         self.stats.check_batches += 1
         self.stats.last_check_latency = max(now - first for _, first in batch)
