@@ -25,6 +25,7 @@ import re
 import statistics
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -115,7 +116,8 @@ def pgbench(
     clients: int,
     positions: int,
     per_account: int,
-) -> float:
+) -> tuple[float, int]:
+    """tps and the number of transactions of one pgbench run."""
     out = subprocess.run(
         [
             str(bindir / "pgbench"),
@@ -148,9 +150,30 @@ def pgbench(
         check=True,
     ).stdout
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-    if not match:
+    processed = re.search(r"number of transactions actually processed: (\d+)", out)
+    if not match or not processed:
         raise RuntimeError(f"no tps in pgbench output:\n{out}")
-    return float(match.group(1))
+    return float(match.group(1)), int(processed.group(1))
+
+
+def server_cpu(cluster: PgCluster) -> float:
+    """CPU seconds the server has used so far: the postmaster, the backends it has reaped
+    (pgbench's, once it exits) and its live children. Less sensitive than tps to what else
+    runs on the machine, so it shows where a design's cost lies."""
+    postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    ticks = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(proc.name) == postmaster:
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        elif int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -178,6 +201,7 @@ def main() -> None:
             drainer = Drainer(dsn)
             drainer.start()
             results: dict[tuple[str, str, str], list[float]] = {}
+            cpu_per_tx: dict[tuple[str, str, str], list[float]] = {}
             designs = list(DESIGNS)
             for workload in args.workloads.split(","):
                 for mode in args.modes.split(","):
@@ -186,7 +210,8 @@ def main() -> None:
                         for design in order:
                             enable(conn, DESIGNS[design])
                             conn.execute("VACUUM public.positions, public.trading_accounts")
-                            tps = pgbench(
+                            cpu_before = server_cpu(cluster)
+                            tps, transactions = pgbench(
                                 bindir,
                                 cluster,
                                 WORKLOADS[workload],
@@ -196,7 +221,10 @@ def main() -> None:
                                 args.positions,
                                 per_account,
                             )
+                            time.sleep(0.5)  # pgbench's backends exit and are reaped
+                            cpu = (server_cpu(cluster) - cpu_before) / transactions * 1e6
                             results.setdefault((workload, mode, design), []).append(tps)
+                            cpu_per_tx.setdefault((workload, mode, design), []).append(cpu)
                         print(
                             f"  {workload} / {mode} round {r + 1}: "
                             + ", ".join(
@@ -207,11 +235,14 @@ def main() -> None:
                         )
             drainer.stop.set()
             drainer.join()
-    report(results, args, version)
+    report(results, cpu_per_tx, args, version)
 
 
 def report(
-    results: dict[tuple[str, str, str], list[float]], args: argparse.Namespace, version: str
+    results: dict[tuple[str, str, str], list[float]],
+    cpu_per_tx: dict[tuple[str, str, str], list[float]],
+    args: argparse.Namespace,
+    version: str,
 ) -> None:
     print()
     print(
@@ -219,11 +250,12 @@ def report(
         f"{os.cpu_count()} cores, {platform.machine()}, {args.clients} clients, "
         f"{args.accounts} accounts / {args.positions} positions, "
         f"{args.rounds} rounds x {args.seconds} s, ratio = tps / tps without trigger, "
-        "median (min..max)"
+        "median (min..max); server CPU per transaction (all backends, kernel included), median, "
+        "and its difference to no trigger"
     )
     print()
-    print("| workload | protocol | design | tps (median) | ratio | target |")
-    print("|---|---|---|---|---|---|")
+    print("| workload | protocol | design | tps (median) | ratio | server CPU µs/tx | target |")
+    print("|---|---|---|---|---|---|---|")
     for (workload, mode, design), samples in results.items():
         base = results[(workload, mode, "none")]
         ratios = [s / b for s, b in zip(samples, base, strict=True)]
@@ -231,10 +263,12 @@ def report(
         if design == "riskd (as installed)":
             t = TARGETS[workload][0 if mode == "simple" else 1]
             target = f">= {t:.2f} {'met' if statistics.median(ratios) >= t else 'NOT met'}"
+        cpu = statistics.median(cpu_per_tx[(workload, mode, design)])
+        extra = cpu - statistics.median(cpu_per_tx[(workload, mode, "none")])
         print(
             f"| {workload} | {mode} | {design} | {statistics.median(samples):.0f} | "
             f"{statistics.median(ratios):.2f} ({min(ratios):.2f}..{max(ratios):.2f}) | "
-            f"{target} |"
+            f"{cpu:.0f} ({extra:+.0f}) | {target} |"
         )
 
 
