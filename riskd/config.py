@@ -99,6 +99,7 @@ class DaemonSettings:
     shutdown_timeout: float = 10.0
     metrics_port: int = 0
     log_format: Literal["text", "json"] = "text"
+    metrics_host: str = "127.0.0.1"  # where /metrics and /healthz listen; loopback by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,13 @@ def _string(value: object) -> str:  # never echoes the value: a DSN may hold a p
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {type(value).__name__}")
     return value
+
+
+def _host(value: object) -> str:
+    text = _string(value).strip()
+    if not text or any(c.isspace() or c == "\x00" for c in text):
+        raise ValueError(f"expected a host name or address, got {_show(text)}")
+    return text
 
 
 def _identifier(value: object) -> str:
@@ -220,6 +228,7 @@ _SECTIONS: dict[str, dict[str, Converter]] = {
         "batch_size": _bounded(_integer, 1, 100_000),
         "shutdown_timeout": parse_duration,
         "metrics_port": _bounded(_integer, 0, 65_535),
+        "metrics_host": _host,
         "log_format": _choice("text", "json"),
     },
     "schema": {

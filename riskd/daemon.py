@@ -56,6 +56,7 @@ from riskd.db import APPLICATION_NAME, require_dsn
 from riskd.debounce import Debouncer
 from riskd.errors import ConfigError
 from riskd.mapping import as_json as mapping_json
+from riskd.metrics import Metrics
 from riskd.sdnotify import SdNotifier
 from riskd.sqlfiles import SWEEP_LEADER_CLASS, SWEEP_LEADER_KEY, query
 
@@ -123,7 +124,7 @@ class Stats:
     dirty: int = 0
     last_check_latency: float | None = None
     state: str = "starting"
-    extra: dict[str, Any] = field(default_factory=dict)
+    events_by_level: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -151,6 +152,7 @@ class Daemon:
         self.stats = Stats()
         # change-to-check latencies of the latest checks (seconds), for live views and metrics
         self.latencies: deque[float] = deque(maxlen=10_000)
+        self.metrics = Metrics(self.current_stats, self.probe_ok)
         self.debouncer = Debouncer(settings.daemon.debounce, settings.daemon.max_delay)
         self.sweep_queue: deque[str] = deque()
         self.ping_channel = f"riskd_ping_{uuid.uuid4().hex[:16]}"
@@ -302,6 +304,9 @@ class Daemon:
             check=AsyncConnectionPool.check_connection,
             name="riskd",
         )
+        daemon_settings = self.settings.daemon
+        if daemon_settings.metrics_port:
+            await self.metrics.serve(daemon_settings.metrics_host, daemon_settings.metrics_port)
         await self._pool.open(wait=False)
         workers = {
             "listener": asyncio.create_task(self._listener(), name="listener"),
@@ -384,6 +389,7 @@ class Daemon:
         left += self.debouncer.drain_all()
         await self._hand_back(left)
         await self._leave()
+        await self.metrics.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._pool.close(timeout=1.0), 5.0)
         log.info("stopped (%d accounts handed back to the dirty set)", len(left))
@@ -583,6 +589,7 @@ class Daemon:
 
     async def _check_batch(self, batch: list[tuple[str, float]]) -> None:
         ids = [a for a, _ in batch]
+        started = self.clock()
         try:
             async with self._pool.connection(timeout=CHECK_TIMEOUT) as conn:
                 results = await asyncio.wait_for(
@@ -609,13 +616,18 @@ class Daemon:
             return
         now = self.clock()
         self.debouncer.checked(ids, now)
-        self.latencies.extend(now - first for _, first in batch)
+        self.metrics.check_batch.observe(now - started)
+        for _, first in batch:
+            self.latencies.append(now - first)
+            self.metrics.latency.observe(now - first)
         self.stats.checks += len(results)
         self.stats.check_batches += 1
         self.stats.last_check_latency = max(now - first for _, first in batch)
         for r in results:
             if r.event_id is not None:
                 self.stats.events += 1
+                by_level = self.stats.events_by_level
+                by_level[r.level] = by_level.get(r.level, 0) + 1
                 log.info(
                     "account %s: %s -> %s (utilisation %s)",
                     r.account_id,
@@ -673,6 +685,7 @@ class Daemon:
         self.stats.sweeps += 1
         self.stats.last_sweep_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.stats.last_sweep_duration = round(self.clock() - started, 3)
+        self.metrics.sweep.observe(self.clock() - started)
         log.info(
             "swept in %.2f s: %d accounts changed level",
             self.stats.last_sweep_duration,
@@ -688,6 +701,10 @@ class Daemon:
             f"{len(self.debouncer)} dirty; {s.checks} checks, {s.events} events; "
             f"lag {s.lag:.1f} s{'; sweep leader' if s.leader else ''}"
         )
+
+    def current_stats(self) -> Stats:
+        self._refresh()
+        return self.stats
 
     def _refresh(self) -> None:
         oldest = self.debouncer.oldest()
@@ -719,6 +736,10 @@ class Daemon:
         """The loop runs (we are in it) and the listener is alive or busy reconnecting."""
         window = CONNECT_TIMEOUT + BACKOFF_MAX + PING_INTERVAL + PING_TIMEOUT + 5
         return self.clock() - self._listener_progress < window
+
+    def probe_ok(self) -> bool:
+        """What /healthz answers: listening now, and the loop alive."""
+        return self._listening and self.healthy()
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()
