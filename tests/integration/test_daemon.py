@@ -19,6 +19,8 @@ import pytest
 from conftest import Db
 from daemonproc import DaemonProcess, wait_until
 
+from riskd.debounce import Debouncer
+
 Start = Callable[..., DaemonProcess]
 
 
@@ -148,3 +150,32 @@ def test_second_signal_exits_at_once(db: Db, start: Start) -> None:
     daemon.signal(signal.SIGTERM)
     assert daemon.proc is not None
     assert daemon.proc.wait(10) in (0, 1)
+
+
+def test_refuses_a_mapping_unlike_the_installed_one(db: Db, start: Start) -> None:
+    daemon = start(extra_env={"RISKD_SCHEMA_POSITION_PNL": "averagePrice"})
+    assert daemon.proc is not None and daemon.proc.wait(20) == 2
+    lines = [line for line in daemon.log().splitlines() if line.startswith("riskd:")]
+    assert len(lines) == 1 and "[schema]" in lines[0] and "riskd migrate" in lines[0], lines
+    assert "Traceback" not in daemon.log()
+
+
+def test_refuses_a_database_without_riskd(bare_db: Db, start: Start) -> None:
+    daemon = start(dsn=bare_db.dsn)
+    assert daemon.proc is not None and daemon.proc.wait(20) == 2
+    lines = [line for line in daemon.log().splitlines() if line.startswith("riskd:")]
+    assert lines == ["riskd: riskd is not installed in this database: run `riskd migrate` first"]
+
+
+def test_event_checks_go_before_sweep_work(db: Db) -> None:
+    """Pure scheduling, no server needed beyond a DSN: a due account beats queued sweep work."""
+    from riskd.daemon import Daemon
+
+    daemon = Daemon(db.settings)
+    daemon.sweep_queue.extend(f"s{i}" for i in range(1000))
+    daemon.debouncer = Debouncer(0.0, 5.0)
+    daemon.debouncer.mark("hot", now=daemon.clock())
+    batch, from_sweep = daemon._next_batch()
+    assert (batch[0][0], from_sweep) == ("hot", False) and len(batch) == 1
+    batch, from_sweep = daemon._next_batch()
+    assert from_sweep and len(batch) == db.settings.daemon.batch_size
