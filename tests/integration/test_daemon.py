@@ -97,6 +97,7 @@ def test_breach_is_acted_on_within_max_delay(db: Db, start: Start) -> None:
     assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_an_account_updated_every_100ms_is_checked_every_max_delay(db: Db, start: Start) -> None:
     (account,) = add_accounts(db, 1)
     daemon = start(debounce="500ms", max_delay="1s")

@@ -86,6 +86,7 @@ def test_listener_backend_killed(db: Db, start: Start) -> None:
     assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["restart", "crash"])
 def test_server_restart_or_crash(db: Db, start: Start, how: str) -> None:
     cluster = db.server.cluster
@@ -133,6 +134,7 @@ def test_sigkill_mid_work_then_restart(db: Db, start: Start) -> None:
     assert second.stop() == 0
 
 
+@pytest.mark.slow
 def test_three_instances_one_event_per_transition_and_leader_takeover(db: Db, start: Start) -> None:
     accounts = add_accounts(db, 300)
     daemons = [start(debounce="0s", batch_size="25", sweep_interval="3s") for _ in range(3)]
@@ -250,6 +252,7 @@ def test_database_unreachable_at_start_keeps_retrying(start: Start) -> None:
     assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_silently_stalled_network(db: Db, start: Start) -> None:
     """Through a proxy that stops forwarding without closing anything: keepalives never fire
     (the proxy's kernel still ACKs, tests/proxy.py), so only the self-ping can notice."""
