@@ -21,7 +21,9 @@ import psycopg
 from riskd import __version__, daemon, logs
 from riskd import check as checks
 from riskd import demo as demos
+from riskd import events as event_log
 from riskd import migrate as migrations
+from riskd import status as status_report
 from riskd.config import Settings, load_settings, mask_dsn
 from riskd.db import connect
 from riskd.errors import ConfigError, RiskdError
@@ -197,21 +199,98 @@ def sweep(opts: _Options, as_json: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.option(
+    "--stale-after",
+    default=f"{status_report.STALE_AFTER:g}s",
+    show_default=True,
+    help="A heartbeat older than this is stale (a duration: 500ms, 10s, 2m).",
+)
+@click.option(
+    "--max-queue-usage",
+    type=click.FloatRange(0, 1),
+    default=status_report.MAX_QUEUE_USAGE,
+    show_default=True,
+    help="Unhealthy above this pg_notification_queue_usage() (0 to 1).",
+)
+@click.option(
+    "--max-lag",
+    default=f"{status_report.MAX_LAG:g}s",
+    show_default=True,
+    help="Unhealthy when an instance's oldest unchecked change is older (a duration).",
+)
+@click.option(
+    "--events",
+    "recent",
+    type=click.IntRange(min=0),
+    default=status_report.RECENT_EVENTS,
+    show_default=True,
+    help="How many recent events to show.",
+)
 @click.pass_obj
-def status(opts: _Options, as_json: bool) -> None:
-    """Daemons, lag, queue, levels, close requests, recent events; exit 1 when unhealthy."""
-    raise click.ClickException("not built yet")
+def status(
+    opts: _Options,
+    as_json: bool,
+    stale_after: str,
+    max_queue_usage: float,
+    max_lag: str,
+    recent: int,
+) -> None:
+    """Daemons, lag, queue, levels, close requests, recent events.
+
+    The first line is a one-line summary; each problem follows on a line starting
+    "UNHEALTHY:" (in --json: the list "problems"). Exit 0 healthy, 1 unhealthy, 2 when the
+    database cannot be reached.
+    """
+    limits = status_report.limits_from_options(stale_after, max_queue_usage, max_lag)
+    report = status_report.collect(opts.settings(), recent)
+    if as_json:
+        _print_json(report.as_json(limits))
+    else:
+        status_report.render(report, limits, status_report.console())
+    sys.exit(1 if status_report.assess(report, limits) else 0)
 
 
 # --- events (owned by the status/events work) ---------------------------------------------
 
 
 @main.command()
+@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--account", help="Only this account's events.")
+@click.option(
+    "--level", type=click.Choice(event_log.LEVELS), help="Only events reaching this level."
+)
+@click.option("--since", help="Only events since: a duration before now (10m) or ISO 8601.")
+@click.option("-f", "--follow", is_flag=True, help="Then print new events live (Ctrl-C ends).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj
-def events(opts: _Options, as_json: bool) -> None:
-    """Recent risk events; --follow tails them live."""
-    raise click.ClickException("not built yet")
+def events(
+    opts: _Options,
+    limit: int,
+    account: str | None,
+    level: str | None,
+    since: str | None,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """The latest risk events, oldest first; --follow tails them live (exit 0 on Ctrl-C)."""
+    since_at, ago = event_log.parse_since(since) if since is not None else (None, None)
+    filt = event_log.EventFilter(account=account, level=level, since=since_at, ago=ago)
+    try:
+        with connect(opts.settings()) as conn:
+            found = (
+                event_log.EventTail(conn, filt).follow(limit)
+                if follow
+                else event_log.recent(conn, filt, limit)
+            )
+            for event in found:
+                if as_json:
+                    _print_json(event.as_json())
+                else:
+                    click.echo(event.line())
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `| head`: the reader has gone; so do we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # --- demo (owned by the demo work) --------------------------------------------------------

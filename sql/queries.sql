@@ -75,3 +75,72 @@ DELETE FROM riskd.daemons WHERE instance = %(instance)s
 
 -- name: schema_revision
 SELECT version_num FROM riskd.alembic_version
+
+-- name: status_instances
+-- riskd status: every heartbeat row, its ages measured on the server's clock (never the
+-- client's, which may be skewed).
+SELECT instance, host, pid, version, started_at, heartbeat_at, stats,
+       greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - started_at))::float8
+           AS uptime,
+       greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - heartbeat_at))::float8
+           AS heartbeat_age
+FROM riskd.daemons
+ORDER BY host, pid, instance
+
+-- name: status_installed
+SELECT pg_catalog.to_regclass('riskd.alembic_version') IS NOT NULL
+
+-- name: status_summary
+-- riskd status: the rest of the figures in one round trip. The dirty set is an append-only
+-- log: marks waiting for a drain, and the distinct accounts they name.
+SELECT (SELECT version_num FROM riskd.alembic_version) AS revision,
+       pg_catalog.pg_notification_queue_usage()::float8 AS queue_usage,
+       (SELECT count(*) FROM riskd.dirty_accounts) AS dirty_marks,
+       (SELECT count(DISTINCT account_id) FROM riskd.dirty_accounts) AS dirty_accounts,
+       (SELECT coalesce(jsonb_object_agg(level, n), '{}')
+          FROM (SELECT level, count(*) AS n FROM riskd.account_state GROUP BY level) AS l)
+           AS levels,
+       (SELECT count(*) FROM riskd.close_requests WHERE status = 'pending')
+           AS pending_close_requests,
+       (SELECT extract(epoch FROM pg_catalog.clock_timestamp() - min(created_at))::float8
+          FROM riskd.close_requests WHERE status = 'pending')
+           AS oldest_close_request_age
+
+-- name: recent_events
+-- riskd events: the latest events passing the filters, newest first. The account, given as
+-- text, becomes the account id type through the table's row type, so the index on
+-- (account_id, id) serves whatever that type is.
+SELECT id, account_id::text AS account_id, user_id, from_level, to_level, utilization, equity,
+       used_margin, detail, created_at, instance
+FROM riskd.risk_events
+WHERE (%(account)s::text IS NULL
+       OR account_id = (pg_catalog.jsonb_populate_record(
+              NULL::riskd.risk_events,
+              pg_catalog.jsonb_build_object('account_id', %(account)s::text))).account_id)
+  AND (%(level)s::text IS NULL OR to_level = %(level)s::text)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+  AND (%(ago)s::float8 IS NULL
+       OR created_at >= pg_catalog.now() - pg_catalog.make_interval(secs => %(ago)s::float8))
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: last_event_id
+SELECT coalesce(max(id), 0) FROM riskd.risk_events
+
+-- name: events_after
+-- riskd events --follow: every event after the last one read, and those notifications named
+-- (an id can commit after a larger one was read), each with whether it passes the filters.
+SELECT id, account_id::text AS account_id, user_id, from_level, to_level, utilization, equity,
+       used_margin, detail, created_at, instance,
+       (%(account)s::text IS NULL
+        OR account_id = (pg_catalog.jsonb_populate_record(
+               NULL::riskd.risk_events,
+               pg_catalog.jsonb_build_object('account_id', %(account)s::text))).account_id)
+       AND (%(level)s::text IS NULL OR to_level = %(level)s::text)
+       AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s::timestamptz)
+       AND (%(ago)s::float8 IS NULL
+            OR created_at >= pg_catalog.now() - pg_catalog.make_interval(secs => %(ago)s::float8))
+           AS wanted
+FROM riskd.risk_events
+WHERE id > %(after)s OR id = ANY(%(ids)s::bigint[])
+ORDER BY id

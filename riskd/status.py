@@ -1,0 +1,426 @@
+"""``riskd status``: what an on-call engineer needs at a glance, and a monitoring check.
+
+Collected in one read-only transaction (:func:`collect`), judged by a pure function
+(:func:`assess`) against :class:`Limits`, shown as text (:func:`render`) or one JSON document
+(:meth:`Status.as_json`). Ages are measured on the database server's clock.
+
+Health rules, each failing one a line in ``problems``:
+
+* riskd is installed, at the revision this riskd's migrations call head;
+* at least one live instance: a heartbeat row younger than ``stale_after``;
+* no stale instance: a heartbeat row older than that (an instance killed, hung or cut off
+  from the database; a clean stop removes its row);
+* ``pg_notification_queue_usage()`` at most ``max_queue_usage``;
+* the lag of every live instance (its oldest change not yet checked) at most ``max_lag``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from riskd import events as risk_events
+from riskd import migrate
+from riskd.config import Settings, mask_dsn, parse_duration
+from riskd.daemon import HEARTBEAT_INTERVAL
+from riskd.db import connect
+from riskd.errors import ConfigError
+from riskd.sqlfiles import query
+
+# A heartbeat is written every HEARTBEAT_INTERVAL (2 s); a slow one may take the pool's wait
+# (2 s) plus the write's timeout (5 s). Older than five intervals, the instance is not working.
+STALE_AFTER = 5 * HEARTBEAT_INTERVAL
+MAX_QUEUE_USAGE = 0.5
+MAX_LAG = 30.0
+RECENT_EVENTS = 10
+LEVELS = risk_events.LEVELS
+COUNTERS = (
+    "notifications",
+    "drained_accounts",
+    "checks",
+    "events",
+    "close_requests",
+    "sweeps",
+    "reconnects",
+    "errors",
+    "malformed_payloads",
+)
+
+COUNTER_LABELS = {
+    "notifications": "wake-ups",
+    "drained_accounts": "drained",
+    "close_requests": "closes",
+    "malformed_payloads": "malformed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    stale_after: float = STALE_AFTER
+    max_queue_usage: float = MAX_QUEUE_USAGE
+    max_lag: float = MAX_LAG
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One row of riskd.daemons, with its ages in seconds."""
+
+    instance: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+    uptime: float
+    heartbeat_age: float
+    stats: dict[str, Any]
+
+    def number(self, key: str) -> float | None:
+        """A numeric counter from ``stats`` (written by the daemon, read defensively)."""
+        value = self.stats.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value)
+
+    @property
+    def lag(self) -> float | None:
+        return self.number("lag")
+
+    def as_json(self, stale: bool) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "started_at": self.started_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat(),
+            "uptime": round(self.uptime, 3),
+            "heartbeat_age": round(self.heartbeat_age, 3),
+            "stale": stale,
+            "state": self.stats.get("state"),
+            "lag": self.lag,
+            "dirty": self.stats.get("dirty"),
+            "leader": self.stats.get("leader") is True,
+            "last_sweep_at": self.stats.get("last_sweep_at"),
+            "last_sweep_duration": self.stats.get("last_sweep_duration"),
+            "counters": {k: self.stats.get(k) for k in COUNTERS},
+            "stats": self.stats,
+        }
+
+
+@dataclass(slots=True)
+class Status:
+    database: str  # the DSN, password masked
+    head: str
+    installed: bool
+    revision: str | None = None
+    instances: list[Instance] = field(default_factory=list)
+    queue_usage: float = 0.0
+    dirty_marks: int = 0
+    dirty_accounts: int = 0
+    levels: dict[str, int] = field(default_factory=dict)
+    pending_close_requests: int = 0
+    oldest_close_request_age: float | None = None
+    recent_events: list[risk_events.Event] = field(default_factory=list)
+    checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def live(self, limits: Limits) -> list[Instance]:
+        return [i for i in self.instances if i.heartbeat_age <= limits.stale_after]
+
+    def stale(self, limits: Limits) -> list[Instance]:
+        return [i for i in self.instances if i.heartbeat_age > limits.stale_after]
+
+    def as_json(self, limits: Limits) -> dict[str, Any]:
+        problems = assess(self, limits)
+        return {
+            "healthy": not problems,
+            "problems": problems,
+            "summary": summary(self, limits, problems),
+            "checked_at": self.checked_at.isoformat(),
+            "database": self.database,
+            "installed": self.installed,
+            "revision": self.revision,
+            "head": self.head,
+            "at_head": self.revision == self.head,
+            "limits": {
+                "stale_after": limits.stale_after,
+                "max_queue_usage": limits.max_queue_usage,
+                "max_lag": limits.max_lag,
+            },
+            "instances": [i.as_json(stale=False) for i in self.live(limits)],
+            "stale_instances": [i.as_json(stale=True) for i in self.stale(limits)],
+            "queue_usage": self.queue_usage,
+            "dirty_marks": self.dirty_marks,
+            "dirty_accounts": self.dirty_accounts,
+            "levels": {level: self.levels.get(level, 0) for level in LEVELS},
+            "pending_close_requests": self.pending_close_requests,
+            "oldest_close_request_age": self.oldest_close_request_age,
+            "recent_events": [e.as_json() for e in self.recent_events],
+        }
+
+
+def collect(settings: Settings, recent: int = RECENT_EVENTS) -> Status:
+    """Everything ``riskd status`` shows, read in one read-only transaction."""
+    status = Status(
+        database=mask_dsn(settings.database.dsn or ""),
+        head=migrate.head(settings),
+        installed=False,
+    )
+    with connect(settings) as conn:
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for all
+        with conn.transaction():
+            installed = conn.execute(query("status_installed")).fetchone()
+            status.installed = bool(installed and installed[0])
+            if not status.installed:
+                return status
+            _summary(conn, status)
+            cur = conn.cursor(row_factory=dict_row).execute(query("status_instances"))
+            status.instances = [
+                Instance(**(row | {"stats": _as_dict(row["stats"])})) for row in cur.fetchall()
+            ]
+            status.recent_events = risk_events.recent(conn, risk_events.EventFilter(), recent)
+    return status
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _summary(conn: psycopg.Connection[Any], status: Status) -> None:
+    row = conn.cursor(row_factory=dict_row).execute(query("status_summary")).fetchone()
+    assert row is not None  # one row, always
+    status.revision = row["revision"]
+    status.queue_usage = float(row["queue_usage"])
+    status.dirty_marks = int(row["dirty_marks"])
+    status.dirty_accounts = int(row["dirty_accounts"])
+    status.levels = {str(k): int(v) for k, v in row["levels"].items()}
+    status.pending_close_requests = int(row["pending_close_requests"])
+    status.oldest_close_request_age = row["oldest_close_request_age"]
+
+
+def assess(status: Status, limits: Limits) -> list[str]:
+    """Every reason the installation is unhealthy; [] when healthy."""
+    if not status.installed:
+        return ["riskd is not installed in this database (run `riskd migrate`)"]
+    problems: list[str] = []
+    if status.revision != status.head:
+        problems.append(
+            f"schema at revision {status.revision or 'none'}, head is {status.head} "
+            "(run `riskd migrate`)"
+        )
+    live = status.live(limits)
+    if not live:
+        problems.append(
+            f"no live riskd instance (no heartbeat in the last {_secs(limits.stale_after)})"
+        )
+    for i in status.stale(limits):
+        problems.append(
+            f"instance {i.instance} (host {i.host}, pid {i.pid}): last heartbeat "
+            f"{_secs(i.heartbeat_age)} ago, stale after {_secs(limits.stale_after)} "
+            "(killed, hung or cut off from the database; once it is gone for good: "
+            f"DELETE FROM riskd.daemons WHERE instance = '{_quote(i.instance)}')"
+        )
+    if status.queue_usage > limits.max_queue_usage:
+        problems.append(
+            f"notification queue {status.queue_usage:.1%} full, over {limits.max_queue_usage:.1%} "
+            "(a session that LISTENs and never reads holds it)"
+        )
+    for i in live:
+        if i.lag is not None and i.lag > limits.max_lag:
+            problems.append(
+                f"instance {i.instance}: lag {_secs(i.lag)}, over {_secs(limits.max_lag)} "
+                "(checks fall behind the changes)"
+            )
+    return problems
+
+
+def summary(status: Status, limits: Limits, problems: list[str]) -> str:
+    """The first line: a verdict and the essentials, for a monitoring check."""
+    if not status.installed:
+        return f"riskd UNHEALTHY: {problems[0]}"
+    live = status.live(limits)
+    lags = [i.lag for i in live if i.lag is not None]
+    behind = "" if status.revision == status.head else " (not head)"
+    facts = (
+        _count(len(live), "live instance")
+        + (f", {len(status.stale(limits))} stale" if status.stale(limits) else "")
+        + f"; schema {status.revision or 'none'}{behind}"
+        + f"; lag {_secs(max(lags)) if lags else 'n/a'}"
+        + f"; queue {status.queue_usage:.1%}"
+        + f"; {_count(status.pending_close_requests, 'pending close request')}"
+    )
+    verdict = "OK" if not problems else f"UNHEALTHY ({_count(len(problems), 'problem')})"
+    return f"riskd {verdict}: {facts}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _ago(stamp: object, now: datetime) -> str:
+    """``last_sweep_at`` (ISO text from the daemon's clock) as an age."""
+    if not isinstance(stamp, str):
+        return "-"
+    try:
+        then = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    return f"{_secs(max(0.0, (now - then).total_seconds()))} ago" if then.tzinfo else stamp
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _secs(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+
+
+def _instances_table(title: str, instances: list[Instance], now: datetime) -> Table:
+    table = _table(title)
+    for name in (
+        "instance",
+        "version",
+        "state",
+        "uptime",
+        "heartbeat",
+        "lag",
+        "dirty",
+        "leader",
+        "last sweep",
+        "took",
+    ):
+        table.add_column(name, no_wrap=name in ("instance", "version"))
+    for i in instances:
+        table.add_row(
+            i.instance,
+            i.version,
+            _show(i.stats.get("state")),
+            _secs(i.uptime),
+            f"{_secs(i.heartbeat_age)} ago",
+            _secs(i.lag),
+            _show(i.stats.get("dirty")),
+            _show(i.stats.get("leader") is True),
+            _ago(i.stats.get("last_sweep_at"), now),
+            _secs(i.number("last_sweep_duration")),
+        )
+    return table
+
+
+def _counters_table(instances: list[Instance]) -> Table:
+    table = _table("counters since start")
+    table.add_column("instance", no_wrap=True)
+    for name in COUNTERS:
+        table.add_column(COUNTER_LABELS.get(name, name), justify="right")
+    for i in instances:
+        table.add_row(i.instance, *(_show(i.stats.get(k)) for k in COUNTERS))
+    return table
+
+
+def _events_table(events: list[risk_events.Event]) -> Table:
+    table = _table("recent events")
+    for name in ("id", "at", "account", "transition", "utilisation", "by"):
+        table.add_column(name, justify="right" if name == "id" else "left")
+    for e in events:
+        table.add_row(
+            str(e.id),
+            e.created_at.isoformat(timespec="seconds"),
+            e.account_id,
+            f"{e.from_level} -> {e.to_level}",
+            "n/a" if e.utilization is None else f"{e.utilization * 100:.2f} %",
+            e.instance,
+        )
+    return table
+
+
+def render(status: Status, limits: Limits, console: Console) -> None:
+    """The text report: a one-line summary, one ``UNHEALTHY:`` line per problem, tables."""
+    problems = assess(status, limits)
+    console.print(summary(status, limits, problems))
+    for problem in problems:
+        console.print(f"UNHEALTHY: {problem}")
+    console.print(f"database: {status.database}")
+    if not status.installed:
+        return
+    at_head = "at head" if status.revision == status.head else f"head is {status.head}"
+    console.print(f"schema: {status.revision or 'none'} ({at_head})")
+    levels = ", ".join(f"{level} {status.levels.get(level, 0)}" for level in LEVELS)
+    console.print(f"accounts: {levels}")
+    oldest = (
+        f", oldest {_secs(status.oldest_close_request_age)} old"
+        if status.oldest_close_request_age is not None
+        else ""
+    )
+    console.print(f"close requests pending: {status.pending_close_requests}{oldest}")
+    console.print(
+        f"dirty set: {status.dirty_marks} marks for {status.dirty_accounts} accounts; "
+        f"notification queue {status.queue_usage:.1%} (limit {limits.max_queue_usage:.1%})"
+    )
+    live, stale = status.live(limits), status.stale(limits)
+    if live:
+        console.print(_instances_table("live instances", live, status.checked_at))
+    if stale:
+        title = f"stale instances (heartbeat older than {_secs(limits.stale_after)})"
+        console.print(_instances_table(title, stale, status.checked_at))
+    if status.instances:
+        console.print(_counters_table(status.instances))
+    if status.recent_events:
+        console.print(_events_table(status.recent_events))
+    else:
+        console.print("recent events: none")
+
+
+def limits_from_options(stale_after: str, max_queue_usage: float, max_lag: str) -> Limits:
+    """Limits from the command line's text, with one line naming a bad option."""
+    try:
+        stale = parse_duration(stale_after)
+    except ValueError as exc:
+        raise ConfigError(f"--stale-after: {exc}") from None
+    try:
+        lag = parse_duration(max_lag)
+    except ValueError as exc:
+        raise ConfigError(f"--max-lag: {exc}") from None
+    return Limits(stale_after=stale, max_queue_usage=max_queue_usage, max_lag=lag)
+
+
+def console() -> Console:
+    """Standard output for the text report: no markup read from data, no colour codes when
+    piped, lines never wrapped (a monitoring check reads the first one)."""
+    return Console(
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=True,
+        width=None if sys.stdout.isatty() else 120,
+    )
