@@ -1,0 +1,173 @@
+-- riskd with least privilege: the roles the daemon and the on-call engineers use, and exactly
+-- what they are granted. Found by experiment, starting from nothing, and proven by
+-- tests/integration/test_least_privilege.py, which runs this very file and then the daemon as
+-- the role it creates, in a database that grants PUBLIC nothing.
+--
+-- Run it after every `riskd migrate`, with psql, as the role that owns schema riskd and the
+-- platform's tables (the role that ran the migration) — a superuser is not needed. It creates
+-- the two group roles when they do not exist yet, which takes CREATEROLE; without it, have them
+-- created first (CREATE ROLE riskd_daemon NOLOGIN; CREATE ROLE riskd_monitor NOLOGIN) and
+-- leave out login= / monitor_login=. Running it again changes nothing.
+--
+--   psql -X -v ON_ERROR_STOP=1 -d trading -f docs/grants.sql -v login=riskd
+--   psql -X -v ON_ERROR_STOP=1 -d trading -f docs/grants.sql -v login=riskd -v flatten=on
+--   psql -X -v ON_ERROR_STOP=1 -d trading -f docs/grants.sql -v monitor_login=oncall
+--
+-- Variables (all optional):
+--   daemon_role    the group role holding the daemon's privileges   (default riskd_daemon)
+--   monitor_role   the read-only group role for `riskd status` / `riskd events` (riskd_monitor)
+--   login          an existing LOGIN role the daemon connects as, made a member of daemon_role
+--   monitor_login  an existing LOGIN role made a member of monitor_role
+--   flatten        on when [risk] auto_close = "flatten": riskd then writes the platform's
+--                  positions and balances (the block marked FLATTEN below)    (default off)
+--
+-- Why a NOLOGIN group role and a separate LOGIN role: the privileges are written down once,
+-- against a role nobody can log in as, while each login role (one per host or per instance if
+-- you like, so pg_stat_activity tells them apart) carries only a membership and its own
+-- authentication — a password, a certificate or peer — and can be replaced (a rotated secret, a
+-- new host) without touching a single GRANT. The login role must INHERIT (the default): the
+-- daemon never runs SET ROLE.
+--
+-- The platform's tables below are the reference schema's. Yours follow your [schema] mapping:
+-- replace each table and column with the one its key names (the comments give the keys), and
+-- the schema in USAGE ON SCHEMA with the schema(s) of those tables.
+--
+-- What the daemon does NOT get: no privilege at all on a platform table or column outside the
+-- mapping, no write on the platform's data unless flatten is on, no DELETE or TRUNCATE on
+-- riskd's history (risk_events, close_requests, account_state), no write on account_limits, no
+-- CREATE anywhere, no TEMPORARY. The capture triggers need nothing from it (nor from the
+-- trading roles): their functions are SECURITY DEFINER, owned by the migrating role.
+
+\if :{?daemon_role}
+\else
+\set daemon_role riskd_daemon
+\endif
+\if :{?monitor_role}
+\else
+\set monitor_role riskd_monitor
+\endif
+\if :{?flatten}
+\else
+\set flatten off
+\endif
+
+SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = :'daemon_role')
+           AS riskd_create_daemon_role,
+       NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = :'monitor_role')
+           AS riskd_create_monitor_role
+\gset
+\if :riskd_create_daemon_role
+CREATE ROLE :"daemon_role" NOLOGIN;
+\endif
+\if :riskd_create_monitor_role
+CREATE ROLE :"monitor_role" NOLOGIN;
+\endif
+
+BEGIN;
+
+-- ============================================================================== the daemon
+
+-- PUBLIC has CONNECT on a database unless it was revoked, as hardened databases do; and
+-- PUBLIC has USAGE on schema public unless revoked. Granted here so that the daemon does not
+-- depend on either.
+GRANT CONNECT ON DATABASE :"DBNAME" TO :"daemon_role";
+GRANT USAGE ON SCHEMA riskd TO :"daemon_role";
+GRANT USAGE ON SCHEMA public TO :"daemon_role";      -- the schema(s) of the mapped tables
+
+-- At start: the revision and the mapping riskd was installed with.
+GRANT SELECT ON riskd.alembic_version, riskd.installation TO :"daemon_role";
+
+-- The drain takes the dirty set (DELETE … RETURNING, which needs SELECT); at a stop, the
+-- accounts left unchecked go back into it (INSERT).
+GRANT SELECT, INSERT, DELETE ON riskd.dirty_accounts TO :"daemon_role";
+
+-- Re-arming the wake-up after an empty drain is setval(), which needs UPDATE on the sequence
+-- (and nothing else: the triggers draw from it with their owner's rights).
+GRANT UPDATE ON SEQUENCE riskd.wakeup TO :"daemon_role";
+
+-- The heartbeat row: INSERT … ON CONFLICT DO UPDATE (which needs SELECT and UPDATE too) while
+-- running, DELETE at a clean stop.
+GRANT SELECT, INSERT, UPDATE, DELETE ON riskd.daemons TO :"daemon_role";
+
+-- The check (riskd.check_accounts) and the sweep (riskd.sweep) are not SECURITY DEFINER: they
+-- run with these privileges. State is upserted; events and close requests are inserted and
+-- read back (RETURNING); a pending close request is cancelled (UPDATE) when its account leaves
+-- critical; per-account limits are only read. The identity columns of risk_events and
+-- close_requests need nothing on their sequences.
+GRANT SELECT, INSERT, UPDATE ON riskd.account_state TO :"daemon_role";
+GRANT SELECT, INSERT ON riskd.risk_events TO :"daemon_role";
+GRANT SELECT, INSERT, UPDATE ON riskd.close_requests TO :"daemon_role";
+GRANT SELECT ON riskd.account_limits TO :"daemon_role";
+
+-- The functions the daemon calls, and the two SQL functions they call in turn (a function
+-- called from a function is checked against the caller too). PostgreSQL grants EXECUTE to
+-- PUBLIC by default; these grants make the daemon independent of that default.
+GRANT EXECUTE ON FUNCTION
+    riskd.check_accounts(text[], text, numeric, numeric, numeric, text),
+    riskd.sweep(numeric, numeric, numeric),
+    riskd.decide_level(bigint, numeric, numeric, numeric, numeric, numeric, text),
+    riskd.utilization(bigint, numeric, numeric)
+TO :"daemon_role";
+
+-- The platform's data, read only, and only the mapped columns.
+GRANT SELECT (
+    id,                 -- [schema] account_id
+    "userId",           -- [schema] account_user
+    balance             -- [schema] account_balance
+) ON public.trading_accounts TO :"daemon_role";          -- [schema] accounts_table
+GRANT SELECT (
+    "tradingAccountId", -- [schema] position_account
+    "instrumentId",     -- [schema] position_instrument
+    quantity,           -- [schema] position_quantity
+    "unrealizedPnL"     -- [schema] position_pnl
+) ON public.positions TO :"daemon_role";                 -- [schema] positions_table
+GRANT SELECT (
+    id,                 -- [schema] instrument_id
+    price,              -- [schema] instrument_price
+    "marginRate"        -- [schema] instrument_margin_rate
+) ON public.instruments TO :"daemon_role";               -- [schema] instruments_table
+
+-- ================================================================= FLATTEN (only with on)
+-- [risk] auto_close = "flatten": riskd closes positions itself. check_accounts then calls
+-- riskd.flatten on every check (so without this block every check fails), which locks the
+-- accounts' positions and balances (SELECT … FOR UPDATE, which needs UPDATE on a column),
+-- zeroes the closed positions and realises their PnL into the balance. It finds the positions
+-- it closes by their physical row id (ctid), a system column that only a table-wide SELECT
+-- covers: hence SELECT on the whole positions table, not on the mapped columns alone.
+-- Your own triggers on these tables run as the daemon's role when it flattens: grant what
+-- they need too. GRANTs only add: switching flatten off later, revoke this block's privileges
+-- (REVOKE EXECUTE ON FUNCTION riskd.flatten … ; REVOKE SELECT, UPDATE ON public.positions … ;
+-- REVOKE UPDATE (balance) ON public.trading_accounts …) and run this file again.
+\if :flatten
+GRANT EXECUTE ON FUNCTION
+    riskd.flatten(riskd.check_result[], numeric)
+TO :"daemon_role";
+GRANT SELECT ON public.positions TO :"daemon_role";      -- [schema] positions_table
+GRANT UPDATE (
+    quantity,           -- [schema] position_quantity
+    "unrealizedPnL"     -- [schema] position_pnl
+) ON public.positions TO :"daemon_role";                 -- [schema] positions_table
+GRANT UPDATE (
+    balance             -- [schema] account_balance
+) ON public.trading_accounts TO :"daemon_role";          -- [schema] accounts_table
+\endif
+
+-- ====================================================================== the monitoring role
+-- `riskd status` and `riskd events` (--follow LISTENs, which needs no privilege; neither does
+-- pg_notification_queue_usage()): riskd's tables, read only, and nothing of the platform's.
+GRANT CONNECT ON DATABASE :"DBNAME" TO :"monitor_role";
+GRANT USAGE ON SCHEMA riskd TO :"monitor_role";
+GRANT SELECT ON
+    riskd.alembic_version, riskd.installation, riskd.daemons, riskd.dirty_accounts,
+    riskd.account_state, riskd.risk_events, riskd.close_requests, riskd.account_limits
+TO :"monitor_role";
+
+-- ============================================================================ memberships
+\if :{?login}
+GRANT :"daemon_role" TO :"login";
+\endif
+\if :{?monitor_login}
+GRANT :"monitor_role" TO :"monitor_login";
+\endif
+
+COMMIT;
