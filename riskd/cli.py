@@ -254,7 +254,14 @@ def status(
 
 
 @main.command()
-@click.option("-n", "--limit", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many of the latest events to print first.",
+)
 @click.option("--account", help="Only this account's events.")
 @click.option(
     "--level", type=click.Choice(event_log.LEVELS), help="Only events reaching this level."

@@ -240,7 +240,7 @@ def assess(status: Status, limits: Limits) -> list[str]:
                 f"instance {i.instance}: lag {_secs(i.lag)}, over {_secs(limits.max_lag)} "
                 "(checks fall behind the changes)"
             )
-    return problems
+    return [" ".join(p.split()) for p in problems]  # one line each, whatever a row held
 
 
 def summary(status: Status, limits: Limits, problems: list[str]) -> str:

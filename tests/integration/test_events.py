@@ -202,6 +202,23 @@ def test_an_event_committed_between_listen_and_the_backlog_is_shown_once(db: Db)
         assert [e.id for e in tail.wait(10)] == [after]
 
 
+def test_follow_listens_before_it_reads_and_prints_each_event_once(db: Db) -> None:
+    with db.connect() as conn:
+        tail = EventTail(conn, EventFilter())
+        listen = tail.listen
+        between: list[int] = []
+
+        def listen_then_commit() -> None:
+            listen()
+            between.append(insert_event(db.conn, "x1"))
+
+        tail.listen = listen_then_commit  # type: ignore[method-assign]  # a commit in the gap
+        followed = tail.follow(20, poll_interval=0.3)
+        assert next(followed).id == between[0]
+        later = insert_event(db.conn, "x2")
+        assert next(followed).id == later  # not x1 again
+
+
 def test_an_event_committed_after_a_larger_id_was_read_is_shown(db: Db) -> None:
     with db.connect() as conn, db.connect(autocommit=False) as slow:
         tail = EventTail(conn, EventFilter())
@@ -235,7 +252,7 @@ def test_a_notification_is_only_a_hint(db: Db) -> None:
         assert tail.backlog(20) == []
         for payload in ("not json", '{"event_id": "1; DROP TABLE x"}', '{"event_id": 999999}'):
             db.conn.execute("SELECT pg_notify('riskd_events', %s)", (payload,))
-        assert tail.wait(1) == []  # nothing printed from a payload, no such row
+        assert tail.wait(0.5) == []  # nothing printed from a payload, no such row
         # an event whose NOTIFY was skipped (queue nearly full) is read on the next wake-up
         # or the poll timer: by id order, not by notification
         silent = insert_event(db.conn, "x1", notify=False)
