@@ -43,21 +43,25 @@ from riskd.cluster import ClusterError, PgCluster, find_bindirs
 from riskd.config import DaemonSettings, DatabaseSettings, RiskSettings, Settings
 from riskd.daemon import Daemon
 from riskd.seed import seed
-from riskd.simulator import Market, MarketConfig, MarketStats
+from riskd.simulator import Market, MarketStats
 
 log = logging.getLogger(__name__)
 
 DATABASE = "trading"
 PREFERRED_MAJOR = 18
+# Many instruments, so that one price move re-marks a few hundred positions rather than a tenth
+# of the book: the market moves often and smoothly, and the daemon's work comes steadily.
+INSTRUMENTS = 1000
 DEBOUNCE = 0.2  # seconds: the view wants accounts checked soon after they change
 MAX_DELAY = 1.0
 SELL_OFF_AT = 0.4  # of the duration
 SAMPLE_EVERY = 1.0  # seconds between samples (and progress lines without a terminal)
-REFRESH_EVERY = 0.25  # seconds between redraws of the live view
+REFRESH_EVERY = 0.5  # seconds between redraws of the live view (a redraw blocks the loop)
 READY_TIMEOUT = 120.0  # the first sweep of the seeded accounts
 SETTLE_TIMEOUT = 5.0  # the daemon re-checks what its first sweep flattened
 SETTLE_ROUNDS = 3
 STOP_TIMEOUT = 30.0
+WIDE = 140  # columns from which the flattenings get a table of their own beside the events
 LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
 
 
@@ -118,6 +122,7 @@ class Run:
     initial: Counter[str] = field(default_factory=Counter)
     first_market_event: int = 0
     first_market_close: int = 0
+    checks_at_open: int = 0
     feed: deque[FeedEvent] = field(default_factory=lambda: deque(maxlen=40))
     events: Counter[str] = field(default_factory=Counter)
     sample: Sample = field(default_factory=Sample)
@@ -192,7 +197,7 @@ def _set_up(options: DemoOptions, console: Console) -> tuple[PgCluster, Settings
         dsn = cluster.dsn(DATABASE)
         console.print(f"started in {time.monotonic() - began:.1f} s")
         began = time.monotonic()
-        instruments = max(100, -(-options.positions // options.accounts))
+        instruments = max(INSTRUMENTS, -(-options.positions // options.accounts))
         with psycopg.connect(dsn, autocommit=True) as conn:
             seed(conn, options.accounts, options.positions, instruments, options.seed)
         console.print(
@@ -256,6 +261,7 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
             await run_.market.load()
             market_stop = asyncio.Event()
             run_.started = loop.time()
+            run_.checks_at_open = daemon.stats.checks
             tasks = [
                 asyncio.create_task(run_.market.run(market_stop), name="market"),
                 asyncio.create_task(_listen(run_, listener, market_stop), name="feed"),
@@ -488,78 +494,97 @@ def _market_stats(run_: Run) -> MarketStats:
 
 
 def _render(run_: Run, console: Console) -> RenderableType:
-    opts, s, m = run_.options, run_.sample, _market_stats(run_)
+    """The live screen: three panels over the event feed (and, when wide, the flattenings)."""
+    opts, s = run_.options, run_.sample
     risk = run_.settings.risk
+    clock = Text(f" {min(s.elapsed, opts.duration):.0f} s of {opts.duration:.0f} s", style="bold")
     header = Table.grid(expand=True)
-    header.add_column()
-    header.add_column(justify="right")
+    header.add_column(ratio=1)
+    header.add_column(justify="right", no_wrap=True, min_width=len(clock))
     header.add_row(
         Text.from_markup(
-            f"[bold]riskd demo[/]  PostgreSQL {run_.major} · {opts.accounts:,} accounts · "
-            f"{opts.positions:,} positions · warning at {risk.warning_threshold * 100:.0f} %, "
-            f"flatten at {risk.auto_close_threshold * 100:.0f} % · debounce "
-            f"{DEBOUNCE * 1000:.0f} ms"
+            f"[bold]riskd demo[/] · PostgreSQL {run_.major} · {opts.accounts:,} accounts · "
+            f"{opts.positions:,} positions · warning {risk.warning_threshold * 100:.0f} % · "
+            f"flatten {risk.auto_close_threshold * 100:.0f} % · debounce {DEBOUNCE * 1000:.0f} ms"
         ),
-        Text(f"{min(s.elapsed, opts.duration):4.0f} s of {opts.duration:.0f} s", style="bold"),
+        clock,
     )
+    wide = console.width >= WIDE
+    top = Table.grid(expand=True, padding=(0, 1))
+    top.add_column()  # the accounts: as wide as its figures
+    top.add_column(ratio=1)
+    panels: list[RenderableType] = [_accounts_panel(run_), _daemon_panel(run_)]
+    if wide:
+        top.add_column(ratio=1)
+        panels.append(Panel(_market(run_), title="market", border_style="blue"))
+    top.add_row(*panels)
+    parts: list[RenderableType] = [header, top]
+    rows = max(3, console.height - (17 if wide else 23))
+    if wide:
+        bottom = Table.grid(expand=True, padding=(0, 1))
+        bottom.add_column(ratio=1)
+        bottom.add_column(ratio=1)
+        bottom.add_row(_events_table(run_, rows), _flattened_table(s, rows))
+        parts.append(bottom)
+    else:
+        parts += [
+            Panel(_market(run_), title="market", border_style="blue"),
+            _events_table(run_, rows),
+        ]
+    parts.append(Text("Ctrl-C stops the demo (then the summary)", style="dim"))
+    return Group(*parts)
 
-    accounts = Table.grid(padding=(0, 1))
-    for _ in range(3):
-        accounts.add_column(justify="right")
+
+def _accounts_panel(run_: Run) -> Panel:
+    opts, s = run_.options, run_.sample
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
     for level in ("ok", "warning", "critical"):
         count = s.levels.get(level, 0)
         share = 100 * count / opts.accounts if opts.accounts else 0.0
-        accounts.add_row(Text(level, style=LEVEL_STYLE[level]), f"{count:,}", f"{share:5.1f} %")
-    accounts.add_row(Text("flattened", style="magenta"), f"{s.flattened_accounts:,}", "")
-    accounts.add_row(
-        Text("traders", style="dim"), f"{len(run_.market.traders) if run_.market else 0:,}", ""
-    )
+        table.add_row(Text(level, style=LEVEL_STYLE[level]), f"{count:,}", f"{share:.1f} %")
+    table.add_row(Text("flattened", style="magenta"), f"{s.flattened_accounts:,}", "")
+    traders = len(run_.market.traders) if run_.market else 0
+    table.add_row(Text("trading", style="dim"), f"{traders:,}", "")
+    return Panel(table, title="accounts", border_style="blue")
 
-    daemon = run_.daemon.stats
-    engine = _pairs(
+
+def _daemon_panel(run_: Run) -> Panel:
+    s = run_.sample
+    stats = run_.daemon.current_stats()  # dirty and lag as of now
+    table = _pairs(
         ("checks", f"{s.checks_per_second:,.0f} / s"),
-        ("latency", f"p50 {_ms(s.p50)}  p99 {_ms(s.p99)}"),
+        ("latency", f"p50 {_ms(s.p50)} · p99 {_ms(s.p99)}"),
         ("events", _colored_levels(run_.events)),
-        ("dirty", f"{daemon.dirty:,}  lag {daemon.lag:.1f} s"),
+        ("dirty", f"{stats.dirty:,} · lag {stats.lag:.1f} s"),
         ("first sweep", _colored_levels(run_.initial)),
     )
-    if run_.sell_off_at is None:
+    return Panel(table, title="riskd daemon (last second)", border_style="blue")
+
+
+def _market(run_: Run) -> Table:
+    opts, s, m = run_.options, run_.sample, _market_stats(run_)
+    if run_.sell_off_at is None or run_.market is None:
         sell_off = f"in {max(0.0, opts.duration * SELL_OFF_AT - s.elapsed):.0f} s"
     else:
-        cfg = run_.market.config if run_.market else MarketConfig()
         sell_off = (
-            f"at {run_.sell_off_at:.0f} s: {cfg.sell_off_instruments} instruments "
-            f"{cfg.sell_off_move * 100:+.0f} %"
+            f"at {run_.sell_off_at:.0f} s: {run_.market.sell_off_instruments} instruments "
+            f"{run_.market.config.sell_off_move * 100:+.0f} %"
         )
-    market = _pairs(
-        ("ticks", f"{m.ticks:,}"),
-        ("price moves", f"{m.price_moves:,} ({m.positions_marked:,} positions marked)"),
-        ("fills", f"{m.fills:,}: {m.added:,} add, {m.reduced:,} reduce, {m.opened:,} open"),
+    return _pairs(
+        ("price moves", f"{m.price_moves:,} · {m.positions_marked:,} positions marked"),
+        ("fills", f"{m.fills:,}: {m.added:,} add · {m.reduced:,} reduce · {m.opened:,} new"),
         ("sell-off", sell_off),
-        ("conflicts", f"{m.conflicts:,} ticks dropped (deadlock with a flatten)"),
+        ("ticks", f"{m.ticks:,} · {m.conflicts:,} dropped on a deadlock"),
     )
-    top = Table.grid(expand=True, padding=(0, 1))
-    for ratio in (2, 4, 4):
-        top.add_column(ratio=ratio)
-    top.add_row(
-        Panel(accounts, title="accounts", border_style="blue"),
-        Panel(engine, title="riskd (change-to-check, last second)", border_style="blue"),
-        Panel(market, title="market", border_style="blue"),
-    )
-
-    rows = max(3, console.height - 17)
-    bottom = Table.grid(expand=True, padding=(0, 1))
-    bottom.add_column(ratio=11)
-    bottom.add_column(ratio=9)
-    bottom.add_row(_events_table(run_, rows), _flattened_table(s, rows))
-    footer = Text("Ctrl-C stops the demo (then the summary)", style="dim")
-    return Group(header, top, bottom, footer)
 
 
 def _pairs(*pairs: tuple[str, str | Text]) -> Table:
     table = Table.grid(padding=(0, 2))
-    table.add_column(style="dim")
-    table.add_column()
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(no_wrap=True, overflow="ellipsis")
     for key, value in pairs:
         table.add_row(key, value)
     return table
@@ -576,11 +601,11 @@ def _colored_levels(counts: Counter[str]) -> Text:
 
 def _events_table(run_: Run, rows: int) -> Table:
     table = Table(title="latest events (LISTEN riskd_events)", expand=True, title_justify="left")
-    table.add_column("at", justify="right", style="dim")
-    table.add_column("account")
-    table.add_column("transition")
-    table.add_column("utilisation", justify="right")
-    table.add_column("action")
+    table.add_column("at", justify="right", style="dim", no_wrap=True)
+    table.add_column("account", no_wrap=True)
+    table.add_column("transition", no_wrap=True)
+    table.add_column("utilisation", justify="right", no_wrap=True)
+    table.add_column("action", no_wrap=True)
     for event in list(run_.feed)[:rows]:
         transition = Text()
         transition.append(event.from_level, style=LEVEL_STYLE.get(event.from_level, ""))
@@ -599,10 +624,10 @@ def _events_table(run_: Run, rows: int) -> Table:
 
 def _flattened_table(sample: Sample, rows: int) -> Table:
     table = Table(title="flattened by riskd (market)", expand=True, title_justify="left")
-    table.add_column("account")
-    table.add_column("closed", justify="right")
-    table.add_column("realised PnL", justify="right")
-    table.add_column("utilisation", justify="right")
+    table.add_column("account", no_wrap=True)
+    table.add_column("closed", justify="right", no_wrap=True)
+    table.add_column("realised PnL", justify="right", no_wrap=True)
+    table.add_column("utilisation", justify="right", no_wrap=True)
     for f in sample.latest_flattened[:rows]:
         table.add_row(
             f.account_id,
@@ -634,28 +659,32 @@ def _summary(run_: Run, console: Console) -> None:
             (run_.first_market_close,),
         ).fetchone()
     done, accounts, by_market, closed, realised = row or (0, 0, 0, 0, Decimal(0))
-    m, stats = _market_stats(run_), run_.daemon.stats
+    m = _market_stats(run_)
+    checks = run_.daemon.stats.checks - run_.checks_at_open
     elapsed = run_.sample.elapsed
     latencies = sorted(run_.latencies)
     how = "stopped by Ctrl-C" if run_.interrupted else "full duration"
     p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
     worst = latencies[-1] if latencies else None
-    console.print(
-        f"\n[bold]Summary[/]: {elapsed:.1f} s of market ({how})\n"
-        f"  events      by the market: {_levels(market, 'warning', 'critical', 'ok')} (back to ok);"
-        f" first sweep of the seeded accounts: {_levels(run_.initial, 'warning', 'critical')}\n"
-        f"  flattened   {by_market:,} accounts by the market, {accounts:,} in all"
-        f" ({done:,} close requests done, {closed:,} positions closed,"
-        f" realised PnL {realised:,.2f})\n"
-        f"  checks      {stats.checks:,} ({stats.checks / max(elapsed, 1e-6):,.0f} a second"
-        f" while the market ran), change-to-check latency p50 {_ms(p50)}, p99 {_ms(p99)},"
-        f" max {_ms(worst)}\n"
-        f"  updates     {m.ticks:,} ticks: {m.price_moves:,} price moves marking"
-        f" {m.positions_marked:,} positions to market; {m.fills:,} fills ({m.added:,} added,"
-        f" {m.reduced:,} reduced, {m.opened:,} new positions); {m.sell_offs} sell-off",
-        highlight=False,
-        soft_wrap=True,
-    )
+    lines = [
+        f"\n[bold]Summary[/]: {elapsed:.1f} s of market ({how})",
+        f"  events     {market['warning']:,} to warning, {market['critical']:,} to critical,"
+        f" {market['ok']:,} back to ok (the market's)",
+        f"             first sweep: {run_.initial['warning']:,} seeded accounts in warning,"
+        f" {run_.initial['critical']:,} critical",
+        f"  flattened  {by_market:,} accounts by the market, {accounts:,} in all",
+        f"             {done:,} close requests done: {closed:,} positions closed,"
+        f" realised PnL {realised:,.2f}",
+        f"  checks     {checks:,} while the market ran"
+        f" ({checks / max(elapsed, 1e-6):,.0f} a second)",
+        f"  latency    change to check: p50 {_ms(p50)}, p99 {_ms(p99)}, max {_ms(worst)}",
+        f"  updates    {m.ticks:,} ticks: {m.price_moves:,} price moves marking"
+        f" {m.positions_marked:,} positions to market",
+        f"             {m.fills:,} fills: {m.added:,} added to, {m.reduced:,} reduced,"
+        f" {m.opened:,} new positions; {m.sell_offs} sell-off",
+    ]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _print_kept(cluster: PgCluster, settings: Settings, console: Console) -> None:

@@ -148,8 +148,8 @@ class MarketConfig:
     tick: float = 0.25  # seconds between ticks
     # Re-pricing an instrument re-marks every position in it (and dirties all its holders), so
     # its rate follows from a budget of positions marked per second, whatever the seed's shape.
-    marks_per_second: float = 800.0
-    max_moves_per_second: float = 4.0
+    marks_per_second: float = 500.0
+    max_moves_per_second: float = 8.0
     volatility: float = 0.015  # standard deviation of one price move (relative)
     fills_per_second: float = 40.0
     trader_share: float = 0.05  # of the accounts, the ones that trade
@@ -159,8 +159,8 @@ class MarketConfig:
     open_share: float = 0.2  # of the adding fills, those that open a new position
     add_size: tuple[float, float] = (0.05, 0.2)  # margin added, as a share of equity
     reduce_size: tuple[float, float] = (0.05, 0.3)
-    sell_off_instruments: int = 10
-    sell_off_move: float = -0.08
+    sell_off_share: float = 0.02  # of the instruments; each re-marks all its holders at once
+    sell_off_move: float = -0.10
 
 
 @dataclass(slots=True)
@@ -214,6 +214,10 @@ class Market:
             cfg.max_moves_per_second, cfg.marks_per_second / max(1.0, per_instrument)
         )
 
+    @property
+    def sell_off_instruments(self) -> int:
+        return max(1, round(len(self.instruments) * self.config.sell_off_share))
+
     def sell_off(self) -> None:
         """Ask for the sell-off at the next tick."""
         self._sell_off_pending = True
@@ -231,7 +235,7 @@ class Market:
         self.stats.ticks += 1
         if self._sell_off_pending:
             self._sell_off_pending = False
-            count = min(self.config.sell_off_instruments, len(self.instruments))
+            count = self.sell_off_instruments
             falling = self.rng.sample(self.instruments, count)
             if await self._guarded(self._move, falling, [self.config.sell_off_move] * count):
                 self.stats.sell_offs += 1

@@ -69,7 +69,7 @@ def kept_clusters() -> Iterator[list[tuple[int, Path]]]:
 def test_keep_leaves_a_database_with_real_events_and_flattened_accounts(
     kept_clusters: list[tuple[int, Path]],
 ) -> None:
-    args = ("--duration", "6", "--accounts", "2000", "--positions", "20000", "--keep")
+    args = ("--duration", "4", "--accounts", "2000", "--positions", "20000", "--keep")
     result = subprocess.run(
         _demo(*args), capture_output=True, text=True, timeout=120, env=_env(), check=False
     )
