@@ -68,6 +68,7 @@ PING_TIMEOUT = 3.0  # a ping not back by then: the listener is dead
 DRAIN_INTERVAL = 0.1  # the timer drain, for wake-ups that raced a commit or were skipped
 BUSY_DRAIN_INTERVAL = 0.005  # while drains keep finding marks
 HEARTBEAT_INTERVAL = 2.0
+STALE_ROW_TTL = 300.0  # a dead instance's heartbeat row stays visible (stale) this long
 CONNECT_TIMEOUT = 5
 CHECK_TIMEOUT = 60.0  # a batch that takes longer is abandoned and retried
 BACKOFF_INITIAL = 0.2
@@ -726,6 +727,9 @@ class Daemon:
             try:
                 async with self._pool.connection(timeout=HEARTBEAT_INTERVAL) as conn:
                     await asyncio.wait_for(conn.execute(query("heartbeat"), params), 5.0)
+                    await asyncio.wait_for(
+                        conn.execute(query("prune_daemons"), {"after": STALE_ROW_TTL}), 5.0
+                    )
             except Exception as exc:  # noqa: BLE001 - reported, never fatal
                 self.stats.errors += 1
                 log.warning("heartbeat not written: %s", _reason(exc))

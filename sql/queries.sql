@@ -144,3 +144,9 @@ SELECT id, account_id::text AS account_id, user_id, from_level, to_level, utiliz
 FROM riskd.risk_events
 WHERE id > %(after)s OR id = ANY(%(ids)s::bigint[])
 ORDER BY id
+
+-- name: prune_daemons
+-- Heartbeat rows of instances that died without removing theirs (SIGKILL, a lost host): shown
+-- as stale by `riskd status` for a while, so that the loss is noticed, then removed.
+DELETE FROM riskd.daemons
+WHERE heartbeat_at < pg_catalog.now() - pg_catalog.make_interval(secs => %(after)s)

@@ -180,3 +180,17 @@ def test_event_checks_go_before_sweep_work(db: Db) -> None:
     assert (batch[0][0], from_sweep) == ("hot", False) and len(batch) == 1
     batch, from_sweep = daemon._next_batch()
     assert from_sweep and len(batch) == db.settings.daemon.batch_size
+
+
+def test_a_dead_instance_row_is_pruned_after_a_while(db: Db, start: Start) -> None:
+    db.conn.execute(
+        "INSERT INTO riskd.daemons (instance, host, pid, version, heartbeat_at)"
+        " VALUES ('recent:1', 'h', 1, '0', now() - interval '1 min'),"
+        " ('long-gone:2', 'h', 2, '0', now() - interval '6 min')"
+    )
+    daemon = start()
+    daemon.wait_ready()
+    rows = db.conn.execute("SELECT instance FROM riskd.daemons ORDER BY 1").fetchall()
+    assert [r[0] for r in rows if not r[0].startswith(("recent", "long"))]  # ours
+    assert ("recent:1",) in rows and ("long-gone:2",) not in rows
+    assert daemon.stop() == 0
