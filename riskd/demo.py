@@ -142,7 +142,8 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
     cluster: PgCluster | None = None
     keep = False
     try:
-        cluster, settings = _set_up(options, console)
+        cluster = _new_cluster()
+        settings = _set_up(cluster, options, console)
         run_ = Run(
             options=options,
             major=cluster.major,
@@ -178,43 +179,44 @@ def _configure_logging(console: Console, live: bool) -> None:
     root.setLevel(logging.WARNING)
 
 
-def _set_up(options: DemoOptions, console: Console) -> tuple[PgCluster, Settings]:
+def _new_cluster() -> PgCluster:
+    """A cluster of the newest PostgreSQL found (the embedded 18 first), not started yet."""
     found = find_bindirs()
     if not found:
         raise ClusterError(
             "no PostgreSQL server found: install the embedded one with pip install 'riskd[demo]'"
         )
     major = PREFERRED_MAJOR if PREFERRED_MAJOR in found else max(found)
+    # deadlock_timeout: the market's mark-to-market and the daemon's flatten may meet (the
+    # market's part of that tick is dropped); a short timeout keeps that from stalling the view.
+    return PgCluster(found[major], settings={"deadlock_timeout": "100ms"})
+
+
+def _set_up(cluster: PgCluster, options: DemoOptions, console: Console) -> Settings:
+    """Start the cluster, seed the reference schema, install riskd; the daemon's settings."""
     began = time.monotonic()
-    # deadlock_timeout: the market's mark-to-market and the daemon's flatten may meet (one of
-    # them is dropped and redone); a short timeout keeps that from stalling the view.
-    cluster = PgCluster(found[major], settings={"deadlock_timeout": "100ms"})
-    try:
-        console.print(f"PostgreSQL {major} in {cluster.root}, port {cluster.port}")
-        cluster.start()
-        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
-        dsn = cluster.dsn(DATABASE)
-        console.print(f"started in {time.monotonic() - began:.1f} s")
-        began = time.monotonic()
-        instruments = max(INSTRUMENTS, -(-options.positions // options.accounts))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            seed(conn, options.accounts, options.positions, instruments, options.seed)
-        console.print(
-            f"seeded {options.accounts:,} accounts, {options.positions:,} positions and "
-            f"{instruments} instruments in {time.monotonic() - began:.1f} s"
-        )
-        settings = Settings(
-            database=DatabaseSettings(dsn=dsn),
-            risk=dataclasses.replace(RiskSettings(), auto_close="flatten"),
-            daemon=dataclasses.replace(DaemonSettings(), debounce=DEBOUNCE, max_delay=MAX_DELAY),
-        )
-        migrate.migrate(settings)
-        console.print("installed riskd (riskd migrate)")
-    except BaseException:
-        cluster.cleanup()
-        raise
-    return cluster, settings
+    console.print(f"PostgreSQL {cluster.major} in {cluster.root}, port {cluster.port}")
+    cluster.start()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+    dsn = cluster.dsn(DATABASE)
+    console.print(f"started in {time.monotonic() - began:.1f} s")
+    began = time.monotonic()
+    instruments = max(INSTRUMENTS, -(-options.positions // options.accounts))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        seed(conn, options.accounts, options.positions, instruments, options.seed)
+    console.print(
+        f"seeded {options.accounts:,} accounts, {options.positions:,} positions and "
+        f"{instruments:,} instruments in {time.monotonic() - began:.1f} s"
+    )
+    settings = Settings(
+        database=DatabaseSettings(dsn=dsn),
+        risk=dataclasses.replace(RiskSettings(), auto_close="flatten"),
+        daemon=dataclasses.replace(DaemonSettings(), debounce=DEBOUNCE, max_delay=MAX_DELAY),
+    )
+    migrate.migrate(settings)
+    console.print("installed riskd (riskd migrate)")
+    return settings
 
 
 # --------------------------------------------------------------------------- the loop
@@ -251,6 +253,8 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
         ):
             await _settle(daemon, reader, stop)
             await _initial(run_, reader)
+            if stop.is_set():  # Ctrl-C before the market opened
+                return await _stop_daemon(daemon, daemon_task)
             console.print(
                 f"first sweep: {run_.initial['critical']} seeded accounts over the auto-close"
                 f" threshold flattened, {run_.initial['warning']} in warning; the market opens",
@@ -278,7 +282,11 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        if not daemon_task.done():
+        if not daemon_task.done():  # something failed, or a second Ctrl-C: stop it anyway
+            if signals < 2:
+                daemon.request_stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(daemon_task), STOP_TIMEOUT)
             daemon_task.cancel()
             with contextlib.suppress(BaseException):
                 await daemon_task
@@ -464,6 +472,10 @@ async def _view(
             wait = min(REFRESH_EVERY, max(0.0, duration - elapsed))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _ms(seconds: float | None) -> str:
@@ -678,10 +690,10 @@ def _summary(run_: Run, console: Console) -> None:
         f"  checks     {checks:,} while the market ran"
         f" ({checks / max(elapsed, 1e-6):,.0f} a second)",
         f"  latency    change to check: p50 {_ms(p50)}, p99 {_ms(p99)}, max {_ms(worst)}",
-        f"  updates    {m.ticks:,} ticks: {m.price_moves:,} price moves marking"
+        f"  updates    {_n(m.ticks, 'tick')}: {_n(m.price_moves, 'price move')} marking"
         f" {m.positions_marked:,} positions to market",
         f"             {m.fills:,} fills: {m.added:,} added to, {m.reduced:,} reduced,"
-        f" {m.opened:,} new positions; {m.sell_offs} sell-off",
+        f" {m.opened:,} new positions; {m.sell_offs or 'no'} sell-off",
     ]
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
