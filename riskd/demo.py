@@ -431,7 +431,8 @@ def _flattened(
         closed=closed,
         realised=Decimal(realised),
         before=Decimal(before) / eq if eq > 0 else None,
-        after=Decimal(after) / eq if eq > 0 else None,
+        # with nothing left open the utilisation is 0, whatever the equity (DESIGN §1)
+        after=Decimal(0) if Decimal(after) == 0 else Decimal(after) / eq if eq > 0 else None,
     )
 
 
