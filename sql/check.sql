@@ -204,6 +204,10 @@ BEGIN
         RETURN p_results;
     END IF;
 
+    -- Never make a trade wait, nor die in a deadlock, for a flatten: wait at most 200 ms for
+    -- the platform's row locks (below the 1 s deadlock_timeout, so riskd gives up first); the
+    -- batch then fails with lock_not_available, rolls back whole, and the daemon retries it.
+    PERFORM set_config('lock_timeout', '200ms', true);
     -- the platform's fills lock a position and then its account: take them in that order
     PERFORM 1 FROM {positions} AS p WHERE p.{p_account} = ANY (v_ids) FOR UPDATE;
     PERFORM 1 FROM {accounts} AS a WHERE a.{a_id} = ANY (v_ids) FOR UPDATE;

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import Db, settings_for
 
 from riskd.check import CheckResult, check_accounts, sweep
@@ -282,3 +284,20 @@ def test_unknown_accounts_are_skipped(db: Db) -> None:
     setup_account(db, quantity="50")
     results = check_accounts(db.conn, db.settings, ["a1", "ghost", "'; DROP TABLE x; --"])
     assert [r.account_id for r in results] == ["a1"]
+
+
+def test_flatten_never_waits_long_for_a_trading_lock(db: Db) -> None:
+    """A fill holding the position: the flatten gives up in 200 ms (the trade is never the
+    deadlock victim), the batch rolls back whole, and a retry after the fill succeeds."""
+    setup_account(db, quantity="95")
+    with psycopg.connect(db.dsn) as trader:
+        trader.execute("UPDATE positions SET \"averagePrice\" = 1 WHERE id = 'p-a1'")  # locked
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            check_one(db, auto_close="flatten")
+        assert time.monotonic() - started < 1.0
+        assert events(db) == [] and close_requests(db) == []
+        trader.commit()  # the trade goes through
+    result = check_one(db, auto_close="flatten")
+    assert result.level == "critical" and result.close_request_id is not None
+    assert [s for s, _ in close_requests(db)] == ["done"]
