@@ -3,11 +3,14 @@
 -- tests/integration/test_least_privilege.py, which runs this very file and then the daemon as
 -- the role it creates, in a database that grants PUBLIC nothing.
 --
--- Run it after every `riskd migrate`, with psql, as the role that owns schema riskd and the
--- platform's tables (the role that ran the migration) — a superuser is not needed. It creates
--- the two group roles when they do not exist yet, which takes CREATEROLE; without it, have them
--- created first (CREATE ROLE riskd_daemon NOLOGIN; CREATE ROLE riskd_monitor NOLOGIN) and
--- leave out login= / monitor_login=. Running it again changes nothing.
+-- Run it after every `riskd migrate`, with psql, as a role that may grant on everything named
+-- here: a GRANT takes the object's owner, so the owner of schema riskd and of the platform's
+-- tables (the role that ran the migration) for most lines, and the database's owner for the
+-- CONNECT and USAGE ON SCHEMA public lines — or a superuser (the test runs it as one). It
+-- creates the two group roles when they do not exist yet, which takes CREATEROLE, and granting
+-- their membership takes ADMIN on them; without those, have a role administrator create them
+-- (CREATE ROLE riskd_daemon NOLOGIN; CREATE ROLE riskd_monitor NOLOGIN) and grant the
+-- memberships, and leave out login= / monitor_login=. Running it again changes nothing.
 --
 --   psql -X -v ON_ERROR_STOP=1 -d trading -f docs/grants.sql -v login=riskd
 --   psql -X -v ON_ERROR_STOP=1 -d trading -f docs/grants.sql -v login=riskd -v flatten=on
