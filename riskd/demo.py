@@ -4,9 +4,10 @@ Set-up (synchronous): an embedded PostgreSQL in a fresh directory under the temp
 directory, the reference schema seeded (riskd.seed), riskd installed (riskd.migrate). Then, in
 one asyncio loop: the daemon (flatten mode, 200 ms debounce, 1 s max delay, so that the view is
 lively), the market simulator (riskd.simulator), a LISTEN on ``riskd_events`` for the feed, and
-the view: a rich.Live screen on a terminal, one plain progress line a second otherwise. The
-market opens once the daemon's first sweep is done, so the events of the seeded accounts that
-start out over the thresholds are told apart from the ones the market causes.
+the view (drawn by riskd.demo_view): a rich.Live screen on a terminal, one plain progress line
+a second otherwise. The market opens once the daemon's first sweep is done, so the events of
+the seeded accounts that start out over the thresholds are told apart from the ones the market
+causes. The statements of the demo and the market are the named queries of ``sql/simulator.sql``.
 
 Ctrl-C (or SIGTERM) stops the market and the daemon cooperatively, prints the summary and removes
 the cluster (unless ``keep``); a second Ctrl-C skips the waiting.
@@ -31,19 +32,18 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.logging import RichHandler
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
 
 from riskd import migrate
 from riskd.cluster import ClusterError, PgCluster, find_bindirs
 from riskd.config import DaemonSettings, DatabaseSettings, RiskSettings, Settings
 from riskd.daemon import Daemon
+from riskd.demo_view import FeedEvent, Flattened, Frame, Sample, ms, progress_line, render
 from riskd.seed import seed
-from riskd.simulator import Market, MarketStats
+from riskd.simulator import QUERY_FILE, Market, MarketStats
+from riskd.sqlfiles import query
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,6 @@ READY_TIMEOUT = 120.0  # the first sweep of the seeded accounts
 SETTLE_TIMEOUT = 5.0  # the daemon re-checks what its first sweep flattened
 SETTLE_ROUNDS = 3
 STOP_TIMEOUT = 30.0
-WIDE = 140  # columns from which the flattenings get a table of their own beside the events
-LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,40 +71,6 @@ class DemoOptions:
     keep: bool = False
     seed: int = 1
     live: bool | None = None  # None: when stdout is a terminal
-
-
-@dataclass(slots=True)
-class FeedEvent:
-    """One event as the platform sees it: a riskd_events notification."""
-
-    at: float
-    account_id: str
-    from_level: str
-    to_level: str
-    utilization: Decimal | None
-    close_request_id: int | None
-
-
-@dataclass(slots=True)
-class Flattened:
-    account_id: str
-    closed: int
-    realised: Decimal
-    before: Decimal | None
-    after: Decimal | None
-
-
-@dataclass(slots=True)
-class Sample:
-    """What the view shows, taken once a second."""
-
-    elapsed: float = 0.0
-    checks_per_second: float = 0.0
-    p50: float | None = None
-    p99: float | None = None
-    levels: dict[str, int] = field(default_factory=dict)
-    flattened_accounts: int = 0
-    latest_flattened: list[Flattened] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -129,6 +93,11 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     sell_off_at: float | None = None
     interrupted: bool = False
+
+
+def _query(name: str) -> sql.SQL:
+    """One of the demo's named queries (sql/simulator.sql, with the market's)."""
+    return query(name, file=QUERY_FILE)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -198,7 +167,7 @@ def _set_up(cluster: PgCluster, options: DemoOptions, console: Console) -> Setti
     console.print(f"PostgreSQL {cluster.major} in {cluster.root}, port {cluster.port}")
     cluster.start()
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        conn.execute(_query("create_database").format(database=sql.Identifier(DATABASE)))
     dsn = cluster.dsn(DATABASE)
     console.print(f"started in {time.monotonic() - began:.1f} s")
     began = time.monotonic()
@@ -260,7 +229,7 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
                 f" threshold flattened, {run_.initial['warning']} in warning; the market opens",
                 soft_wrap=True,
             )
-            await listener.execute("LISTEN riskd_events")
+            await listener.execute(_query("listen_events"))
             run_.market = Market(trader, seed=run_.options.seed)
             await run_.market.load()
             market_stop = asyncio.Event()
@@ -310,7 +279,7 @@ async def _settle(daemon: Daemon, conn: psycopg.AsyncConnection[Any], stop: asyn
     deadline = time.monotonic() + SETTLE_TIMEOUT
     checks, quiet = -1, 0
     while time.monotonic() < deadline and not stop.is_set():
-        cur = await conn.execute("SELECT EXISTS (SELECT FROM riskd.dirty_accounts)")
+        cur = await conn.execute(_query("dirty_accounts_exist"))
         row = await cur.fetchone()
         idle = not (row and row[0]) and not len(daemon.debouncer)
         # quiet for a few rounds: a batch in flight is in neither place (the daemon does not
@@ -334,13 +303,11 @@ async def _stop_daemon(daemon: Daemon, task: asyncio.Task[int]) -> int:
 
 async def _initial(run_: Run, conn: psycopg.AsyncConnection[Any]) -> None:
     """What the first sweep found; every later event is the market's doing."""
-    cur = await conn.execute(
-        "SELECT to_level, count(*), max(id) FROM riskd.risk_events GROUP BY to_level"
-    )
+    cur = await conn.execute(_query("first_sweep_events"))
     for level, count, last in await cur.fetchall():
         run_.initial[level] = count
         run_.first_market_event = max(run_.first_market_event, last + 1)
-    cur = await conn.execute("SELECT COALESCE(max(id), 0) + 1 FROM riskd.close_requests")
+    cur = await conn.execute(_query("next_close_request"))
     row = await cur.fetchone()
     run_.first_market_close = row[0] if row else 0
 
@@ -401,24 +368,15 @@ async def _sampler(run_: Run, conn: psycopg.AsyncConnection[Any], stop: asyncio.
 
 
 async def _read_levels(run_: Run, conn: psycopg.AsyncConnection[Any], sample: Sample) -> None:
-    cur = await conn.execute("SELECT level, count(*) FROM riskd.account_state GROUP BY level")
+    cur = await conn.execute(_query("account_levels"))
     levels = {level: count for level, count in await cur.fetchall()}
     checked_not_ok = levels.get("warning", 0) + levels.get("critical", 0)
     levels["ok"] = run_.options.accounts - checked_not_ok  # never checked counts as ok
     sample.levels = levels
-    cur = await conn.execute(
-        "SELECT count(DISTINCT account_id) FROM riskd.close_requests WHERE status = 'done'"
-    )
+    cur = await conn.execute(_query("flattened_accounts"))
     row = await cur.fetchone()
     sample.flattened_accounts = row[0] if row else 0
-    cur = await conn.execute(
-        """SELECT account_id::text, jsonb_array_length(detail -> 'closed'),
-                  detail ->> 'realised_pnl', detail ->> 'equity',
-                  detail ->> 'used_margin_before', detail ->> 'used_margin_after'
-           FROM riskd.close_requests WHERE status = 'done' AND id >= %s
-           ORDER BY id DESC LIMIT 20""",
-        (run_.first_market_close,),
-    )
+    cur = await conn.execute(_query("latest_flattened"), {"from_id": run_.first_market_close})
     sample.latest_flattened = [_flattened(*row) for row in await cur.fetchall()]
 
 
@@ -467,7 +425,8 @@ async def _view(
                 screen.update(_render(run_, console), refresh=True)
             elif run_.sample.elapsed > printed:
                 printed = run_.sample.elapsed
-                console.print(_progress_line(run_), highlight=False, soft_wrap=True)
+                line = progress_line(run_.sample, run_.events, _market_stats(run_))
+                console.print(line, highlight=False, soft_wrap=True)
             if elapsed >= duration or stop.is_set() or daemon.done():
                 return
             wait = min(REFRESH_EVERY, max(0.0, duration - elapsed))
@@ -475,30 +434,34 @@ async def _view(
                 await asyncio.wait_for(stop.wait(), wait)
 
 
-def _n(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+def _render(run_: Run, console: Console) -> RenderableType:
+    return render(_frame(run_), console.width, console.height)
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
-
-
-def _pct(ratio: Decimal | None) -> str:
-    return "equity <= 0" if ratio is None else f"{ratio * 100:.1f} %"
-
-
-def _levels(counts: Counter[str] | dict[str, int], *names: str) -> str:
-    return ", ".join(f"{counts.get(name, 0):,} {name}" for name in names)
-
-
-def _progress_line(run_: Run) -> str:
-    s, m = run_.sample, _market_stats(run_)
-    return (
-        f"{s.elapsed:5.1f} s  accounts {_levels(s.levels, 'ok', 'warning', 'critical')}"
-        f" | {s.checks_per_second:,.0f} checks/s, latency p50 {_ms(s.p50)} p99 {_ms(s.p99)}"
-        f" | events {_levels(run_.events, 'warning', 'critical', 'ok')}"
-        f" | flattened {s.flattened_accounts:,} accounts"
-        f" | {m.fills:,} fills, {m.price_moves:,} price moves"
+def _frame(run_: Run) -> Frame:
+    """What the screen shows now, taken from the run (and the daemon's dirty set and lag)."""
+    opts, risk, market = run_.options, run_.settings.risk, run_.market
+    stats = run_.daemon.current_stats()  # dirty and lag as of now
+    return Frame(
+        major=run_.major,
+        accounts=opts.accounts,
+        positions=opts.positions,
+        duration=opts.duration,
+        warning_threshold=risk.warning_threshold,
+        auto_close_threshold=risk.auto_close_threshold,
+        debounce=DEBOUNCE,
+        sample=run_.sample,
+        events=run_.events,
+        initial=run_.initial,
+        feed=list(run_.feed),
+        market=_market_stats(run_),
+        traders=len(market.traders) if market else 0,
+        dirty=stats.dirty,
+        lag=stats.lag,
+        sell_off_due=opts.duration * SELL_OFF_AT,
+        sell_off_at=run_.sell_off_at if market else None,
+        sell_off_instruments=market.sell_off_instruments if market else 0,
+        sell_off_move=market.config.sell_off_move if market else 0.0,
     )
 
 
@@ -506,149 +469,8 @@ def _market_stats(run_: Run) -> MarketStats:
     return run_.market.stats if run_.market else MarketStats()
 
 
-def _render(run_: Run, console: Console) -> RenderableType:
-    """The live screen: three panels over the event feed (and, when wide, the flattenings)."""
-    opts, s = run_.options, run_.sample
-    risk = run_.settings.risk
-    clock = Text(f" {min(s.elapsed, opts.duration):.0f} s of {opts.duration:.0f} s", style="bold")
-    header = Table.grid(expand=True)
-    header.add_column(ratio=1)
-    header.add_column(justify="right", no_wrap=True, min_width=len(clock))
-    header.add_row(
-        Text.from_markup(
-            f"[bold]riskd demo[/] · PostgreSQL {run_.major} · {opts.accounts:,} accounts · "
-            f"{opts.positions:,} positions · warning {risk.warning_threshold * 100:.0f} % · "
-            f"flatten {risk.auto_close_threshold * 100:.0f} % · debounce {DEBOUNCE * 1000:.0f} ms"
-        ),
-        clock,
-    )
-    wide = console.width >= WIDE
-    top = Table.grid(expand=True, padding=(0, 1))
-    top.add_column()  # the accounts: as wide as its figures
-    top.add_column(ratio=1)
-    panels: list[RenderableType] = [_accounts_panel(run_), _daemon_panel(run_)]
-    if wide:
-        top.add_column(ratio=1)
-        panels.append(Panel(_market(run_), title="market", border_style="blue"))
-    top.add_row(*panels)
-    parts: list[RenderableType] = [header, top]
-    rows = max(3, console.height - (17 if wide else 23))
-    if wide:
-        bottom = Table.grid(expand=True, padding=(0, 1))
-        bottom.add_column(ratio=1)
-        bottom.add_column(ratio=1)
-        bottom.add_row(_events_table(run_, rows), _flattened_table(s, rows))
-        parts.append(bottom)
-    else:
-        parts += [
-            Panel(_market(run_), title="market", border_style="blue"),
-            _events_table(run_, rows),
-        ]
-    parts.append(Text("Ctrl-C stops the demo (then the summary)", style="dim"))
-    return Group(*parts)
-
-
-def _accounts_panel(run_: Run) -> Panel:
-    opts, s = run_.options, run_.sample
-    table = Table.grid(padding=(0, 1))
-    table.add_column(no_wrap=True)
-    table.add_column(justify="right", no_wrap=True)
-    table.add_column(justify="right", no_wrap=True)
-    for level in ("ok", "warning", "critical"):
-        count = s.levels.get(level, 0)
-        share = 100 * count / opts.accounts if opts.accounts else 0.0
-        table.add_row(Text(level, style=LEVEL_STYLE[level]), f"{count:,}", f"{share:.1f} %")
-    table.add_row(Text("flattened", style="magenta"), f"{s.flattened_accounts:,}", "")
-    traders = len(run_.market.traders) if run_.market else 0
-    table.add_row(Text("trading", style="dim"), f"{traders:,}", "")
-    return Panel(table, title="accounts", border_style="blue")
-
-
-def _daemon_panel(run_: Run) -> Panel:
-    s = run_.sample
-    stats = run_.daemon.current_stats()  # dirty and lag as of now
-    table = _pairs(
-        ("checks", f"{s.checks_per_second:,.0f} / s"),
-        ("latency", f"p50 {_ms(s.p50)} · p99 {_ms(s.p99)}"),
-        ("events", _colored_levels(run_.events)),
-        ("dirty", f"{stats.dirty:,} · lag {stats.lag:.1f} s"),
-        ("first sweep", _colored_levels(run_.initial)),
-    )
-    return Panel(table, title="riskd daemon (last second)", border_style="blue")
-
-
-def _market(run_: Run) -> Table:
-    opts, s, m = run_.options, run_.sample, _market_stats(run_)
-    if run_.sell_off_at is None or run_.market is None:
-        sell_off = f"in {max(0.0, opts.duration * SELL_OFF_AT - s.elapsed):.0f} s"
-    else:
-        sell_off = (
-            f"at {run_.sell_off_at:.0f} s: {run_.market.sell_off_instruments} instruments "
-            f"{run_.market.config.sell_off_move * 100:+.0f} %"
-        )
-    return _pairs(
-        ("price moves", f"{m.price_moves:,} · {m.positions_marked:,} positions marked"),
-        ("fills", f"{m.fills:,}: {m.added:,} add · {m.reduced:,} reduce · {m.opened:,} new"),
-        ("sell-off", sell_off),
-        ("ticks", f"{m.ticks:,} · {m.conflicts:,} dropped on a deadlock"),
-    )
-
-
-def _pairs(*pairs: tuple[str, str | Text]) -> Table:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="dim", no_wrap=True)
-    table.add_column(no_wrap=True, overflow="ellipsis")
-    for key, value in pairs:
-        table.add_row(key, value)
-    return table
-
-
-def _colored_levels(counts: Counter[str]) -> Text:
-    text = Text()
-    for i, level in enumerate(("warning", "critical", "ok")):
-        if i:
-            text.append("  ")
-        text.append(f"{counts.get(level, 0):,} {level}", style=LEVEL_STYLE[level])
-    return text
-
-
-def _events_table(run_: Run, rows: int) -> Table:
-    table = Table(title="latest events (LISTEN riskd_events)", expand=True, title_justify="left")
-    table.add_column("at", justify="right", style="dim", no_wrap=True)
-    table.add_column("account", no_wrap=True)
-    table.add_column("transition", no_wrap=True)
-    table.add_column("utilisation", justify="right", no_wrap=True)
-    table.add_column("action", no_wrap=True)
-    for event in list(run_.feed)[:rows]:
-        transition = Text()
-        transition.append(event.from_level, style=LEVEL_STYLE.get(event.from_level, ""))
-        transition.append(" -> ")
-        transition.append(event.to_level, style=LEVEL_STYLE.get(event.to_level, ""))
-        action = "flattened" if event.close_request_id is not None else ""
-        table.add_row(
-            f"{event.at:.1f} s",
-            event.account_id,
-            transition,
-            _pct(event.utilization),
-            Text(action, style="magenta"),
-        )
-    return table
-
-
-def _flattened_table(sample: Sample, rows: int) -> Table:
-    table = Table(title="flattened by riskd (market)", expand=True, title_justify="left")
-    table.add_column("account", no_wrap=True)
-    table.add_column("closed", justify="right", no_wrap=True)
-    table.add_column("realised PnL", justify="right", no_wrap=True)
-    table.add_column("utilisation", justify="right", no_wrap=True)
-    for f in sample.latest_flattened[:rows]:
-        table.add_row(
-            f.account_id,
-            f"{f.closed}",
-            f"{f.realised:,.2f}",
-            f"{_pct(f.before)} -> {_pct(f.after)}",
-        )
-    return table
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 # --------------------------------------------------------------------------- the end
@@ -659,17 +481,11 @@ def _summary(run_: Run, console: Console) -> None:
     with psycopg.connect(run_.settings.database.dsn or "", autocommit=True) as conn:
         market: Counter[str] = Counter()
         for level, count in conn.execute(
-            "SELECT to_level, count(*) FROM riskd.risk_events WHERE id >= %s GROUP BY to_level",
-            (run_.first_market_event,),
+            _query("summary_events"), {"from_id": run_.first_market_event}
         ):
             market[level] = count
         row = conn.execute(
-            """SELECT count(*), count(DISTINCT account_id),
-                      count(DISTINCT account_id) FILTER (WHERE id >= %s),
-                      COALESCE(sum(jsonb_array_length(detail -> 'closed')), 0),
-                      COALESCE(sum((detail ->> 'realised_pnl')::numeric), 0)
-               FROM riskd.close_requests WHERE status = 'done'""",
-            (run_.first_market_close,),
+            _query("summary_close_requests"), {"from_id": run_.first_market_close}
         ).fetchone()
     done, accounts, by_market, closed, realised = row or (0, 0, 0, 0, Decimal(0))
     m = _market_stats(run_)
@@ -690,7 +506,7 @@ def _summary(run_: Run, console: Console) -> None:
         f" realised PnL {realised:,.2f}",
         f"  checks     {checks:,} while the market ran"
         f" ({checks / max(elapsed, 1e-6):,.0f} a second)",
-        f"  latency    change to check: p50 {_ms(p50)}, p99 {_ms(p99)}, max {_ms(worst)}",
+        f"  latency    change to check: p50 {ms(p50)}, p99 {ms(p99)}, max {ms(worst)}",
         f"  updates    {_n(m.ticks, 'tick')}: {_n(m.price_moves, 'price move')} marking"
         f" {m.positions_marked:,} positions to market",
         f"             {m.fills:,} fills: {m.added:,} added to, {m.reduced:,} reduced,"

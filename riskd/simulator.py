@@ -29,116 +29,19 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from riskd.sqlfiles import query
 
 log = logging.getLogger(__name__)
 
-# The statements, one round trip each; names are those of the reference schema (sql/).
-_MARK_TO_MARKET = """
-WITH moves AS (
-    SELECT m.id, m.step FROM unnest(%(ids)s::text[], %(steps)s::numeric[]) AS m (id, step)
-), priced AS (
-    UPDATE public.instruments AS i
-    SET price = greatest(0.01, round(i.price * (1 + moves.step), 2))
-    FROM moves WHERE i.id = moves.id
-    RETURNING i.id, i.price
-), marked AS (
-    UPDATE public.positions AS p
-    SET "unrealizedPnL" = round(p.quantity * (priced.price - p."averagePrice"), 2)
-    FROM priced WHERE p."instrumentId" = priced.id AND p.quantity <> 0
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM priced), (SELECT count(*) FROM marked)
-"""
+# The statements, one round trip each, are the named queries of sql/simulator.sql; the names
+# there are those of the reference schema.
+QUERY_FILE = "simulator.sql"
 
-# A fill on one open position per order (chosen by ``pick``), sized so that the margin it adds
-# (removes, when size < 0; never more than the position) is ``size`` times the equity.
-_FILL = """
-WITH orders AS (
-    SELECT o.account_id, o.size, o.pick
-    FROM unnest(%(accounts)s::text[], %(sizes)s::numeric[], %(picks)s::float8[])
-        AS o (account_id, size, pick)
-), book AS (
-    SELECT p.id, p."tradingAccountId" AS account_id, p."instrumentId" AS instrument,
-           p.quantity, p."averagePrice" AS avg_price, i.price, i."marginRate" AS margin_rate,
-           row_number() OVER account - 1 AS n,
-           count(*) OVER account AS held,
-           sum(COALESCE(p."unrealizedPnL", 0)) OVER account AS account_pnl
-    FROM public.positions AS p
-    JOIN public.instruments AS i ON i.id = p."instrumentId"
-    WHERE p."tradingAccountId" IN (SELECT account_id FROM orders) AND p.quantity <> 0
-    WINDOW account AS (PARTITION BY p."tradingAccountId" ORDER BY p.id
-                       ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-), sized AS (
-    SELECT b.*, sign(b.quantity) * greatest(
-               round(o.size * (a.balance + b.account_pnl) / (b.price * b.margin_rate), 4),
-               -abs(b.quantity)) AS delta
-    FROM book AS b
-    JOIN orders AS o ON o.account_id = b.account_id AND b.n = floor(o.pick * b.held)
-    JOIN public.trading_accounts AS a ON a.id = b.account_id
-    WHERE a.balance + b.account_pnl > 0 AND b.price > 0 AND b.margin_rate > 0
-), fills AS (
-    SELECT s.*,
-           CASE WHEN abs(s.quantity + s.delta) > abs(s.quantity)
-                THEN round((s.quantity * s.avg_price + s.delta * s.price)
-                           / (s.quantity + s.delta), 2)
-                ELSE s.avg_price END AS new_avg,
-           CASE WHEN abs(s.quantity + s.delta) > abs(s.quantity) THEN 0
-                ELSE round(-s.delta * (s.price - s.avg_price), 2) END AS realised
-    FROM sized AS s WHERE s.delta <> 0
-), moved AS (
-    UPDATE public.positions AS p
-    SET quantity = p.quantity + f.delta, "averagePrice" = f.new_avg,
-        "unrealizedPnL" = round((p.quantity + f.delta) * (f.price - f.new_avg), 2),
-        "updatedAt" = now()
-    FROM fills AS f WHERE p.id = f.id
-    RETURNING f.account_id, f.instrument, f.delta, f.price, f.realised, f.quantity
-), booked AS (
-    INSERT INTO public.executions ("tradingAccountId", "instrumentId", quantity, price)
-    SELECT account_id, instrument, delta, price FROM moved
-), settled AS (
-    UPDATE public.trading_accounts AS a SET balance = a.balance + m.realised
-    FROM moved AS m WHERE a.id = m.account_id AND m.realised <> 0
-)
-SELECT count(*) FILTER (WHERE sign(delta) = sign(quantity)),
-       count(*) FILTER (WHERE sign(delta) <> sign(quantity))
-FROM moved
-"""
 
-# A new position in an instrument the account does not hold open, sized like a fill.
-_OPEN = """
-WITH orders AS (
-    SELECT o.position_id, o.account_id, o.instrument, o.size, o.side
-    FROM unnest(%(ids)s::text[], %(accounts)s::text[], %(instruments)s::text[],
-                %(sizes)s::numeric[], %(sides)s::int[])
-        AS o (position_id, account_id, instrument, size, side)
-), sized AS (
-    SELECT o.position_id, o.account_id, o.instrument, i.price,
-           o.side * round(o.size * e.equity / (i.price * i."marginRate"), 4) AS quantity
-    FROM orders AS o
-    JOIN public.instruments AS i ON i.id = o.instrument
-    CROSS JOIN LATERAL (
-        SELECT a.balance + COALESCE((
-                   SELECT sum(p."unrealizedPnL") FROM public.positions AS p
-                   WHERE p."tradingAccountId" = a.id AND p.quantity <> 0), 0) AS equity
-        FROM public.trading_accounts AS a WHERE a.id = o.account_id
-    ) AS e
-    WHERE e.equity > 0 AND i.price > 0 AND i."marginRate" > 0
-      AND NOT EXISTS (
-          SELECT 1 FROM public.positions AS p
-          WHERE p."tradingAccountId" = o.account_id AND p."instrumentId" = o.instrument
-            AND p.quantity <> 0)
-), opened AS (
-    INSERT INTO public.positions
-        (id, "tradingAccountId", "instrumentId", quantity, "averagePrice", "unrealizedPnL")
-    SELECT position_id, account_id, instrument, quantity, price, 0
-    FROM sized WHERE quantity <> 0
-    RETURNING "tradingAccountId", "instrumentId", quantity, "averagePrice"
-), booked AS (
-    INSERT INTO public.executions ("tradingAccountId", "instrumentId", quantity, price)
-    SELECT * FROM opened
-)
-SELECT count(*) FROM opened
-"""
+def _query(name: str) -> sql.SQL:
+    return query(name, file=QUERY_FILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,16 +100,16 @@ class Market:
 
     async def load(self) -> None:
         """Read the instruments and choose the traders (a seeded sample of the accounts)."""
-        cur = await self.conn.execute("SELECT id FROM public.instruments ORDER BY id")
+        cur = await self.conn.execute(_query("market_instruments"))
         self.instruments = [row[0] for row in await cur.fetchall()]
-        cur = await self.conn.execute("SELECT id FROM public.trading_accounts ORDER BY id")
+        cur = await self.conn.execute(_query("market_accounts"))
         accounts = [row[0] for row in await cur.fetchall()]
         await self.conn.rollback()
         cfg = self.config
         wanted = round(len(accounts) * cfg.trader_share)
         count = min(len(accounts), max(cfg.min_traders, min(cfg.max_traders, wanted)))
         self.traders = self.rng.sample(accounts, count)
-        cur = await self.conn.execute("SELECT count(*) FROM public.positions WHERE quantity <> 0")
+        cur = await self.conn.execute(_query("market_open_positions"))
         row = await cur.fetchone()
         await self.conn.rollback()
         per_instrument = (row[0] if row else 0) / max(1, len(self.instruments))
@@ -265,7 +168,9 @@ class Market:
 
     async def _move(self, instruments: list[str], steps: list[float]) -> None:
         decimal_steps = [Decimal(f"{step:.6f}") for step in steps]
-        cur = await self.conn.execute(_MARK_TO_MARKET, {"ids": instruments, "steps": decimal_steps})
+        cur = await self.conn.execute(
+            _query("mark_to_market"), {"ids": instruments, "steps": decimal_steps}
+        )
         row = await cur.fetchone()
         if row is not None:
             self.stats.price_moves += row[0]
@@ -296,7 +201,7 @@ class Market:
             picks.append(self.rng.random())
         if scale:
             cur = await self.conn.execute(
-                _FILL, {"accounts": scale, "sizes": sizes, "picks": picks}
+                _query("fill"), {"accounts": scale, "sizes": sizes, "picks": picks}
             )
             row = await cur.fetchone()
             if row is not None:
@@ -306,7 +211,7 @@ class Market:
         if opens:
             columns = ("ids", "accounts", "instruments", "sizes", "sides")
             params = {name: [order[i] for order in opens] for i, name in enumerate(columns)}
-            cur = await self.conn.execute(_OPEN, params)
+            cur = await self.conn.execute(_query("open"), params)
             row = await cur.fetchone()
             if row is not None:
                 self.stats.opened += row[0]

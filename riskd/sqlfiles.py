@@ -73,14 +73,21 @@ def render(name: str, params: dict[str, sql.Composable]) -> str:
     return sql.SQL(read(name)).format(**params).as_string(None)
 
 
+QUERIES = "queries.sql"
+
+
+def queries(file: str = QUERIES) -> dict[str, str]:
+    """The named queries of ``sql/<file>`` (riskd's own, ``sql/queries.sql``, by default)."""
+    return _queries(file)
+
+
 @functools.cache
-def queries() -> dict[str, str]:
-    """The named queries of ``sql/queries.sql``."""
-    text = read("queries.sql")
-    parts = _NAME.split(text)
+def _queries(file: str) -> dict[str, str]:
+    """Read once per file: ``-- name: <query>`` headers, the text up to the next one."""
+    parts = _NAME.split(read(file))
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
 
-def query(name: str) -> sql.SQL:
-    """One named query, ready to execute with ``%(param)s`` parameters."""
-    return sql.SQL(queries()[name])
+def query(name: str, file: str = QUERIES) -> sql.SQL:
+    """One named query of ``sql/<file>``, ready to execute with ``%(param)s`` parameters."""
+    return sql.SQL(queries(file)[name])
