@@ -71,7 +71,8 @@ WITH orders AS (
     SET quantity = p.quantity + f.delta, "averagePrice" = f.new_avg,
         "unrealizedPnL" = round((p.quantity + f.delta) * (f.price - f.new_avg), 2),
         "updatedAt" = now()
-    FROM fills AS f WHERE p.id = f.id
+    -- a position changed since it was read (riskd flattened it meanwhile): the order is void
+    FROM fills AS f WHERE p.id = f.id AND p.quantity = f.quantity
     RETURNING f.account_id, f.instrument, f.delta, f.price, f.realised, f.quantity
 ), booked AS (
     INSERT INTO public.executions ("tradingAccountId", "instrumentId", quantity, price)
