@@ -49,7 +49,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from riskd import __version__, migrate
+from riskd import __version__, migrate, privileges
 from riskd import check as checks
 from riskd.config import Settings, mask_dsn
 from riskd.db import APPLICATION_NAME, require_dsn
@@ -83,6 +83,15 @@ KEEPALIVES: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 15000,
 }
+
+# Connection failures that no retry can mend: one line and exit 2, at start.
+REFUSALS = (
+    "permission denied for database",
+    "password authentication failed",
+    "does not exist",  # role or database
+    "no pg_hba.conf entry",
+    "is not permitted to log in",
+)
 
 # Errors a daemon rides out: connection loss, server restart, timeouts, a stalled listener.
 TRANSIENT: tuple[type[Exception], ...] = (psycopg.OperationalError, OSError, TimeoutError)
@@ -219,10 +228,56 @@ class Daemon:
 
     # ----------------------------------------------------------------- start
 
+    async def _connect_at_start(self) -> psycopg.AsyncConnection[Any]:
+        """A connection, or ConfigError when the server refused this role for good (no
+        point retrying a wrong password or a missing grant as if it were an outage)."""
+        try:
+            return await self._connect()
+        except psycopg.OperationalError as exc:
+            text = " ".join(str(exc).split())
+            if any(refusal in text for refusal in REFUSALS):
+                raise ConfigError(
+                    f"the database refused this role: {text.split('FATAL: ')[-1]} "
+                    f"(docs/grants.sql has the grants)"
+                ) from exc
+            raise
+
+    async def _missing_privileges(
+        self, conn: psycopg.AsyncConnection[Any], needs: list[privileges.Need]
+    ) -> list[str]:
+        cur = await conn.execute(
+            query("missing_privileges"),
+            {
+                "kinds": [n.kind for n in needs],
+                "targets": [n.target for n in needs],
+                "columns": [n.column for n in needs],
+                "privileges": [n.privilege for n in needs],
+            },
+        )
+        return [privileges.describe(needs[row[0] - 1]) for row in await cur.fetchall()]
+
+    async def _check_privileges(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        needs = privileges.daemon_needs(self.settings)
+        # schemas first: naming an object in a schema without USAGE is itself an error
+        missing = await self._missing_privileges(conn, [n for n in needs if n.kind == "schema"])
+        if not missing:
+            missing = await self._missing_privileges(conn, [n for n in needs if n.kind != "schema"])
+        if missing:
+            raise ConfigError(
+                f"the daemon's role lacks {', '.join(missing)} (docs/grants.sql has the grants)"
+            )
+
     async def _preflight(self) -> None:
-        """riskd installed, at the revision this code needs, with the configured mapping."""
-        conn = await self._retry("database unreachable at start", self._connect)
+        """riskd installed, at the revision this code needs, with the configured mapping, and
+        every privilege the daemon will use granted."""
+        conn = await self._retry("database unreachable at start", self._connect_at_start)
         async with conn:
+            cur = await conn.execute(query("riskd_schema_exists"))
+            if not (await cur.fetchone() or (False,))[0]:
+                raise ConfigError(
+                    "riskd is not installed in this database: run `riskd migrate` first"
+                )
+            await self._check_privileges(conn)
             try:
                 cur = await conn.execute(query("schema_revision"))
                 row = await cur.fetchone()
@@ -234,8 +289,8 @@ class Daemon:
                 ) from exc
             except psycopg.errors.InsufficientPrivilege as exc:
                 raise ConfigError(
-                    f"the daemon's role lacks a privilege it needs: {_reason(exc)} "
-                    "(docs/operations.md lists the grants)"
+                    f"the daemon's role lacks a privilege it needs: "
+                    f"{exc.diag.message_primary or _reason(exc)} (docs/grants.sql has the grants)"
                 ) from exc
         head = migrate.head(self.settings)
         current = row[0] if row else None
@@ -322,11 +377,22 @@ class Daemon:
         everything = {stopping, checker, *workers.values()}
         done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
         crashed = [t for t in done if t is not stopping and not t.cancelled() and t.exception()]
+        code = 1 if crashed else 0
         for task in crashed:
             exc = task.exception()
             assert exc is not None
-            log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
-        return await self._shutdown(workers, checker, ready, code=1 if crashed else 0)
+            if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+                # a grant revoked while running: not an outage to ride out, nor a bug
+                code = 2
+                log.error(
+                    "%s: the daemon's role lost a privilege: %s (docs/grants.sql has the "
+                    "grants); stopping",
+                    task.get_name(),
+                    exc.diag.message_primary or _reason(exc),
+                )
+            else:
+                log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
+        return await self._shutdown(workers, checker, ready, code=code)
 
     def request_stop(self) -> None:
         """Stop the daemon as SIGTERM does (for an embedding program: the demo)."""
@@ -605,6 +671,11 @@ class Daemon:
                 self.debouncer.mark(account, now, first)
             await self._pause(BACKOFF_INITIAL)
             return
+        except psycopg.errors.InsufficientPrivilege:
+            now = self.clock()
+            for account, first in batch:  # handed back at the stop
+                self.debouncer.mark(account, now, first)
+            raise
         except psycopg.Error as exc:
             self.stats.errors += 1
             if len(batch) > 1:  # find the account that fails, check the others
@@ -730,6 +801,8 @@ class Daemon:
                     await asyncio.wait_for(
                         conn.execute(query("prune_daemons"), {"after": STALE_ROW_TTL}), 5.0
                     )
+            except psycopg.errors.InsufficientPrivilege:
+                raise
             except Exception as exc:  # noqa: BLE001 - reported, never fatal
                 self.stats.errors += 1
                 log.warning("heartbeat not written: %s", _reason(exc))

@@ -150,3 +150,21 @@ ORDER BY id
 -- as stale by `riskd status` for a while, so that the loss is noticed, then removed.
 DELETE FROM riskd.daemons
 WHERE heartbeat_at < pg_catalog.now() - pg_catalog.make_interval(secs => %(after)s)
+
+-- name: missing_privileges
+-- The privileges of a list (riskd.privileges) that the current role does not hold.
+SELECT t.n
+FROM unnest(%(kinds)s::text[], %(targets)s::text[], %(columns)s::text[],
+            %(privileges)s::text[]) WITH ORDINALITY AS t(kind, target, col, privilege, n)
+WHERE NOT CASE t.kind
+    WHEN 'schema' THEN pg_catalog.has_schema_privilege(t.target, t.privilege)
+    WHEN 'table' THEN pg_catalog.has_table_privilege(t.target, t.privilege)
+    WHEN 'sequence' THEN pg_catalog.has_sequence_privilege(t.target, t.privilege)
+    WHEN 'function' THEN pg_catalog.has_function_privilege(t.target, t.privilege)
+    WHEN 'column' THEN pg_catalog.has_column_privilege(t.target, t.col, t.privilege)
+END
+ORDER BY t.n
+
+-- name: riskd_schema_exists
+-- Readable by any role (to_regclass on riskd's tables would need USAGE on the schema).
+SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'riskd')

@@ -384,44 +384,24 @@ MISSING = [
         {},
         ["dirty_accounts"],
         id="drain",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="riskd/daemon.py: _preflight probes only alembic_version and installation; "
-            "the drainer then dies on InsufficientPrivilege: traceback, exit 1",
-        ),
     ),
     pytest.param(
         "REVOKE ALL ON riskd.daemons FROM {role}",
         {},
         ["daemons"],
         id="heartbeat",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="riskd/daemon.py: a heartbeat refused for want of a privilege is a warning "
-            "every 2 s, for ever; the daemon runs with no row for riskd status to see",
-        ),
     ),
     pytest.param(
         "",
         {"RISKD_RISK_AUTO_CLOSE": "flatten"},
         ["flatten"],
         id="flatten",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="riskd/daemon.py: auto_close = flatten without the flatten grants: every "
-            "check fails and is logged, while the daemon reports itself running",
-        ),
     ),
     pytest.param(
         "REVOKE CONNECT ON DATABASE {database} FROM {role}",
         {},
         ["permission denied for database"],
         id="connect",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="riskd/daemon.py: a connection refused for want of CONNECT is retried for "
-            "ever as 'database unreachable at start'",
-        ),
     ),
 ]
 
