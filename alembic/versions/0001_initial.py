@@ -17,6 +17,7 @@ def upgrade() -> None:
     run_template("check.sql")
     run_template("sweep.sql")
     run_template("capture.sql")
+    run_template("privileges.sql")
     record_installation()
 
 

@@ -222,3 +222,19 @@ def test_an_unknown_revision_is_one_line(bare_db: Db) -> None:
         result = cli(*args, dsn=bare_db.dsn)
         assert result.exit_code == 1, result.output
         assert result.stderr.count("\n") == 1 and "nope" in result.stderr
+
+
+def test_public_cannot_execute_riskd_functions(db: Db) -> None:
+    executable = db.conn.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'riskd'"
+        " WHERE has_function_privilege('public', p.oid, 'EXECUTE')"
+    ).fetchall()
+    assert executable == []
+    assert (
+        db.scalar(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n"
+            " ON n.oid = p.pronamespace WHERE n.nspname = 'riskd'"
+        )
+        > 5
+    )
