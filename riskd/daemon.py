@@ -68,6 +68,7 @@ PING_TIMEOUT = 3.0  # a ping not back by then: the listener is dead
 DRAIN_INTERVAL = 0.1  # the timer drain, for wake-ups that raced a commit or were skipped
 BUSY_DRAIN_INTERVAL = 0.005  # while drains keep finding marks
 HEARTBEAT_INTERVAL = 2.0
+DRAIN_TIMEOUT = 30.0
 STALE_ROW_TTL = 300.0  # a dead instance's heartbeat row stays visible (stale) this long
 CONNECT_TIMEOUT = 5
 CHECK_TIMEOUT = 60.0  # a batch that takes longer is abandoned and retried
@@ -94,7 +95,12 @@ REFUSALS = (
 )
 
 # Errors a daemon rides out: connection loss, server restart, timeouts, a stalled listener.
-TRANSIENT: tuple[type[Exception], ...] = (psycopg.OperationalError, OSError, TimeoutError)
+TRANSIENT: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.errors.ReadOnlySqlTransaction,  # a standby, briefly, during a failover
+    OSError,
+    TimeoutError,
+)
 
 T = TypeVar("T")
 
@@ -173,6 +179,7 @@ class Daemon:
         self._malformed_logged_at = -MALFORMED_LOG_EVERY
         self._malformed_since_log = 0
         self._in_flight: list[tuple[str, float]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._sweep_pending = 0
         # created in run(), inside the event loop
         self._stopping: asyncio.Event
@@ -432,33 +439,35 @@ class Daemon:
         self.stats.state = "stopping"
         self.notifier.stopping("stopping: finishing the checks in flight")
         self._request_stop()
+        deadline = self.clock() + self.settings.daemon.shutdown_timeout
         ready.cancel()
         for name in ("listener", "watchdog"):  # idle waits: safe to cancel
             workers[name].cancel()
-        _, busy = await asyncio.wait(workers.values(), timeout=2.0)
+        _, busy = await asyncio.wait(workers.values(), timeout=1.0)
         for task in busy:  # still retrying through an outage, or mid-query
             task.cancel()
-        _, stuck = await asyncio.wait({*workers.values(), ready}, timeout=5.0)
+        _, stuck = await asyncio.wait({*workers.values(), ready}, timeout=2.0)
         for task in stuck:  # a bug, not an outage: say where it hangs, and go on stopping
             where = "; ".join(
                 f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()
             )
             log.error("%s did not stop when asked: %s", task.get_name(), where)
         self._work.set()
-        timeout = self.settings.daemon.shutdown_timeout
+        in_flight = [a for a, _ in self._in_flight]
+        timeout = max(0.0, deadline - self.clock())
         try:
             await asyncio.wait_for(checker, timeout)
+            in_flight = []
         except TimeoutError:
-            log.warning("checks still running after %.1f s: abandoned", timeout)
+            log.warning("checks still running at shutdown_timeout: abandoned, handed back")
         except Exception as exc:  # noqa: BLE001 - already counted; the stop goes on
             log.warning("checker: %s", _reason(exc))
-        left = [a for a, _ in self._in_flight] if not checker.done() else []
-        left += self.debouncer.drain_all()
+        left = in_flight + self.debouncer.drain_all()
         await self._hand_back(left)
         await self._leave()
         await self.metrics.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._pool.close(timeout=1.0), 5.0)
+            await asyncio.wait_for(self._pool.close(timeout=1.0), 2.0)
         log.info("stopped (%d accounts handed back to the dirty set)", len(left))
         return code
 
@@ -529,7 +538,9 @@ class Daemon:
             elif now >= next_ping:
                 token = uuid.uuid4().hex
                 self._ping = _Ping(token, now)
-                asyncio.create_task(self._send_ping(token))
+                ping = asyncio.create_task(self._send_ping(token))
+                self._tasks.add(ping)  # a task nobody references may be collected mid-flight
+                ping.add_done_callback(self._tasks.discard)
                 continue
             else:
                 wake = next_ping
@@ -582,13 +593,23 @@ class Daemon:
     async def _drainer(self) -> None:
         while not self._stopping.is_set():
             self._drain_now.clear()
-            found = await self._retry("drain", self._drain_once)
+            found = await self._retry("drain", self._bounded(self._drain_once))
             if found:
                 delay = BUSY_DRAIN_INTERVAL
             else:
-                found = await self._retry("drain", self._rearm_and_drain)
+                found = await self._retry("drain", self._bounded(self._rearm_and_drain))
                 delay = BUSY_DRAIN_INTERVAL if found else DRAIN_INTERVAL
             await self._pause(delay, None if found else self._drain_now)
+
+    @staticmethod
+    def _bounded(fn: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
+        """A drain that hangs (a silently stalled connection) fails after DRAIN_TIMEOUT and
+        is retried on another connection, instead of stopping every drain for good."""
+
+        async def bounded() -> int:
+            return await asyncio.wait_for(fn(), DRAIN_TIMEOUT)
+
+        return bounded
 
     async def _drain_once(self) -> int:
         async with self._pool.connection() as conn:
@@ -663,6 +684,20 @@ class Daemon:
                     checks.acheck_accounts(conn, self.settings, ids, self.instance),
                     CHECK_TIMEOUT,
                 )
+        except psycopg.errors.LockNotAvailable:
+            # a flatten found a position held by a trade: isolate that account, so that the
+            # rest of the batch is not held back with it
+            self.stats.errors += 1
+            if len(batch) > 1:
+                half = len(batch) // 2
+                await self._check_batch(batch[:half])
+                await self._check_batch(batch[half:])
+                return
+            log.info("account %s busy in a trade: retrying its flatten", ids[0])
+            now = self.clock()
+            self.debouncer.mark(ids[0], now, batch[0][1])
+            await self._pause(BACKOFF_INITIAL)
+            return
         except TRANSIENT as exc:
             self.stats.errors += 1
             log.warning("check of %d accounts failed: %s; will retry", len(ids), _reason(exc))
@@ -736,7 +771,8 @@ class Daemon:
                     else:
                         wait = min(interval, 5.0)
                     self._swept_once.set()
-                    await self._pause(wait, self._reconnected)
+                    # only the leader sweeps after a reconnect; the others just retry the lock
+                    await self._pause(wait, self._reconnected if self.stats.leader else None)
             except TRANSIENT as exc:
                 self.stats.errors += 1
                 log.warning("sweep connection lost: %s; reconnecting", _reason(exc))

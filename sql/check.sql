@@ -71,8 +71,12 @@ DECLARE
     -- ids come as text so that every caller speaks one type; cast once, here
     v_ids {account_id_type}[] := p_ids::{account_id_type}[];
     v_results riskd.check_result[];
-    v_notify_limit float8 := float8(
-        COALESCE(NULLIF(current_setting('riskd.notify_queue_limit', true), ''), '0.5'));
+    -- as the triggers read it: a value that is not a plain number counts as the default, so
+    -- that a typo in a setting can never stop every check
+    v_notify_limit float8 := CASE
+        WHEN current_setting('riskd.notify_queue_limit', true) ~ '^ *[0-9]{{0,6}}[.]?[0-9]{{1,12}} *$'
+        THEN float8(current_setting('riskd.notify_queue_limit', true))
+        ELSE 0.5 END;
 BEGIN
     PERFORM pg_advisory_xact_lock({lock_class}, s.k)
     FROM (SELECT DISTINCT hashtext(i::text) AS k FROM unnest(v_ids) AS i ORDER BY 1) AS s;

@@ -301,3 +301,9 @@ def test_flatten_never_waits_long_for_a_trading_lock(db: Db) -> None:
     result = check_one(db, auto_close="flatten")
     assert result.level == "critical" and result.close_request_id is not None
     assert [s for s, _ in close_requests(db)] == ["done"]
+
+
+def test_a_malformed_notify_queue_limit_never_stops_the_check(db: Db) -> None:
+    setup_account(db, quantity="95")
+    db.conn.execute("SET riskd.notify_queue_limit = 'off'")
+    assert check_one(db).level == "critical"

@@ -194,3 +194,20 @@ def test_a_dead_instance_row_is_pruned_after_a_while(db: Db, start: Start) -> No
     assert [r[0] for r in rows if not r[0].startswith(("recent", "long"))]  # ours
     assert ("recent:1",) in rows and ("long-gone:2",) not in rows
     assert daemon.stop() == 0
+
+
+def test_idle_instances_stay_idle(db: Db, start: Start) -> None:
+    """Two idle instances, one of them not the sweep leader: a handful of transactions per
+    second between them (timer drains, pings, heartbeats), not a busy loop on the lock."""
+    daemons = [start(), start()]
+    for d in daemons:
+        d.wait_ready()
+    query = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    db.conn.execute("SELECT pg_stat_clear_snapshot()")
+    before = db.scalar(query)
+    time.sleep(3.0)  # the measuring window, not a synchronisation
+    db.conn.execute("SELECT pg_stat_clear_snapshot()")
+    per_second = (db.scalar(query) - before) / 3.0
+    assert per_second < 300, f"{per_second:.0f} transactions/s from two idle daemons"
+    for d in daemons:
+        assert d.stop() == 0
