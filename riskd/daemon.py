@@ -218,6 +218,12 @@ class Daemon:
                 _reason(exc) if exc else "failed",
                 delay,
                 state.attempt_number,
+                extra={
+                    "what": what,
+                    "reason": _reason(exc) if exc else "failed",
+                    "retry_in": round(delay, 3),
+                    "attempt": state.attempt_number,
+                },
             )
 
         return AsyncRetrying(
@@ -741,6 +747,14 @@ class Daemon:
                     r.previous_level,
                     r.level,
                     r.utilization,
+                    extra={
+                        "account": r.account_id,
+                        "from_level": r.previous_level,
+                        "to_level": r.level,
+                        "utilization": str(r.utilization),
+                        "event_id": r.event_id,
+                        "close_request_id": r.close_request_id,
+                    },
                 )
             if r.close_request_id is not None:
                 self.stats.close_requests += 1
@@ -798,6 +812,7 @@ class Daemon:
             "swept in %.2f s: %d accounts changed level",
             self.stats.last_sweep_duration,
             len(candidates),
+            extra={"duration": self.stats.last_sweep_duration, "transitions": len(candidates)},
         )
 
     # ----------------------------------------------------------------- reporting
