@@ -15,11 +15,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import Db
 from daemonproc import DaemonProcess, wait_until
 
 from riskd.debounce import Debouncer
+from riskd.sqlfiles import LOCK_CLASS
 
 Start = Callable[..., DaemonProcess]
 
@@ -145,12 +147,29 @@ def test_sigterm_exits_zero_and_removes_the_heartbeat(db: Db, start: Start) -> N
 
 
 def test_second_signal_exits_at_once(db: Db, start: Start) -> None:
-    daemon = start()
+    """A check held in flight (its account's lock taken by the test): the first SIGTERM waits
+    for it (shutdown_timeout 30 s), the second exits at once, with 1."""
+    (account,) = add_accounts(db, 1)
+    daemon = start(debounce="0s", shutdown_timeout="30s")
     daemon.wait_ready()
-    daemon.signal(signal.SIGTERM)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.proc is not None
-    assert daemon.proc.wait(10) in (0, 1)
+    with psycopg.connect(db.dsn, autocommit=True) as blocker:
+        blocker.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, account))
+        set_quantity(db, account, "95")
+        wait_until(
+            lambda: db.scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ),
+            10,
+            "the check to wait on the lock",
+        )
+        daemon.signal(signal.SIGTERM)
+        wait_until(lambda: "stopping" in daemon.log(), 10, "the first signal taken")
+        assert daemon.alive()  # waiting for the check in flight
+        daemon.signal(signal.SIGTERM)
+        assert daemon.proc is not None
+        began = time.monotonic()
+        assert daemon.proc.wait(10) == 1
+        assert time.monotonic() - began < 5
 
 
 def test_refuses_a_mapping_unlike_the_installed_one(db: Db, start: Start) -> None:
