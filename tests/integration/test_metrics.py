@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 import psycopg
+import pytest
 from conftest import Db
 from daemonproc import wait_until
 from test_daemon import Start, add_accounts, events, set_quantity, start
@@ -98,3 +99,27 @@ def test_json_logs_and_no_password(db: Db, start: Start) -> None:
     assert transition["event_id"] >= 1 and transition["utilization"] == "0.9500000000"
     assert any("duration" in r and "transitions" in r for r in records)  # the sweep
     assert any("starting" in r["event"] and "***" in r["event"] for r in records)
+
+
+@pytest.mark.slow
+def test_healthz_says_503_while_the_database_is_down(db: Db, start: Start) -> None:
+    cluster = db.server.cluster
+    if cluster is None:
+        pytest.skip("RISKD_TEST_DSN: the suite does not own the server")
+    port = free_port()
+    daemon = start(metrics_port=str(port))
+    daemon.wait_ready()
+    assert get(port, "/healthz")[0] == 200
+    db.conn.close()
+    cluster.stop()
+    try:
+        status, body = wait_until(
+            lambda: (r := get(port, "/healthz"))[0] == 503 and r, 15, "/healthz to say 503"
+        )
+        assert "unhealthy" in body
+        assert "riskd_healthy 0.0" in get(port, "/metrics")[1]
+    finally:
+        cluster.start()
+    wait_until(lambda: get(port, "/healthz")[0] == 200, 30, "/healthz back to 200")
+    db.conn = psycopg.connect(db.dsn, autocommit=True)
+    assert daemon.stop() == 0
