@@ -147,7 +147,12 @@ class Metrics:
             ).encode("latin-1")
             writer.write(head if method == "HEAD" else head + body)
             await asyncio.wait_for(writer.drain(), 5.0)
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
+        except (
+            TimeoutError,
+            ConnectionError,
+            UnicodeDecodeError,
+            ValueError,
+        ):  # ValueError: a line over the reader's limit
             pass
         finally:
             writer.close()

@@ -228,8 +228,11 @@ def test_sd_notify_messages_in_order(db: Db, start: Start, tmp_path: Path) -> No
                 messages.extend(sock.recv(4096).decode().splitlines())
 
         receive_until("READY=1")
-        while sum(m == "WATCHDOG=1" for m in messages) < 3:
-            messages.extend(sock.recv(4096).decode().splitlines())
+        pings: list[float] = []  # WATCHDOG_USEC 1 s: one every 0.5 s
+        while len(pings) < 5:
+            lines = sock.recv(4096).decode().splitlines()
+            pings += [time.monotonic() for m in lines if m == "WATCHDOG=1"]
+            messages.extend(lines)
         daemon.signal(signal.SIGTERM)
         receive_until("STOPPING=1")
         assert daemon.proc is not None and daemon.proc.wait(15) == 0
@@ -239,6 +242,8 @@ def test_sd_notify_messages_in_order(db: Db, start: Start, tmp_path: Path) -> No
     assert kinds[0] == "READY" and kinds[-1] == "STOPPING", kinds
     assert kinds.count("WATCHDOG") >= 3 and "WATCHDOG" not in kinds[: kinds.index("READY")]
     assert any(m.startswith("STATUS=") for m in messages)
+    gaps = sorted(b - a for a, b in zip(pings, pings[1:], strict=False))
+    assert 0.3 <= gaps[len(gaps) // 2] <= 0.8, gaps  # half of WATCHDOG_USEC
 
 
 def test_database_unreachable_at_start_keeps_retrying(start: Start) -> None:
