@@ -20,20 +20,13 @@ import math
 import os
 import platform
 import random
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import psycopg
+from common import OUT, seeded_database, start_daemon
 
-from riskd import migrate
-from riskd.cluster import PgCluster, find_bindirs
-from riskd.config import DatabaseSettings, Settings
-from riskd.seed import seed
-
-HERE = Path(__file__).resolve().parent
 WRITERS = 4
 ROWS_PER_STATEMENT = 100
 MAX_DELAY = 5.0
@@ -78,18 +71,10 @@ def stats(dsn: str, pid: int) -> dict[str, object]:
 def run_load(
     dsn: str, positions: list[str], updates: int, seconds: float, out: Path
 ) -> tuple[int, int, dict[str, int], float]:
-    config = out / "coalescing.toml"
-    config.write_text("# the defaults\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKD_")}
-    env |= {"RISKD_DSN": dsn, "RISKD_CONFIG": str(config)}
-    log = out / f"coalescing-daemon-{updates}.log"
-    daemon = subprocess.Popen([sys.executable, "-m", "riskd", "run"], env=env, stderr=log.open("w"))
+    daemon = start_daemon(
+        dsn, out / "coalescing.toml", "# the defaults\n", out / f"coalescing-daemon-{updates}.log"
+    )
     try:
-        deadline = time.monotonic() + 120
-        while "ready:" not in log.read_text():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the daemon did not start:\n{log.read_text()}")
-            time.sleep(0.2)
         before = stats(dsn, daemon.pid)
         while not before:
             time.sleep(0.2)
@@ -125,24 +110,15 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=100_000)
     args = parser.parse_args()
     loads = [int(u) for u in args.updates.split(",")]
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
 
-    with PgCluster(find_bindirs()[18], settings={"shared_buffers": "1GB"}) as cluster:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE bench")
-        dsn = cluster.dsn("bench")
-        settings = Settings(database=DatabaseSettings(dsn=dsn))
+    with seeded_database(args.accounts, args.positions) as db:
+        dsn, version = db.dsn, db.version
         with psycopg.connect(dsn, autocommit=True) as conn:
-            seed(conn, accounts=args.accounts, positions=args.positions)
-            migrate.migrate(settings)
-            conn.execute("VACUUM ANALYZE")
-            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
             positions = [r[0] for r in conn.execute("SELECT id FROM positions").fetchall()]
             accounts = conn.execute("SELECT count(*) FROM trading_accounts").fetchone()[0]  # type: ignore[index]
         results = []
         for updates in loads:
-            done, checks, mem, elapsed = run_load(dsn, positions, updates, args.seconds, out)
+            done, checks, mem, elapsed = run_load(dsn, positions, updates, args.seconds, OUT)
             bound = accounts * math.ceil(elapsed / MAX_DELAY) + accounts
             results.append((updates, done, elapsed, checks, bound, mem))
             print(

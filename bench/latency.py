@@ -23,21 +23,14 @@ import os
 import platform
 import random
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from common import OUT, seeded_database, start_daemon
 
-from riskd import migrate
-from riskd.cluster import PgCluster, find_bindirs
-from riskd.config import DatabaseSettings, Settings
-from riskd.seed import seed
-
-HERE = Path(__file__).resolve().parent
 WRITERS = 4
 
 # One open position per account to move, the account's used margin, and a balance that puts the
@@ -143,36 +136,18 @@ def main() -> None:
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
 
-    with PgCluster(find_bindirs()[18], settings={"shared_buffers": "1GB"}) as cluster:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE bench")
-        dsn = cluster.dsn("bench")
-        settings = Settings(database=DatabaseSettings(dsn=dsn))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            seed(conn, accounts=args.accounts, positions=args.positions)
-            rows = conn.execute(PREPARE).fetchall()
-            migrate.migrate(settings)
-            conn.execute("VACUUM ANALYZE")
-            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    with seeded_database(
+        args.accounts, args.positions, lambda conn: conn.execute(PREPARE).fetchall()
+    ) as db:
+        dsn, version, rows = db.dsn, db.version, db.prepared
         targets = [Target(a, p, float(pnl), float(pnl) - 0.824 * float(u)) for a, p, u, pnl in rows]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RISKD_")}
-        out = HERE / "out"
-        out.mkdir(exist_ok=True)
-        config = out / "latency.toml"
-        config.write_text('[daemon]\ndebounce = "0s"\n')  # everything else: the defaults
-        env |= {"RISKD_DSN": dsn, "RISKD_CONFIG": str(config)}
-        log = out / "latency-daemon.log"
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "riskd", "run"],
-            env=env,
-            stderr=log.open("w"),
+        daemon = start_daemon(
+            dsn,
+            OUT / "latency.toml",
+            '[daemon]\ndebounce = "0s"\n',  # everything else: the defaults
+            OUT / "latency-daemon.log",
         )
         try:
-            deadline = time.monotonic() + 120
-            while "ready:" not in log.read_text():
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the daemon did not start:\n{log.read_text()}")
-                time.sleep(0.2)
             results = []
             phase_ref = [Phase(0)]
             stop = threading.Event()

@@ -20,12 +20,9 @@ import statistics
 import time
 
 import psycopg
+from common import seeded_database
 
-from riskd import migrate
 from riskd.check import check_accounts, sweep
-from riskd.cluster import PgCluster, find_bindirs
-from riskd.config import DatabaseSettings, Settings
-from riskd.seed import seed
 
 # The figures every risk check needs, per account, and a count of the accounts at or above the
 # warning threshold (so that the server must compute every figure): the floor for a sweep.
@@ -54,16 +51,9 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=2_000)
     args = parser.parse_args()
-    with PgCluster(find_bindirs()[18], settings={"shared_buffers": "1GB"}) as cluster:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE bench")
-        dsn = cluster.dsn("bench")
-        settings = Settings(database=DatabaseSettings(dsn=dsn))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            seed(conn, accounts=args.accounts, positions=args.positions)
-            migrate.migrate(settings)
-            conn.execute("VACUUM ANALYZE")
-            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    with seeded_database(args.accounts, args.positions) as db:
+        settings, version = db.settings, db.version
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
             first = timed(lambda: sweep(conn, settings))
             bare: list[float] = []
             swept: list[float] = []

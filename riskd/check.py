@@ -64,6 +64,16 @@ def _params(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _check_params(
+    settings: Settings, account_ids: Iterable[object], instance: str | None
+) -> dict[str, Any] | None:
+    """The parameters of one check_accounts call; None when there is no account to check."""
+    ids = sorted({str(a) for a in account_ids})
+    if not ids:
+        return None
+    return _params(settings) | {"ids": ids, "instance": instance or default_instance()}
+
+
 def check_accounts(
     conn: psycopg.Connection[Any],
     settings: Settings,
@@ -71,10 +81,9 @@ def check_accounts(
     instance: str | None = None,
 ) -> list[CheckResult]:
     """Check these accounts now (one transaction, one round trip); unknown ids are skipped."""
-    ids = sorted({str(a) for a in account_ids})
-    if not ids:
+    params = _check_params(settings, account_ids, instance)
+    if params is None:
         return []
-    params = _params(settings) | {"ids": ids, "instance": instance or default_instance()}
     with conn.transaction(), conn.cursor(row_factory=class_row(CheckResult)) as cur:
         cur.execute(query("check_accounts"), params)
         return cur.fetchall()
@@ -87,10 +96,9 @@ async def acheck_accounts(
     instance: str | None = None,
 ) -> list[CheckResult]:
     """check_accounts for the daemon's asyncio connections."""
-    ids = sorted({str(a) for a in account_ids})
-    if not ids:
+    params = _check_params(settings, account_ids, instance)
+    if params is None:
         return []
-    params = _params(settings) | {"ids": ids, "instance": instance or default_instance()}
     async with conn.transaction(), conn.cursor(row_factory=class_row(CheckResult)) as cur:
         await cur.execute(query("check_accounts"), params)
         return await cur.fetchall()

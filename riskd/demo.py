@@ -368,7 +368,7 @@ async def _sampler(run_: Run, conn: psycopg.AsyncConnection[Any], stop: asyncio.
 
 
 async def _read_levels(run_: Run, conn: psycopg.AsyncConnection[Any], sample: Sample) -> None:
-    cur = await conn.execute(_query("account_levels"))
+    cur = await conn.execute(query("level_counts"))  # the CLI's own query
     levels = {level: count for level, count in await cur.fetchall()}
     checked_not_ok = levels.get("warning", 0) + levels.get("critical", 0)
     levels["ok"] = run_.options.accounts - checked_not_ok  # never checked counts as ok

@@ -137,9 +137,6 @@ SELECT COALESCE(max(id), 0) + 1 FROM riskd.close_requests
 -- name: listen_events
 LISTEN riskd_events
 
--- name: account_levels
-SELECT level, count(*) FROM riskd.account_state GROUP BY level
-
 -- name: flattened_accounts
 SELECT count(DISTINCT account_id) FROM riskd.close_requests WHERE status = 'done'
 

@@ -1,0 +1,72 @@
+"""What the benchmarks share: a seeded throwaway PostgreSQL 18 with riskd, and the daemon.
+
+with seeded_database(accounts, positions) as db:   # db.dsn, db.settings, db.version
+    daemon = start_daemon(db.dsn, OUT / "x.toml", config_text, OUT / "x.log")
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from riskd import migrate
+from riskd.cluster import PgCluster, find_bindirs
+from riskd.config import DatabaseSettings, Settings
+from riskd.seed import seed
+
+OUT = Path(__file__).resolve().parent / "out"  # gitignored
+
+
+@dataclass
+class Database:
+    dsn: str
+    settings: Settings
+    version: str
+    prepared: Any = None  # what before_migrate returned
+
+
+@contextmanager
+def seeded_database(
+    accounts: int,
+    positions: int,
+    before_migrate: Callable[[psycopg.Connection[Any]], Any] | None = None,
+) -> Iterator[Database]:
+    """A throwaway PostgreSQL 18 with the reference schema seeded and riskd migrated;
+    ``before_migrate`` runs on the seeded data before the triggers exist."""
+    with PgCluster(find_bindirs()[18], settings={"shared_buffers": "1GB"}) as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE bench")
+        dsn = cluster.dsn("bench")
+        settings = Settings(database=DatabaseSettings(dsn=dsn))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seed(conn, accounts=accounts, positions=positions)
+            prepared = before_migrate(conn) if before_migrate else None
+            migrate.migrate(settings)
+            conn.execute("VACUUM ANALYZE")
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        yield Database(dsn, settings, version, prepared)
+
+
+def start_daemon(dsn: str, config: Path, config_text: str, log: Path) -> subprocess.Popen[bytes]:
+    """``riskd run`` as a subprocess with this configuration, once it says it is ready."""
+    OUT.mkdir(exist_ok=True)
+    config.write_text(config_text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKD_")}
+    env |= {"RISKD_DSN": dsn, "RISKD_CONFIG": str(config)}
+    daemon = subprocess.Popen([sys.executable, "-m", "riskd", "run"], env=env, stderr=log.open("w"))
+    deadline = time.monotonic() + 120
+    while "ready:" not in log.read_text():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            raise SystemExit(f"the daemon did not start:\n{log.read_text()}")
+        time.sleep(0.2)  # polling a log file with a deadline
+    return daemon
