@@ -475,6 +475,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._pool.close(timeout=1.0), 2.0)
         log.info("stopped (%d accounts handed back to the dirty set)", len(left))
+        self.notifier.close()
         return code
 
     async def _hand_back(self, accounts: list[str]) -> None:

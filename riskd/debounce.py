@@ -47,9 +47,6 @@ class Debouncer:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, account: object) -> bool:
-        return account in self._entries
-
     def _deadline(self, entry: _Entry) -> float:
         return max(min(entry.last + self.debounce, entry.first + self.max_delay), entry.not_before)
 
@@ -83,10 +80,6 @@ class Debouncer:
         else:
             entry.first = min(entry.first, first)
             entry.last = max(entry.last, now)
-
-    def mark_many(self, accounts: Iterable[tuple[str, float | None]], now: float) -> None:
-        for account, changed_at in accounts:
-            self.mark(account, now, changed_at)
 
     def next_deadline(self) -> float | None:
         """A time at or before which the next account falls due (None when empty)."""
