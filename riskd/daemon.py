@@ -598,14 +598,20 @@ class Daemon:
     # ----------------------------------------------------------------- drainer
 
     async def _drainer(self) -> None:
+        # Re-arm only once after marks were found: a wake-up stays armed until a mark draws
+        # it, and a drawn one means marks that some drain will find (and then re-arm), so an
+        # idle daemon's timer drain is one statement, with no write to the wakeup sequence
+        # that every trading mark reads.
+        armed = False
         while not self._stopping.is_set():
             self._drain_now.clear()
             found = await self._retry("drain", self._bounded(self._drain_once))
-            if found:
-                delay = BUSY_DRAIN_INTERVAL
-            else:
+            if not found and not armed:
                 found = await self._retry("drain", self._bounded(self._rearm_and_drain))
-                delay = BUSY_DRAIN_INTERVAL if found else DRAIN_INTERVAL
+                armed = True
+            if found:
+                armed = False
+            delay = BUSY_DRAIN_INTERVAL if found else DRAIN_INTERVAL
             await self._pause(delay, None if found else self._drain_now)
 
     @staticmethod
