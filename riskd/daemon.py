@@ -110,6 +110,7 @@ class ListenerStalled(Exception):
 
 
 LISTENER_FAULTS: tuple[type[Exception], ...] = (*TRANSIENT, ListenerStalled)
+CHECK_FAULTS: tuple[type[Exception], ...] = (psycopg.Error, *TRANSIENT)
 
 
 def _reason(exc: BaseException) -> str:
@@ -688,6 +689,12 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), timeout)
 
+    def _requeue(self, batch: list[tuple[str, float]]) -> None:
+        """Back into the debouncer, keeping each account's first unchecked change."""
+        now = self.clock()
+        for account, first in batch:
+            self.debouncer.mark(account, now, first)
+
     async def _check_batch(self, batch: list[tuple[str, float]]) -> None:
         ids = [a for a, _ in batch]
         started = self.clock()
@@ -697,40 +704,24 @@ class Daemon:
                     checks.acheck_accounts(conn, self.settings, ids, self.instance),
                     CHECK_TIMEOUT,
                 )
-        except psycopg.errors.LockNotAvailable:
-            # a flatten found a position held by a trade: isolate that account, so that the
-            # rest of the batch is not held back with it
-            self.stats.errors += 1
-            if len(batch) > 1:
-                half = len(batch) // 2
-                await self._check_batch(batch[:half])
-                await self._check_batch(batch[half:])
-                return
-            log.info("account %s busy in a trade: retrying its flatten", ids[0])
-            now = self.clock()
-            self.debouncer.mark(ids[0], now, batch[0][1])
-            await self._pause(BACKOFF_INITIAL)
-            return
-        except TRANSIENT as exc:
-            self.stats.errors += 1
-            log.warning("check of %d accounts failed: %s; will retry", len(ids), _reason(exc))
-            now = self.clock()
-            for account, first in batch:
-                self.debouncer.mark(account, now, first)
-            await self._pause(BACKOFF_INITIAL)
-            return
         except psycopg.errors.InsufficientPrivilege:
-            now = self.clock()
-            for account, first in batch:  # handed back at the stop
-                self.debouncer.mark(account, now, first)
+            self._requeue(batch)  # handed back at the stop
             raise
-        except psycopg.Error as exc:
+        except CHECK_FAULTS as exc:
             self.stats.errors += 1
-            if len(batch) > 1:  # find the account that fails, check the others
-                half = len(batch) // 2
+            # a flatten that met a trade's row lock (LockNotAvailable) is transient, but only
+            # for its own account: like any failure that is not, it is isolated by splitting
+            busy = isinstance(exc, psycopg.errors.LockNotAvailable)
+            transient = isinstance(exc, TRANSIENT)
+            if len(batch) > 1 and (busy or not transient):
                 log.warning("check of %d accounts failed: %s; splitting", len(ids), _reason(exc))
+                half = len(batch) // 2
                 await self._check_batch(batch[:half])
                 await self._check_batch(batch[half:])
+            elif transient:
+                log.warning("check of %d accounts failed: %s; will retry", len(ids), _reason(exc))
+                self._requeue(batch)
+                await self._pause(BACKOFF_INITIAL)
             else:
                 log.error("check of account %s failed: %s", ids[0], _reason(exc))
             return

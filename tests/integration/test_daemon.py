@@ -230,3 +230,24 @@ def test_idle_instances_stay_idle(db: Db, start: Start) -> None:
     assert per_second < 300, f"{per_second:.0f} transactions/s from two idle daemons"
     for d in daemons:
         assert d.stop() == 0
+
+
+def test_a_trade_holding_one_account_does_not_hold_back_the_others(db: Db, start: Start) -> None:
+    """Flatten mode: a trade holds one breached account's row; the flatten of that account
+    gives up in 200 ms and is retried, and the other accounts of its batch go through."""
+    busy, *others = add_accounts(db, 5)
+    daemon = start(debounce="0s", extra_env={"RISKD_RISK_AUTO_CLOSE": "flatten"})
+    daemon.wait_ready()
+    with psycopg.connect(db.dsn) as trader:
+        trader.execute(
+            'UPDATE trading_accounts SET "userId" = "userId" WHERE id = %s', (busy,)
+        )  # the trade's transaction holds the account row, which a flatten locks too
+        with db.conn.transaction():  # all five breach in one statement: one batch
+            db.conn.execute("UPDATE positions SET quantity = 95")
+        wait_until(lambda: {a for a, _, _ in events(db)} >= set(others), 15, "the others flattened")
+        assert busy not in {a for a, _, _ in events(db)}
+        trader.commit()
+    wait_until(lambda: busy in {a for a, _, _ in events(db)}, 15, "the busy one, after")
+    flattened = db.scalar("SELECT count(*) FROM riskd.close_requests WHERE status = 'done'")
+    assert flattened == 5
+    assert daemon.stop() == 0
