@@ -2,11 +2,13 @@
 
 riskd.migrate hands over the settings (and, online, an open connection) in
 ``config.attributes``; the version table lives in schema riskd, apart from the platform's.
+With ``install`` set (an empty database going to head), the command is a stamp and head's SQL
+from ``sql/`` runs first, in the same transaction.
 """
 
 from alembic import context
 
-from riskd.migrate import SCHEMA, VERSION_TABLE, prepare_templates
+from riskd.migrate import SCHEMA, VERSION_TABLE, install_head, prepare_templates
 
 config = context.config
 settings = config.attributes["settings"]
@@ -24,7 +26,7 @@ def run_offline() -> None:
     )
     with context.begin_transaction():
         context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        context.run_migrations()
+        _migrate()
 
 
 def run_online() -> None:
@@ -38,7 +40,13 @@ def run_online() -> None:
         transactional_ddl=True,
     )
     with context.begin_transaction():
-        context.run_migrations()
+        _migrate()
+
+
+def _migrate() -> None:
+    if config.attributes.get("install"):
+        install_head()
+    context.run_migrations()
 
 
 if context.is_offline_mode():

@@ -1,3 +1,3 @@
 """riskd: the account-risk daemon for trading platforms on PostgreSQL."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -80,6 +80,12 @@ def _dsn_without_password(
     return value
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"riskd {__version__} (schema revision {migrations.head()})")
+        ctx.exit()
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -92,7 +98,14 @@ def _dsn_without_password(
     help="Database to use; beats RISKD_DSN, DATABASE_URL and the config file. "
     "No password here: use RISKD_DSN or PGPASSFILE.",
 )
-@click.version_option(__version__, prog_name="riskd")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show riskd's version and the schema revision it runs, and exit.",
+)
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, dsn: str | None) -> None:
     """riskd: margin risk checks for a trading platform's PostgreSQL database."""
@@ -106,8 +119,20 @@ def main(ctx: click.Context, config: Path | None, dsn: str | None) -> None:
     show_default=True,
     help="Target revision, up or down; 'base' removes everything riskd installed.",
 )
-@click.option("--sql", "as_sql", is_flag=True, help="Print the SQL instead of running it.")
-@click.option("--check", "check_only", is_flag=True, help="Exit 1 when not at head.")
+@click.option(
+    "--sql",
+    "as_sql",
+    is_flag=True,
+    help="Print the SQL instead of running it: from nothing to --revision, or between two "
+    "revisions given as FROM:TO (up or down).",
+)
+@click.option(
+    "--check",
+    "check_only",
+    is_flag=True,
+    help="Say which revision the database holds and which this riskd needs; exit 1 when "
+    "they differ.",
+)
 @click.pass_obj
 def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> None:
     """Install or upgrade riskd's schema and triggers (exit 1 with --check when behind)."""
@@ -116,9 +141,9 @@ def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> No
         click.echo(migrations.sql_script(settings, revision), nl=False)
         return
     if check_only:
-        now, head = migrations.current(settings), migrations.head(settings)
-        click.echo(f"riskd schema at {now or 'nothing installed'}, head is {head}")
-        if now != head:
+        line, ok = migrations.compare(migrations.current(settings))
+        click.echo(line)
+        if not ok:
             sys.exit(1)
         return
     before, after = migrations.migrate(settings, revision)

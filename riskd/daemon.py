@@ -109,6 +109,10 @@ class ListenerStalled(Exception):
     """The listener's self-ping did not come back in time."""
 
 
+class SchemaMoved(ConfigError):
+    """``riskd migrate`` moved the schema to another revision under a running daemon."""
+
+
 LISTENER_FAULTS: tuple[type[Exception], ...] = (*TRANSIENT, ListenerStalled)
 CHECK_FAULTS: tuple[type[Exception], ...] = (psycopg.Error, *TRANSIENT)
 
@@ -141,6 +145,9 @@ class Stats:
     dirty: int = 0
     last_check_latency: float | None = None
     state: str = "starting"
+    # the revision this daemon runs: the version fence (sql/fence.sql) refuses the heartbeat
+    # once the database holds another
+    schema_revision: str = ""
     events_by_level: dict[str, int] = field(default_factory=dict)
 
 
@@ -166,7 +173,7 @@ class Daemon:
         self.notifier = notifier or SdNotifier()
         self.clock = clock
         self.handle_signals = handle_signals
-        self.stats = Stats()
+        self.stats = Stats(schema_revision=migrate.head())
         # change-to-check latencies of the latest checks (seconds), for live views and metrics
         self.latencies: deque[float] = deque(maxlen=10_000)
         self.metrics = Metrics(self.current_stats, self.probe_ok)
@@ -306,19 +313,31 @@ class Daemon:
                     f"the daemon's role lacks a privilege it needs: "
                     f"{exc.diag.message_primary or _reason(exc)} (docs/grants.sql has the grants)"
                 ) from exc
-        head = migrate.head(self.settings)
-        current = row[0] if row else None
-        if current != head:
-            raise ConfigError(
-                f"riskd schema is at {current or 'nothing'}, this riskd needs {head}: "
-                "run `riskd migrate`"
-            )
+        self._check_revision(row[0] if row else None)
         wanted = mapping_json(self.settings.schema)
         if installed is None or installed[0] != wanted:
             raise ConfigError(
                 "[schema] differs from the mapping `riskd migrate` installed the triggers with: "
                 "run `riskd migrate` with this configuration, or fix [schema]"
             )
+
+    def _check_revision(self, current: str | None, *, running: bool = False) -> None:
+        """A daemon never runs against a schema newer or older than its own (I10)."""
+        needs = self.stats.schema_revision
+        if current == needs:
+            return
+        if running:
+            raise SchemaMoved(
+                f"riskd schema moved to revision {migrate.describe(current)} under this daemon "
+                f"(riskd {__version__}, revision {needs}): stopping; start the riskd release "
+                "that ran `riskd migrate`"
+            )
+        if current is not None and not migrate.known(current):
+            raise ConfigError(str(migrate.newer_schema_error(current)))
+        raise ConfigError(
+            f"riskd schema is at revision {migrate.describe(current)}, riskd {__version__} "
+            f"needs {needs}: run `riskd migrate`"
+        )
 
     async def run(self) -> int:
         self._stopping = asyncio.Event()
@@ -345,7 +364,13 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, on_signal, signum)
 
-        log.info("riskd %s starting as %s on %s", __version__, self.instance, mask_dsn(self.dsn))
+        log.info(
+            "riskd %s (schema revision %s) starting as %s on %s",
+            __version__,
+            self.stats.schema_revision,
+            self.instance,
+            mask_dsn(self.dsn),
+        )
         self.notifier.status("starting: connecting to the database")
         preflight = asyncio.create_task(self._preflight())
         stop = asyncio.create_task(self._stopping.wait())
@@ -395,7 +420,10 @@ class Daemon:
         for task in crashed:
             exc = task.exception()
             assert exc is not None
-            if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            if isinstance(exc, ConfigError):
+                code = 2
+                log.error("%s", exc)
+            elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
                 # a grant revoked while running: not an outage to ride out, nor a bug
                 code = 2
                 log.error(
@@ -846,12 +874,21 @@ class Daemon:
             }
             try:
                 async with self._pool.connection(timeout=HEARTBEAT_INTERVAL) as conn:
+                    cur = await asyncio.wait_for(conn.execute(query("schema_revision")), 5.0)
+                    row = await cur.fetchone()
+                    self._check_revision(row[0] if row else None, running=True)
                     await asyncio.wait_for(conn.execute(query("heartbeat"), params), 5.0)
                     await asyncio.wait_for(
                         conn.execute(query("prune_daemons"), {"after": STALE_ROW_TTL}), 5.0
                     )
-            except psycopg.errors.InsufficientPrivilege:
+            except (psycopg.errors.InsufficientPrivilege, SchemaMoved):
                 raise
+            except psycopg.errors.UndefinedTable as exc:
+                # riskd removed under the daemon (`riskd migrate --revision base`)
+                raise SchemaMoved(
+                    f"riskd was removed from this database under the daemon ({_reason(exc)}): "
+                    "stopping"
+                ) from exc
             except Exception as exc:  # noqa: BLE001 - reported, never fatal
                 self.stats.errors += 1
                 log.warning("heartbeat not written: %s", _reason(exc))

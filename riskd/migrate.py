@@ -1,30 +1,45 @@
 """``riskd migrate``: riskd's schema and triggers, versioned with Alembic.
 
 Alembic keeps its version table in ``riskd.alembic_version``, apart from the platform's own
-migrations. Every revision installs SQL from ``sql/``, rendered from the ``[schema]`` mapping.
+migrations. Two ways in, both ending with the same catalog (tests/integration/test_upgrades.py):
+
+* an empty database gets head in one step: the templates of ``sql/`` (HEAD_INSTALL), rendered
+  from the ``[schema]`` mapping, then the version table stamped — "building an up-to-date
+  database from scratch", as Alembic's cookbook has it;
+* an installed one goes from revision to revision. Each revision is frozen with its release
+  (``alembic/versions/<rev>/``: the SQL it runs, never edited once released, its digest kept in
+  the revision file) and takes the database from the previous release to its own, and back.
+  So is an empty database asked for an older revision: revision 0001 is riskd 0.1.0's install.
+
 DDL on the platform's tables runs under a short ``lock_timeout``: a migration that cannot get
 its lock at once gives up, rolls back, waits and tries again, instead of queueing trading
-traffic behind it (I1).
+traffic behind it (I1). Two migrations never run at once: each takes riskd's migration lock
+(a session advisory lock) before it reads the version, and a second one waits for the first.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+import hashlib
 import io
 import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 import tenacity
-from alembic import command, context, op
+from alembic import command, context
 from alembic import util as alembic_util
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
+from riskd import __version__
 from riskd import mapping as schema_mapping
 from riskd.config import Settings
 from riskd.db import connect
@@ -40,18 +55,102 @@ LOCK_TIMEOUT = "2s"
 LOCK_ATTEMPTS = 10
 # --sql has no database to ask for the account id's type: it assumes the reference schema's
 OFFLINE_ACCOUNT_ID_TYPE = "text"
+# What an empty database gets for head, in this order (sql/).
+HEAD_INSTALL = (
+    "schema.sql",
+    "fence.sql",
+    "check.sql",
+    "sweep.sql",
+    "capture.sql",
+    "privileges.sql",
+)
+# riskd's migration lock: a session advisory lock of its own class ("rskM"), apart from the
+# account locks and the sweep leader's, held from before the version is read to the end.
+MIGRATE_LOCK_CLASS = 0x72736B4D
+MIGRATE_LOCK_KEY = 1
+MIGRATE_LOCK_WAIT = "10min"
 
 
 class MigrationError(RiskdError):
     """A migration could not be applied (its lock never came, or the SQL failed)."""
 
 
-def _alembic_config(settings: Settings, **attributes: Any) -> Config:
+class Action(enum.Enum):
+    NONE = "none"
+    INSTALL = "install"  # an empty database straight to head, from sql/
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+    REMOVE = "remove"  # down to base, then the version table and the schema
+
+
+def plan(before: str | None, target: str, head: str, below_before: set[str]) -> Action:
+    """What moving from ``before`` (None: nothing installed) to ``target`` takes.
+
+    ``below_before`` holds the revisions under ``before`` (a downgrade goes there).
+    """
+    if target == "base":
+        return Action.NONE if before is None else Action.REMOVE
+    if before == target:
+        return Action.NONE
+    if before is None:
+        return Action.INSTALL if target == head else Action.UPGRADE
+    return Action.DOWNGRADE if target in below_before else Action.UPGRADE
+
+
+def _alembic_config(settings: Settings | None, **attributes: Any) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(resource_dir("alembic")))
     cfg.attributes["settings"] = settings
     cfg.attributes.update(attributes)
     return cfg
+
+
+@functools.cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_alembic_config(None))
+
+
+def head(settings: Settings | None = None) -> str:
+    """The revision this riskd installs and runs against."""
+    heads = _script().get_heads()
+    return heads[0]
+
+
+def _below(revision: str) -> set[str]:
+    return {r.revision for r in _script().iterate_revisions(revision, "base")} - {revision}
+
+
+def known(revision: str) -> bool:
+    try:
+        return _script().get_revision(revision) is not None
+    except alembic_util.CommandError:
+        return False
+
+
+def describe(revision: str | None) -> str:
+    """A revision as operators read it: 0002, or "nothing installed"."""
+    return revision or "nothing installed"
+
+
+def compare(current: str | None) -> tuple[str, bool]:
+    """What ``migrate --check`` and ``status`` say of the database's revision; at head?"""
+    needs = head()
+    if current == needs:
+        return f"riskd schema at revision {needs}, as riskd {__version__} needs", True
+    if current is not None and not known(current):
+        return str(newer_schema_error(current)), False
+    return (
+        f"riskd schema at {describe(current)}, riskd {__version__} needs revision {needs}: "
+        "run `riskd migrate`",
+        False,
+    )
+
+
+def newer_schema_error(revision: str) -> MigrationError:
+    return MigrationError(
+        f"riskd schema is at revision {revision}, which riskd {__version__} does not know (it "
+        f"needs {head()}): it was migrated by a newer riskd; run that release"
+    )
 
 
 def _engine(settings: Settings) -> sa.Engine:
@@ -94,36 +193,60 @@ def _connection(settings: Settings) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
-def _run(settings: Settings, action: str, revision: str) -> None:
-    def attempt() -> None:
-        with _connection(settings) as conn:
-            cfg = _alembic_config(settings, connection=conn)
-            if action == "upgrade":
-                command.upgrade(cfg, revision)
-            else:
-                command.downgrade(cfg, revision)
-            if revision == "base":
-                # Alembic leaves its (empty) version table; base means nothing of riskd is left.
-                conn.exec_driver_sql(
-                    f"DROP TABLE IF EXISTS {SCHEMA}.{VERSION_TABLE}; DROP SCHEMA IF EXISTS {SCHEMA}"
-                )
-            conn.commit()
-
+def _take_migrate_lock(conn: sa.Connection) -> None:
+    """Wait for any other ``riskd migrate`` on this database to finish, then hold the lock."""
+    keys = {"cls": MIGRATE_LOCK_CLASS, "key": MIGRATE_LOCK_KEY}
+    got = conn.execute(sa.text("SELECT pg_catalog.pg_try_advisory_lock(:cls, :key)"), keys)
+    if got.scalar():
+        return
+    log.warning("another riskd migrate is running on this database: waiting for it to finish")
+    conn.exec_driver_sql(f"SET lock_timeout = '{MIGRATE_LOCK_WAIT}'")
     try:
-        _retrying()(attempt)
-    except sa.exc.DBAPIError as exc:
-        orig = exc.orig if exc.orig is not None else exc
-        what = "could not get a lock in time" if _is_lock_timeout(exc) else "failed"
-        raise MigrationError(f"migrate {revision}: {what}: {' '.join(str(orig).split())}") from exc
+        conn.execute(sa.text("SELECT pg_catalog.pg_advisory_lock(:cls, :key)"), keys)
+    except sa.exc.OperationalError as exc:
+        if _is_lock_timeout(exc):
+            raise MigrationError(
+                f"another riskd migrate held the migration lock for {MIGRATE_LOCK_WAIT}: "
+                "is one stuck? (pg_stat_activity, application_name riskd)"
+            ) from exc
+        raise
+    conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
 
 
-def _script(settings: Settings) -> ScriptDirectory:
-    return ScriptDirectory.from_config(_alembic_config(settings))
+def _current(conn: sa.Connection) -> str | None:
+    table = f"{SCHEMA}.{VERSION_TABLE}"
+    exists = conn.execute(sa.text("SELECT pg_catalog.to_regclass(:t)"), {"t": table}).scalar()
+    if exists is None:
+        return None
+    value = conn.exec_driver_sql(f"SELECT version_num FROM {table}").scalar()
+    return None if value is None else str(value)
 
 
-def head(settings: Settings) -> str:
-    heads = _script(settings).get_heads()
-    return heads[0]
+def _apply(settings: Settings, target: str) -> tuple[str | None, str | None]:
+    """One attempt, under the migration lock: read the version, move, commit."""
+    with _connection(settings) as conn:
+        _take_migrate_lock(conn)
+        before = _current(conn)
+        if before is not None and not known(before):
+            raise newer_schema_error(before)
+        action = plan(before, target, head(), _below(before) if before else set())
+        cfg = _alembic_config(settings, connection=conn)
+        if action is Action.INSTALL:
+            cfg.attributes["install"] = True
+            command.stamp(cfg, target)
+        elif action is Action.UPGRADE:
+            command.upgrade(cfg, target)
+        elif action in (Action.DOWNGRADE, Action.REMOVE):
+            command.downgrade(cfg, target)
+        if action is Action.REMOVE:
+            # Alembic leaves its (empty) version table; base means nothing of riskd is left.
+            conn.exec_driver_sql(
+                f"DROP TABLE IF EXISTS {SCHEMA}.{VERSION_TABLE}; DROP SCHEMA IF EXISTS {SCHEMA}"
+            )
+        conn.commit()
+        if action is not Action.NONE:
+            log.info("migrate.done", extra={"before": before, "after": _current(conn)})
+        return before, _current(conn)
 
 
 def current(settings: Settings) -> str | None:
@@ -138,35 +261,42 @@ def current(settings: Settings) -> str | None:
         return row[0] if row else None
 
 
+def _target(revision: str) -> str:
+    target = head() if revision == "head" else revision
+    if target != "base" and not known(target):
+        raise MigrationError(f"migrate: unknown revision {revision!r}")
+    return target
+
+
 def migrate(settings: Settings, revision: str = "head") -> tuple[str | None, str | None]:
     """Move riskd's schema to ``revision`` (up or down); return (before, after)."""
-    before = current(settings)
-    target = head(settings) if revision == "head" else revision
-    if target == "base":
-        if before is not None:
-            _run(settings, "downgrade", "base")
-        return before, None
-    script = _script(settings)
+    target = _target(revision)
     try:
-        script.get_revision(target)
-    except Exception as exc:  # alembic raises several kinds for an unknown revision
-        raise MigrationError(f"migrate: unknown revision {revision!r}") from exc
-    if before == target:
-        return before, before
-    below = (
-        set() if before is None else {r.revision for r in script.iterate_revisions(before, "base")}
-    )
-    _run(settings, "downgrade" if target in below else "upgrade", target)
-    return before, current(settings)
+        return _retrying()(_apply, settings, target)
+    except sa.exc.DBAPIError as exc:
+        orig = exc.orig if exc.orig is not None else exc
+        what = "could not get a lock in time" if _is_lock_timeout(exc) else "failed"
+        raise MigrationError(f"migrate {revision}: {what}: {' '.join(str(orig).split())}") from exc
 
 
 def sql_script(settings: Settings, revision: str = "head") -> str:
-    """The SQL ``migrate`` would run from an empty riskd to ``revision``, without connecting."""
+    """The SQL ``migrate`` would run, without connecting: from nothing to ``revision``, or
+    between two revisions given as ``FROM:TO`` (up or down)."""
     buffer = io.StringIO()
     cfg = _alembic_config(settings, output_buffer=buffer)
     cfg.output_buffer = buffer
     try:
-        command.upgrade(cfg, revision, sql=True)
+        if ":" in revision:
+            start, end = (_target(part) for part in revision.split(":", 1))
+            if start == "base":
+                raise MigrationError("migrate --sql: FROM must be a revision, not base")
+            down = end == "base" or end in _below(start)
+            (command.downgrade if down else command.upgrade)(cfg, f"{start}:{end}", sql=True)
+        elif (target := _target(revision)) == head():
+            cfg.attributes["install"] = True
+            command.stamp(cfg, target, sql=True)
+        elif target != "base":
+            command.upgrade(cfg, target, sql=True)
     except alembic_util.CommandError as exc:
         raise MigrationError(f"migrate --sql: {' '.join(str(exc).split())}") from exc
     return buffer.getvalue()
@@ -175,10 +305,38 @@ def sql_script(settings: Settings, revision: str = "head") -> str:
 # --- used by alembic/env.py and the revisions in alembic/versions ---------------------------
 
 
+def _params() -> dict[str, Any]:
+    return context.config.attributes["template_params"]  # type: ignore[no-any-return]
+
+
 def run_template(name: str) -> None:
     """Install ``sql/<name>`` rendered for the mapping being migrated."""
-    text = render(name, op.get_context().config.attributes["template_params"])  # type: ignore[union-attr]
-    run_sql(text)
+    run_sql(render(name, _params()))
+
+
+def install_head() -> None:
+    """An empty database straight to head: what ``sql/`` holds (alembic/env.py calls it)."""
+    for name in HEAD_INSTALL:
+        run_template(name)
+    record_installation()
+
+
+def frozen_dir(revision: str) -> Path:
+    """Where a revision keeps the SQL frozen with its release."""
+    return resource_dir("alembic") / "versions" / revision
+
+
+def frozen_digest(revision: str) -> str:
+    """sha256 over a revision's frozen files (names and contents), as its file records it."""
+    digest = hashlib.sha256()
+    for path in sorted(frozen_dir(revision).glob("*.sql")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def run_frozen(revision: str, name: str) -> None:
+    """Run ``alembic/versions/<revision>/<name>``, rendered for the mapping being migrated."""
+    run_sql(render(name, _params(), folder=frozen_dir(revision)))
 
 
 def run_sql(text: str) -> None:
@@ -187,14 +345,14 @@ def run_sql(text: str) -> None:
     Straight to the driver: SQLAlchemy's text() would read ``:name`` as bind parameters.
     """
     if context.is_offline_mode():
-        op.get_context().impl.static_output(text.strip() + "\n")
+        context.get_context().impl.static_output(text.strip() + "\n")
     else:
-        op.get_bind().exec_driver_sql(text)
+        context.get_bind().exec_driver_sql(text)
 
 
 def record_installation() -> None:
     """Remember the mapping the triggers were rendered from (riskd.installation)."""
-    settings: Settings = op.get_context().config.attributes["settings"]  # type: ignore[union-attr]
+    settings: Settings = context.config.attributes["settings"]
     payload = json.dumps(schema_mapping.as_json(settings.schema), sort_keys=True)
     statement = sql.SQL(
         "INSERT INTO riskd.installation (mapping) VALUES ({}::jsonb)\n"

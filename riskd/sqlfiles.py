@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 
 from psycopg import sql
 
 from riskd.config import SchemaMapping, TableName
-from riskd.resources import sql_path
+from riskd.resources import resource_dir, sql_path
 
 # Transaction advisory locks of riskd take this first key ("rskd"), the account's hash second,
 # so they stay clear of the platform's own single-key advisory locks.
@@ -26,19 +27,28 @@ SWEEP_LEADER_KEY = 1
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 
 
-@functools.cache
+# Fragments inlined into the install templates as ``{<name>}``, read from the template's own
+# folder: a revision frozen with its release (alembic/versions/<rev>/) keeps its fragments too.
+FRAGMENTS = ("wake_up",)
+
+
 def read(name: str) -> str:
     """The text of ``sql/<name>``."""
-    return sql_path(name).read_text(encoding="utf-8")
+    return _read(sql_path(name))
+
+
+@functools.cache
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
 
 
 def _table(name: TableName) -> sql.Identifier:
     return sql.Identifier(name.schema, name.name)
 
 
-def _fragment(name: str) -> sql.SQL:
-    """A trusted SQL fragment from our own ``sql/`` folder, comment lines dropped."""
-    lines = [line for line in read(name).splitlines() if not line.lstrip().startswith("--")]
+def _fragment(path: Path) -> sql.SQL:
+    """A trusted SQL fragment from riskd's own files, comment lines dropped."""
+    lines = [line for line in _read(path).splitlines() if not line.lstrip().startswith("--")]
     return sql.SQL("\n".join(lines).strip())
 
 
@@ -64,13 +74,15 @@ def template_params(mapping: SchemaMapping, account_id_type: str) -> dict[str, s
         "i_margin_rate": sql.Identifier(mapping.instrument_margin_rate),
         "account_id_type": sql.SQL(account_id_type),
         "lock_class": sql.Literal(LOCK_CLASS),
-        "wake_up": _fragment("wake_up.sql"),
     }
 
 
-def render(name: str, params: dict[str, sql.Composable]) -> str:
-    """Fill the template ``sql/<name>`` and return it as SQL text."""
-    return sql.SQL(read(name)).format(**params).as_string(None)
+def render(name: str, params: dict[str, sql.Composable], folder: Path | None = None) -> str:
+    """Fill the template ``<folder>/<name>`` (``sql/`` by default) and return it as SQL text;
+    the fragments it inlines come from the same folder."""
+    base = folder if folder is not None else resource_dir("sql")
+    fragments = {f: _fragment(base / f"{f}.sql") for f in FRAGMENTS if (base / f"{f}.sql").exists()}
+    return sql.SQL(_read(base / name)).format(**params, **fragments).as_string(None)
 
 
 QUERIES = "queries.sql"

@@ -27,8 +27,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from riskd import __version__, migrate
 from riskd import events as risk_events
-from riskd import migrate
 from riskd.config import Settings, mask_dsn, parse_duration
 from riskd.daemon import HEARTBEAT_INTERVAL
 from riskd.db import connect
@@ -213,10 +213,7 @@ def assess(status: Status, limits: Limits) -> list[str]:
         return ["riskd is not installed in this database (run `riskd migrate`)"]
     problems: list[str] = []
     if status.revision != status.head:
-        problems.append(
-            f"schema at revision {status.revision or 'none'}, head is {status.head} "
-            "(run `riskd migrate`)"
-        )
+        problems.append(migrate.compare(status.revision)[0])
     live = status.live(limits)
     if not live:
         problems.append(
@@ -373,8 +370,9 @@ def render(status: Status, limits: Limits, console: Console) -> None:
     console.print(f"database: {status.database}")
     if not status.installed:
         return
-    at_head = "at head" if status.revision == status.head else f"head is {status.head}"
-    console.print(f"schema: {status.revision or 'none'} ({at_head})")
+    console.print(
+        f"schema: revision {status.revision or 'none'} (riskd {__version__} needs {status.head})"
+    )
     levels = ", ".join(f"{level} {status.levels.get(level, 0)}" for level in LEVELS)
     console.print(f"accounts: {levels}")
     oldest = (

@@ -39,9 +39,12 @@ class DaemonProcess:
         log_path: Path,
         *,
         extra_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
         **daemon: str,
     ) -> None:
+        """``cwd``: run the riskd found there first (a released one, tests/release.py)."""
         self.dsn = dsn
+        self.cwd = cwd
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKD_", "NOTIFY_"))}
         env.pop("WATCHDOG_USEC", None)
@@ -64,6 +67,7 @@ class DaemonProcess:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            cwd=self.cwd,
         )
         return self
 

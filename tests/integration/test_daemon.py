@@ -8,6 +8,7 @@ alone; waits poll a condition against a deadline.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import pytest
 from conftest import Db
 from daemonproc import DaemonProcess, wait_until
 
+from riskd import migrate
 from riskd.debounce import Debouncer
 from riskd.sqlfiles import LOCK_CLASS
 
@@ -203,9 +205,10 @@ def test_event_checks_go_before_sweep_work(db: Db) -> None:
 
 def test_a_dead_instance_row_is_pruned_after_a_while(db: Db, start: Start) -> None:
     db.conn.execute(
-        "INSERT INTO riskd.daemons (instance, host, pid, version, heartbeat_at)"
-        " VALUES ('recent:1', 'h', 1, '0', now() - interval '1 min'),"
-        " ('long-gone:2', 'h', 2, '0', now() - interval '6 min')"
+        "INSERT INTO riskd.daemons (instance, host, pid, version, heartbeat_at, stats)"
+        " VALUES ('recent:1', 'h', 1, '0', now() - interval '1 min', %(stats)s),"
+        " ('long-gone:2', 'h', 2, '0', now() - interval '6 min', %(stats)s)",
+        {"stats": json.dumps({"schema_revision": migrate.head()})},
     )
     daemon = start()
     daemon.wait_ready()

@@ -17,6 +17,8 @@ from riskd.check import check_accounts, sweep
 from riskd.cli import main
 from riskd.config import SchemaMapping, TableName
 
+HEAD = migrate.head()
+
 CATALOG = """
 SELECT 'schema ' || nspname || ' ' || coalesce(nspacl::text, '')
 FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema'
@@ -52,11 +54,11 @@ def cli(*args: str, dsn: str | None = None, env: dict[str, str] | None = None) -
 
 def test_up_down_to_base_and_up_again_leaves_the_catalog_as_it_was(bare_db: Db) -> None:
     before = catalog(bare_db)
-    assert migrate.migrate(bare_db.settings) == (None, "0001")
+    assert migrate.migrate(bare_db.settings) == (None, HEAD)
     installed = catalog(bare_db)
     assert "trigger positions riskd_positions_update" in installed
     assert any(line.startswith("relation riskd.dirty_accounts") for line in installed)
-    assert migrate.migrate(bare_db.settings, "base") == ("0001", None)
+    assert migrate.migrate(bare_db.settings, "base") == (HEAD, None)
     assert catalog(bare_db) == before
     migrate.migrate(bare_db.settings)
     assert catalog(bare_db) == installed
@@ -68,7 +70,7 @@ def test_check_flag_exits_1_until_migrated(bare_db: Db) -> None:
     assert "nothing installed" in behind.output
     assert cli("migrate", dsn=bare_db.dsn).exit_code == 0
     at_head = cli("migrate", "--check", dsn=bare_db.dsn)
-    assert at_head.exit_code == 0 and "0001" in at_head.output
+    assert at_head.exit_code == 0 and HEAD in at_head.output
 
 
 def test_sql_prints_a_script_without_connecting_that_installs_riskd(bare_db: Db) -> None:
@@ -79,7 +81,7 @@ def test_sql_prints_a_script_without_connecting_that_installs_riskd(bare_db: Db)
     assert "CREATE TABLE riskd.account_state" in script
     assert "alembic_version" in script
     bare_db.conn.execute(script)  # type: ignore[arg-type]
-    assert migrate.current(bare_db.settings) == "0001"
+    assert migrate.current(bare_db.settings) == HEAD
     assert cli("migrate", "--check", dsn=bare_db.dsn).exit_code == 0
 
 
@@ -92,7 +94,7 @@ def test_migrate_runs_as_the_non_superuser_owner_of_the_platform_tables(bare_db:
     owner_dsn = psycopg.conninfo.make_conninfo(bare_db.dsn, user="platform_owner")
     owner = settings_for(owner_dsn)
     try:
-        assert migrate.migrate(owner) == (None, "0001")
+        assert migrate.migrate(owner) == (None, HEAD)
         with psycopg.connect(owner_dsn, autocommit=True) as c:
             c.execute("INSERT INTO instruments VALUES ('i1', 'I1', 100, 0.1)")
             c.execute("INSERT INTO trading_accounts VALUES ('a1', 'u1', 1000)")
@@ -101,7 +103,7 @@ def test_migrate_runs_as_the_non_superuser_owner_of_the_platform_tables(bare_db:
                 " VALUES ('p1', 'a1', 'i1', 95)"
             )
             assert [r.level for r in check_accounts(c, owner, ["a1"])] == ["critical"]
-        assert migrate.migrate(owner, "base") == ("0001", None)
+        assert migrate.migrate(owner, "base") == (HEAD, None)
     finally:
         conn.execute("DROP OWNED BY platform_owner CASCADE")
 
@@ -152,7 +154,7 @@ def test_migration_yields_to_trading_traffic_instead_of_queueing_it(bare_db: Db)
         holder.commit()
         holder.close()
         worker.join(timeout=120)
-    assert outcome == [(None, "0001")]
+    assert outcome == [(None, HEAD)]
 
 
 def test_a_mapping_naming_a_missing_column_is_refused_in_one_line(bare_db: Db) -> None:

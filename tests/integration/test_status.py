@@ -19,6 +19,7 @@ from conftest import Db
 from daemonproc import DaemonProcess
 from test_check import check_one, setup_account
 
+from riskd import __version__
 from riskd import status as status_report
 from riskd.cli import main
 from riskd.migrate import head
@@ -37,7 +38,13 @@ def as_json(db: Db, *args: str) -> tuple[int, dict[str, Any]]:
 
 def heartbeat(db: Db, instance: str, age: str = "0 s", **stats: Any) -> None:
     """A heartbeat row as a daemon writes it, ``age`` old."""
-    row = {"state": "running", "lag": 0.0, "checks": 0, "leader": False} | stats
+    row = {
+        "state": "running",
+        "lag": 0.0,
+        "checks": 0,
+        "leader": False,
+        "schema_revision": head(),  # what the version fence asks of a heartbeat
+    } | stats
     db.conn.execute(
         "INSERT INTO riskd.daemons (instance, host, pid, version, started_at, heartbeat_at,"
         " stats) VALUES (%s, 'h', 4242, '0.1.0', now() - interval '1 h',"
@@ -127,14 +134,26 @@ def test_only_stale_instances_means_no_live_one(db: Db) -> None:
 
 def test_not_at_head_is_unhealthy(db: Db) -> None:
     heartbeat(db, "live:1")
-    db.conn.execute("UPDATE riskd.alembic_version SET version_num = 'older'")
+    db.conn.execute("UPDATE riskd.alembic_version SET version_num = '0001'")
     result = status(db)
     assert result.exit_code == 1
     assert unhealthy_lines(result) == [
-        f"UNHEALTHY: schema at revision older, head is {head(db.settings)} (run `riskd migrate`)"
+        f"UNHEALTHY: riskd schema at 0001, riskd {__version__} needs revision {head()}: "
+        "run `riskd migrate`"
     ]
+    assert f"schema: revision 0001 (riskd {__version__} needs {head()})" in result.stdout
     code, doc = as_json(db)
-    assert (doc["revision"], doc["at_head"]) == ("older", False)
+    assert (doc["revision"], doc["at_head"]) == ("0001", False)
+
+
+def test_a_schema_newer_than_this_riskd_is_named_as_such(db: Db) -> None:
+    heartbeat(db, "live:1")
+    db.conn.execute("UPDATE riskd.alembic_version SET version_num = '9999'")
+    lines = unhealthy_lines(status(db))
+    assert lines == [
+        f"UNHEALTHY: riskd schema is at revision 9999, which riskd {__version__} does not know "
+        f"(it needs {head()}): it was migrated by a newer riskd; run that release"
+    ]
 
 
 def test_riskd_not_installed_is_unhealthy(bare_db: Db) -> None:

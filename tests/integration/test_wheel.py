@@ -35,6 +35,9 @@ def test_the_wheel_carries_sql_and_migrations(wheel: Path) -> None:
         "riskd/sql/queries.sql",
         "riskd/alembic/env.py",
         "riskd/alembic/versions/0001_initial.py",
+        "riskd/alembic/versions/0001/check.sql",
+        "riskd/alembic/versions/0001/wake_up.sql",
+        "riskd/alembic/versions/0002/upgrade.sql",
     ):
         assert needed in names
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from riskd.config import SchemaMapping, TableName
+from riskd.migrate import HEAD_INSTALL
 from riskd.sqlfiles import queries, render, template_params
 
 HOSTILE = SchemaMapping(
@@ -26,7 +27,7 @@ def test_identifiers_are_quoted_whatever_they_contain() -> None:
 
 def test_every_install_template_renders() -> None:
     params = template_params(SchemaMapping(), "bigint")
-    for name in ("schema.sql", "check.sql", "sweep.sql", "capture.sql", "capture_drop.sql"):
+    for name in HEAD_INSTALL:
         assert render(name, params).strip()
     assert "account_id  bigint PRIMARY KEY" in render("schema.sql", params)
 

@@ -1,0 +1,52 @@
+-- The sweep (DESIGN §2.5): one set-based pass over every account, reading only. It records
+-- accounts never seen before that are `ok` (no lock needed: no event), and returns the
+-- accounts whose level changes, which the caller then sends through riskd.check_accounts in
+-- batches — the same locked path as every other check, so a sweep and the daemon never write
+-- the same transition twice. It does not rewrite the figures of accounts whose level holds:
+-- every change the triggers see is checked anyway, and rewriting 100 000 rows a minute after
+-- each price move would cost more than the sweep itself. Rendered by riskd.sqlfiles.
+CREATE FUNCTION riskd.sweep(p_warning numeric, p_auto_close numeric, p_hysteresis numeric)
+RETURNS TABLE (account_id {account_id_type}, level text, previous_level text)
+LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH agg AS (
+        SELECT p.{p_account} AS account_id,
+               count(*) AS n_open,
+               sum(COALESCE(p.{p_pnl}, 0)) AS pnl,
+               sum(abs(p.{p_quantity}) * COALESCE(i.{i_price}, 0)
+                   * COALESCE(i.{i_margin_rate}, 0)) AS used
+        FROM {positions} AS p
+        LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
+        WHERE p.{p_quantity} <> 0
+        GROUP BY p.{p_account}
+    ), risk AS (
+        SELECT a.{a_id} AS account_id,
+               COALESCE(agg.n_open, 0) AS n_open,
+               COALESCE(a.{a_balance}, 0) + COALESCE(agg.pnl, 0) AS equity,
+               COALESCE(agg.used, 0) AS used_margin,
+               COALESCE(l.warning_threshold, p_warning) AS w,
+               COALESCE(l.auto_close_threshold, p_auto_close) AS ac,
+               s.level AS recorded
+        FROM {accounts} AS a
+        LEFT JOIN agg ON agg.account_id = a.{a_id}
+        LEFT JOIN riskd.account_limits AS l ON l.account_id = a.{a_id}
+        LEFT JOIN riskd.account_state AS s ON s.account_id = a.{a_id}
+    ), decided AS (
+        SELECT r.*,
+               riskd.decide_level(r.n_open, r.equity, r.used_margin, r.w, r.ac, p_hysteresis,
+                                  COALESCE(r.recorded, 'ok')) AS level
+        FROM risk AS r
+    ), first_seen AS (
+        INSERT INTO riskd.account_state AS s (account_id, level, utilization, equity, used_margin)
+        SELECT d.account_id, d.level, riskd.utilization(d.n_open, d.equity, d.used_margin),
+               d.equity, d.used_margin
+        FROM decided AS d WHERE d.recorded IS NULL AND d.level = 'ok'
+        ON CONFLICT ON CONSTRAINT account_state_pkey DO NOTHING
+    )
+    SELECT d.account_id, d.level, COALESCE(d.recorded, 'ok')
+    FROM decided AS d
+    WHERE d.level <> COALESCE(d.recorded, 'ok');
+END
+$fn$;
