@@ -30,6 +30,7 @@ class _Entry:
     first: float  # when the first unchecked change happened
     last: float  # when the latest change was seen
     not_before: float  # max_delay after the account's previous check
+    key: float = 0.0  # its item in the heap: the deadline it was pushed with
 
 
 class Debouncer:
@@ -76,10 +77,19 @@ class Debouncer:
             not_before = previous + self.min_interval if previous is not None else first
             entry = _Entry(first=first, last=now, not_before=not_before)
             self._entries[account] = entry
-            heapq.heappush(self._heap, (self._deadline(entry), account))
+            self._push(account, entry)
         else:
             entry.first = min(entry.first, first)
             entry.last = max(entry.last, now)
+            if self._deadline(entry) < entry.key:
+                # an older change came to light (handed back, or fanned out from a price):
+                # max_delay runs from it, so the account falls due earlier than its heap item
+                # says. A new item; the old one is skipped when it surfaces.
+                self._push(account, entry)
+
+    def _push(self, account: str, entry: _Entry) -> None:
+        entry.key = self._deadline(entry)
+        heapq.heappush(self._heap, (entry.key, account))
 
     def next_deadline(self) -> float | None:
         """A time at or before which the next account falls due (None when empty)."""
@@ -93,9 +103,13 @@ class Debouncer:
             key, account = self._heap[0]
             if key > now:
                 break
-            entry = self._entries[account]
+            entry = self._entries.get(account)
+            if entry is None or entry.key != key:
+                heapq.heappop(self._heap)  # superseded by an earlier item of the account
+                continue
             deadline = self._deadline(entry)
             if deadline > now:
+                entry.key = deadline
                 heapq.heapreplace(self._heap, (deadline, account))
                 continue
             heapq.heappop(self._heap)

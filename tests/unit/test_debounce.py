@@ -157,3 +157,14 @@ def test_against_model(
             assert next_due is not None
             assert next_due <= min(deadline(*e) for e in model.values())
         assert len(d) == len(model)
+
+
+def test_an_older_change_seen_later_brings_the_deadline_forward() -> None:
+    """Found by test_against_model: a mark whose change is older than the account's first
+    (handed back, or fanned out from a price) starts max_delay from that change."""
+    d = Debouncer(debounce=0.2, max_delay=0.5)
+    d.mark("a", now=0.0, changed_at=0.0)
+    assert d.pop_due(0.0, limit=10) == []
+    d.mark("a", now=0.0, changed_at=-1.0)
+    assert d.pop_due(0.0, limit=10) == [("a", -1.0)]
+    assert d.pop_due(10.0, limit=10) == [] and len(d) == 0
