@@ -8,7 +8,15 @@ from ``sql/`` runs first, in the same transaction.
 
 from alembic import context
 
-from riskd.migrate import SCHEMA, VERSION_TABLE, install_head, prepare_templates
+from riskd.migrate import (
+    LOCK_TIMEOUT,
+    MIGRATE_LOCK_CLASS,
+    MIGRATE_LOCK_KEY,
+    SCHEMA,
+    VERSION_TABLE,
+    install_head,
+    prepare_templates,
+)
 
 config = context.config
 settings = config.attributes["settings"]
@@ -25,6 +33,12 @@ def run_offline() -> None:
         output_buffer=config.attributes.get("output_buffer"),
     )
     with context.begin_transaction():
+        # what `riskd migrate` itself does: yield to trading traffic, one migration at a time
+        # (a script applied by hand gets no retry: run it again if its lock did not come)
+        context.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        context.execute(
+            f"SELECT pg_catalog.pg_advisory_xact_lock({MIGRATE_LOCK_CLASS}, {MIGRATE_LOCK_KEY})"
+        )
         context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         _migrate()
 

@@ -109,8 +109,15 @@ GRANT EXECUTE ON FUNCTION
     riskd.check_accounts(text[], text, numeric, numeric, numeric, text),
     riskd.sweep(numeric, numeric, numeric),
     riskd.decide_level(bigint, numeric, numeric, numeric, numeric, numeric, text),
-    riskd.utilization(bigint, numeric, numeric)
+    riskd.utilization(bigint, numeric, numeric),
+    riskd.position_margin(numeric, numeric, numeric),
+    riskd.position_pnl(numeric),
+    riskd.position_data_error(numeric, numeric, numeric, numeric)
 TO :"daemon_role";
+
+-- The check and the sweep read the platform's tables through two views of riskd's
+-- (security_invoker: with these privileges, as if they read the tables).
+GRANT SELECT ON riskd.platform_positions, riskd.platform_accounts TO :"daemon_role";
 
 -- The platform's data, read only, and only the mapped columns.
 GRANT SELECT (
@@ -119,6 +126,7 @@ GRANT SELECT (
     balance             -- [schema] account_balance
 ) ON public.trading_accounts TO :"daemon_role";          -- [schema] accounts_table
 GRANT SELECT (
+    id,                 -- [schema] position_id
     "tradingAccountId", -- [schema] position_account
     "instrumentId",     -- [schema] position_instrument
     quantity,           -- [schema] position_quantity
@@ -134,16 +142,17 @@ GRANT SELECT (
 -- [risk] auto_close = "flatten": riskd closes positions itself. check_accounts then calls
 -- riskd.flatten on every check (so without this block every check fails), which locks the
 -- accounts' positions and balances (SELECT … FOR UPDATE, which needs UPDATE on a column),
--- zeroes the closed positions and realises their PnL into the balance. It finds the positions
--- it closes by their physical row id (ctid), a system column that only a table-wide SELECT
--- covers: hence SELECT on the whole positions table, not on the mapped columns alone.
+-- zeroes the closed positions and realises their PnL into the balance. It addresses a position
+-- by its key, its account and the table holding the row (tableoid: partitions and inheritance
+-- children), a system column that only a table-wide SELECT covers: hence SELECT on the whole
+-- positions table, not on the mapped columns alone.
 -- Your own triggers on these tables run as the daemon's role when it flattens: grant what
 -- they need too. GRANTs only add: switching flatten off later, revoke this block's privileges
 -- (REVOKE EXECUTE ON FUNCTION riskd.flatten … ; REVOKE SELECT, UPDATE ON public.positions … ;
 -- REVOKE UPDATE (balance) ON public.trading_accounts …) and run this file again.
 \if :flatten
 GRANT EXECUTE ON FUNCTION
-    riskd.flatten(riskd.check_result[], numeric)
+    riskd.flatten(riskd.check_result[], numeric, numeric)
 TO :"daemon_role";
 GRANT SELECT ON public.positions TO :"daemon_role";      -- [schema] positions_table
 GRANT UPDATE (

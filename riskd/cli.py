@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from riskd import __version__, daemon, logs
+from riskd import __version__, daemon, logs, mapping
 from riskd import check as checks
 from riskd import demo as demos
 from riskd import events as event_log
@@ -142,15 +142,25 @@ def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> No
         return
     if check_only:
         line, ok = migrations.compare(migrations.current(settings))
+        if ok and not migrations.mapping_matches(settings):
+            line, ok = (
+                f"{line}, but installed for another [schema] mapping: run `riskd migrate`",
+                False,
+            )
         click.echo(line)
         if not ok:
             sys.exit(1)
         return
-    before, after = migrations.migrate(settings, revision)
-    if before == after:
-        click.echo(f"riskd schema already at {after or 'base'}")
+    done = migrations.run(settings, revision)
+    if done.action is migrations.Action.REMAP:
+        click.echo(
+            f"riskd schema at {done.after}: capture, check and sweep installed again for the "
+            "new [schema] mapping (riskd's rows kept)"
+        )
+    elif done.before == done.after:
+        click.echo(f"riskd schema already at {done.after or 'base'}")
     else:
-        click.echo(f"riskd schema {before or 'base'} -> {after or 'base'}")
+        click.echo(f"riskd schema {done.before or 'base'} -> {done.after or 'base'}")
 
 
 @main.command()
@@ -161,6 +171,15 @@ def run(opts: _Options, verbose: bool) -> None:
     settings = opts.settings()
     logs.configure(settings.daemon.log_format, logging.DEBUG if verbose else logging.INFO)
     sys.exit(daemon.run(settings))
+
+
+def _require_schema(settings: Settings) -> None:
+    """A check or a sweep runs only on the schema revision this riskd was built for."""
+    line, ok = migrations.compare(migrations.current(settings))
+    if not ok:
+        raise ConfigError(line)
+    with connect(settings) as conn:
+        mapping.check_visibility(conn, settings.schema)
 
 
 def _level_line(r: checks.CheckResult) -> str:
@@ -184,6 +203,7 @@ def _level_line(r: checks.CheckResult) -> str:
 def check(opts: _Options, accounts: tuple[str, ...], as_json: bool) -> None:
     """Check ACCOUNTS now: record their state, write events, act; print the result."""
     settings = opts.settings()
+    _require_schema(settings)
     with connect(settings) as conn:
         try:
             results = checks.check_accounts(conn, settings, accounts)
@@ -205,6 +225,7 @@ def check(opts: _Options, accounts: tuple[str, ...], as_json: bool) -> None:
 def sweep(opts: _Options, as_json: bool) -> None:
     """One full sweep over every account, then exit (for a timer or a scheduler)."""
     settings = opts.settings()
+    _require_schema(settings)
     with connect(settings) as conn:
         result = checks.sweep(conn, settings)
     if as_json:

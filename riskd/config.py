@@ -111,6 +111,7 @@ class SchemaMapping:
     account_user: str = "userId"
     account_balance: str = "balance"
     positions_table: TableName = TableName("public", "positions")
+    position_id: str = "id"  # the position's key: flatten addresses a row by it and its account
     position_account: str = "tradingAccountId"
     position_instrument: str = "instrumentId"
     position_quantity: str = "quantity"

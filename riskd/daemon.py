@@ -56,6 +56,7 @@ from riskd.db import APPLICATION_NAME, require_dsn
 from riskd.debounce import Debouncer
 from riskd.errors import ConfigError
 from riskd.mapping import as_json as mapping_json
+from riskd.mapping import mapped_tables, rls_refusal
 from riskd.metrics import Metrics
 from riskd.sdnotify import SdNotifier
 from riskd.sqlfiles import SWEEP_LEADER_CLASS, SWEEP_LEADER_KEY, query
@@ -298,7 +299,7 @@ class Daemon:
                 raise ConfigError(
                     "riskd is not installed in this database: run `riskd migrate` first"
                 )
-            await self._check_privileges(conn)
+            # the revision first: the privileges to probe are those of this riskd's schema
             try:
                 cur = await conn.execute(query("schema_revision"))
                 row = await cur.fetchone()
@@ -313,13 +314,22 @@ class Daemon:
                     f"the daemon's role lacks a privilege it needs: "
                     f"{exc.diag.message_primary or _reason(exc)} (docs/grants.sql has the grants)"
                 ) from exc
-        self._check_revision(row[0] if row else None)
-        wanted = mapping_json(self.settings.schema)
-        if installed is None or installed[0] != wanted:
-            raise ConfigError(
-                "[schema] differs from the mapping `riskd migrate` installed the triggers with: "
-                "run `riskd migrate` with this configuration, or fix [schema]"
+            self._check_revision(row[0] if row else None)
+            wanted = mapping_json(self.settings.schema)
+            if installed is None or installed[0] != wanted:
+                raise ConfigError(
+                    "[schema] differs from the mapping `riskd migrate` installed the triggers "
+                    "with: run `riskd migrate` with this configuration, or fix [schema]"
+                )
+            await self._check_privileges(conn)
+            # I8: every row of the mapped tables visible to this role, or no start
+            cur = await conn.execute(
+                query("rls_hidden"), {"tables": mapped_tables(self.settings.schema)}
             )
+            hidden = [r[0] for r in await cur.fetchall()]
+            if hidden:
+                raise rls_refusal(hidden, str(conn.info.user))
+            log.info("riskd schema at revision %s, as this riskd needs", row[0] if row else None)
 
     def _check_revision(self, current: str | None, *, running: bool = False) -> None:
         """A daemon never runs against a schema newer or older than its own (I10)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from riskd.config import SchemaMapping, TableName
 from riskd.errors import SchemaMappingError
@@ -23,18 +24,39 @@ _LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("accounts_table", ("account_id", "account_user", "account_balance")),
     (
         "positions_table",
-        ("position_account", "position_instrument", "position_quantity", "position_pnl"),
+        (
+            "position_id",
+            "position_account",
+            "position_instrument",
+            "position_quantity",
+            "position_pnl",
+        ),
     ),
     ("instruments_table", ("instrument_id", "instrument_price", "instrument_margin_rate")),
 )
 
 
 @dataclass(frozen=True, slots=True)
+class Column:
+    """A mapped column as the catalog has it."""
+
+    type: str  # SQL syntax, format_type
+    type_oid: int
+    generated: bool = False
+    numeric_scale: int | None = None  # numeric(p, s): s; None for any other type
+
+
+@dataclass(frozen=True, slots=True)
 class ResolvedMapping:
-    """A mapping known to match the database, with the account id's SQL type."""
+    """A mapping known to match the database, with what the templates need of its columns."""
 
     mapping: SchemaMapping
     account_id_type: str
+    instrument_id_type: str = "text"
+    # flatten sets the PnL to zero only where the platform writes it (not a generated column)
+    pnl_generated: bool = False
+    # flatten rounds what it books to the balance column's scale (None: any scale)
+    balance_scale: int | None = None
 
 
 _Row = tuple[Any, ...]
@@ -42,19 +64,23 @@ _Row = tuple[Any, ...]
 
 def _describe(
     conn: psycopg.Connection[_Row], table: TableName
-) -> tuple[str | None, dict[str, tuple[str, int]]]:
-    """The relkind of a table and its columns as {name: (SQL type, type oid)}."""
+) -> tuple[str | None, dict[str, Column]]:
+    """The relkind of a table and its columns."""
     rows = conn.execute(
         query("describe_table"), {"schema": table.schema, "table": table.name}
     ).fetchall()
     if not rows:
         return None, {}
-    return rows[0][0], {name: (typ, oid) for _, name, typ, oid in rows if name is not None}
+    return rows[0][0], {
+        name: Column(typ, oid, bool(generated), scale)
+        for _, name, typ, oid, generated, scale in rows
+        if name is not None
+    }
 
 
 def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedMapping:
     """Verify every mapped table and column exists; raise SchemaMappingError otherwise."""
-    types: dict[str, tuple[str, int]] = {}
+    types: dict[str, Column] = {}
     for table_key, column_keys in _LAYOUT:
         table: TableName = getattr(mapping, table_key)
         relkind, columns = _describe(conn, table)
@@ -76,14 +102,46 @@ def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedM
             types[column_key] = columns[column]
     # the capture triggers store a position's account id as an account id: a type that would
     # not convert would fail trading writes at run time, so refuse it here
-    (source_type, source), (target_type, target) = types["position_account"], types["account_id"]
-    row = conn.execute(query("assignable"), {"source": source, "target": target}).fetchone()
+    source, target = types["position_account"], types["account_id"]
+    row = conn.execute(
+        query("assignable"), {"source": source.type_oid, "target": target.type_oid}
+    ).fetchone()
     if not row or not row[0]:
         raise SchemaMappingError(
-            f"[schema] position_account: type {source_type} cannot be stored as the account "
-            f"id's type {target_type}"
+            f"[schema] position_account: type {source.type} cannot be stored as the account "
+            f"id's type {target.type}"
         )
-    return ResolvedMapping(mapping=mapping, account_id_type=target_type)
+    return ResolvedMapping(
+        mapping=mapping,
+        account_id_type=target.type,
+        instrument_id_type=types["instrument_id"].type,
+        pnl_generated=types["position_pnl"].generated,
+        balance_scale=types["account_balance"].numeric_scale,
+    )
+
+
+def mapped_tables(mapping: SchemaMapping) -> list[str]:
+    """The mapped tables as quoted, qualified names (for a ``::regclass`` cast)."""
+    return [
+        sql.Identifier(t.schema, t.name).as_string(None)
+        for t in (mapping.accounts_table, mapping.positions_table, mapping.instruments_table)
+    ]
+
+
+def rls_refusal(hidden: list[str], role: str) -> SchemaMappingError:
+    """I8: riskd sees every row or refuses to run."""
+    return SchemaMappingError(
+        f"row-level security on {', '.join(hidden)} hides rows from role {role}: riskd would "
+        "check a subset of the book; give the role BYPASSRLS, or a policy FOR SELECT "
+        "USING (true) to it (docs/operations.md, supported table layouts)"
+    )
+
+
+def check_visibility(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> None:
+    """Refuse to compute on a subset: every row of the mapped tables must be visible."""
+    rows = conn.execute(query("rls_hidden"), {"tables": mapped_tables(mapping)}).fetchall()
+    if rows:
+        raise rls_refusal([r[0] for r in rows], str(conn.info.user))
 
 
 def as_json(mapping: SchemaMapping) -> dict[str, str]:

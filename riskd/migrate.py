@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,11 @@ class Action(enum.Enum):
     UPGRADE = "upgrade"
     DOWNGRADE = "downgrade"
     REMOVE = "remove"  # down to base, then the version table and the schema
+    REMAP = "remap"  # at head, another mapping: what head renders from it, installed again
+
+
+# What head renders from the [schema] mapping: taken off by unmap.sql, installed again by these.
+REMAP_INSTALL = ("check.sql", "sweep.sql", "capture.sql", "privileges.sql")
 
 
 def plan(before: str | None, target: str, head: str, below_before: set[str]) -> Action:
@@ -128,8 +134,8 @@ def known(revision: str) -> bool:
 
 
 def describe(revision: str | None) -> str:
-    """A revision as operators read it: 0002, or "nothing installed"."""
-    return revision or "nothing installed"
+    """A revision as operators read it: 0002, or "none (riskd not installed)"."""
+    return revision or "none (riskd not installed)"
 
 
 def compare(current: str | None) -> tuple[str, bool]:
@@ -139,11 +145,8 @@ def compare(current: str | None) -> tuple[str, bool]:
         return f"riskd schema at revision {needs}, as riskd {__version__} needs", True
     if current is not None and not known(current):
         return str(newer_schema_error(current)), False
-    return (
-        f"riskd schema at {describe(current)}, riskd {__version__} needs revision {needs}: "
-        "run `riskd migrate`",
-        False,
-    )
+    where = "riskd is not installed" if current is None else f"riskd schema at {current}"
+    return f"{where}, riskd {__version__} needs revision {needs}: run `riskd migrate`", False
 
 
 def newer_schema_error(revision: str) -> MigrationError:
@@ -200,7 +203,8 @@ def _take_migrate_lock(conn: sa.Connection) -> None:
     if got.scalar():
         return
     log.warning("another riskd migrate is running on this database: waiting for it to finish")
-    conn.exec_driver_sql(f"SET lock_timeout = '{MIGRATE_LOCK_WAIT}'")
+    # the wait is bounded by its own lock_timeout, not by a statement_timeout the role may have
+    conn.exec_driver_sql(f"SET lock_timeout = '{MIGRATE_LOCK_WAIT}'; SET statement_timeout = 0")
     try:
         conn.execute(sa.text("SELECT pg_catalog.pg_advisory_lock(:cls, :key)"), keys)
     except sa.exc.OperationalError as exc:
@@ -210,7 +214,7 @@ def _take_migrate_lock(conn: sa.Connection) -> None:
                 "is one stuck? (pg_stat_activity, application_name riskd)"
             ) from exc
         raise
-    conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+    conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'; RESET statement_timeout")
 
 
 def _current(conn: sa.Connection) -> str | None:
@@ -222,7 +226,7 @@ def _current(conn: sa.Connection) -> str | None:
     return None if value is None else str(value)
 
 
-def _apply(settings: Settings, target: str) -> tuple[str | None, str | None]:
+def _apply(settings: Settings, target: str) -> Outcome:
     """One attempt, under the migration lock: read the version, move, commit."""
     with _connection(settings) as conn:
         _take_migrate_lock(conn)
@@ -230,8 +234,12 @@ def _apply(settings: Settings, target: str) -> tuple[str | None, str | None]:
         if before is not None and not known(before):
             raise newer_schema_error(before)
         action = plan(before, target, head(), _below(before) if before else set())
+        if action is Action.NONE and before == head() and _mapping_changed(conn, settings):
+            action = Action.REMAP
         cfg = _alembic_config(settings, connection=conn)
-        if action is Action.INSTALL:
+        if action is Action.REMAP:
+            _remap(conn, settings)
+        elif action is Action.INSTALL:
             cfg.attributes["install"] = True
             command.stamp(cfg, target)
         elif action is Action.UPGRADE:
@@ -246,7 +254,43 @@ def _apply(settings: Settings, target: str) -> tuple[str | None, str | None]:
         conn.commit()
         if action is not Action.NONE:
             log.info("migrate.done", extra={"before": before, "after": _current(conn)})
-        return before, _current(conn)
+        return Outcome(before, _current(conn), action)
+
+
+def mapping_matches(settings: Settings) -> bool:
+    """Were the installed triggers rendered from this [schema] mapping?"""
+    with connect(settings) as conn:
+        row = conn.execute(f"SELECT mapping FROM {SCHEMA}.installation").fetchone()
+    return row is not None and row[0] == schema_mapping.as_json(settings.schema)
+
+
+def _mapping_changed(conn: sa.Connection, settings: Settings) -> bool:
+    installed = conn.exec_driver_sql(f"SELECT mapping FROM {SCHEMA}.installation").scalar()
+    return installed != schema_mapping.as_json(settings.schema)
+
+
+def _remap(conn: sa.Connection, settings: Settings) -> None:
+    """Install head's mapping-dependent SQL again for a changed [schema], keeping riskd's rows.
+
+    The account id must keep its type: riskd's tables hold it.
+    """
+    params = prepare_templates(conn, settings)
+    held = conn.exec_driver_sql(
+        "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute AS a"
+        f" WHERE a.attrelid = '{SCHEMA}.account_state'::regclass AND a.attname = 'account_id'"
+    ).scalar()
+    wanted = params["account_id_type"].as_string(None)
+    if held != wanted:
+        raise MigrationError(
+            f"[schema] account_id: the new mapping's account id is {wanted}, riskd's tables hold "
+            f"{held}: a change of type needs `riskd migrate --revision base` (which drops riskd's "
+            "history) and a fresh install"
+        )
+    conn.exec_driver_sql(render("unmap.sql", params))
+    for name in REMAP_INSTALL:
+        conn.exec_driver_sql(render(name, params))
+    conn.exec_driver_sql(record_statement(settings))
+    log.warning("migrate.remapped", extra={"revision": head()})
 
 
 def current(settings: Settings) -> str | None:
@@ -268,8 +312,21 @@ def _target(revision: str) -> str:
     return target
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    before: str | None
+    after: str | None
+    action: Action
+
+
 def migrate(settings: Settings, revision: str = "head") -> tuple[str | None, str | None]:
     """Move riskd's schema to ``revision`` (up or down); return (before, after)."""
+    outcome = run(settings, revision)
+    return outcome.before, outcome.after
+
+
+def run(settings: Settings, revision: str = "head") -> Outcome:
+    """Move riskd's schema to ``revision``, or install head again for a changed mapping."""
     target = _target(revision)
     try:
         return _retrying()(_apply, settings, target)
@@ -292,11 +349,22 @@ def sql_script(settings: Settings, revision: str = "head") -> str:
                 raise MigrationError("migrate --sql: FROM must be a revision, not base")
             down = end == "base" or end in _below(start)
             (command.downgrade if down else command.upgrade)(cfg, f"{start}:{end}", sql=True)
+            if end == "base":
+                # as the online removal: nothing of riskd is left
+                buffer.write(
+                    f"DROP TABLE IF EXISTS {SCHEMA}.{VERSION_TABLE};\n"
+                    f"DROP SCHEMA IF EXISTS {SCHEMA};\n"
+                )
         elif (target := _target(revision)) == head():
             cfg.attributes["install"] = True
             command.stamp(cfg, target, sql=True)
         elif target != "base":
             command.upgrade(cfg, target, sql=True)
+        else:
+            raise MigrationError(
+                "migrate --sql --revision base: base installs nothing; the removal is "
+                "--revision <installed>:base"
+            )
     except alembic_util.CommandError as exc:
         raise MigrationError(f"migrate --sql: {' '.join(str(exc).split())}") from exc
     return buffer.getvalue()
@@ -350,15 +418,19 @@ def run_sql(text: str) -> None:
         context.get_bind().exec_driver_sql(text)
 
 
-def record_installation() -> None:
-    """Remember the mapping the triggers were rendered from (riskd.installation)."""
-    settings: Settings = context.config.attributes["settings"]
+def record_statement(settings: Settings) -> str:
+    """The statement that records the mapping the triggers were rendered from."""
     payload = json.dumps(schema_mapping.as_json(settings.schema), sort_keys=True)
     statement = sql.SQL(
         "INSERT INTO riskd.installation (mapping) VALUES ({}::jsonb)\n"
         "ON CONFLICT (singleton) DO UPDATE SET mapping = excluded.mapping, updated_at = now();"
     ).format(sql.Literal(payload))
-    run_sql(statement.as_string(None))
+    return statement.as_string(None)
+
+
+def record_installation() -> None:
+    """Remember the mapping the triggers were rendered from (riskd.installation)."""
+    run_sql(record_statement(context.config.attributes["settings"]))
 
 
 def prepare_templates(conn: sa.Connection | None, settings: Settings) -> dict[str, Any]:
@@ -367,4 +439,10 @@ def prepare_templates(conn: sa.Connection | None, settings: Settings) -> dict[st
         return template_params(settings.schema, OFFLINE_ACCOUNT_ID_TYPE)
     driver = conn.connection.driver_connection
     resolved = schema_mapping.resolve(driver, settings.schema)  # type: ignore[arg-type]
-    return template_params(settings.schema, resolved.account_id_type)
+    return template_params(
+        settings.schema,
+        resolved.account_id_type,
+        instrument_id_type=resolved.instrument_id_type,
+        pnl_generated=resolved.pnl_generated,
+        balance_scale=resolved.balance_scale,
+    )

@@ -38,14 +38,19 @@ RISKD_TABLES = {
     "riskd.risk_events": "SELECT, INSERT",
     "riskd.close_requests": "SELECT, INSERT, UPDATE",
     "riskd.account_limits": "SELECT",
+    "riskd.platform_positions": "SELECT",
+    "riskd.platform_accounts": "SELECT",
 }
 FUNCTIONS = (
     "riskd.check_accounts(text[], text, numeric, numeric, numeric, text)",
     "riskd.sweep(numeric, numeric, numeric)",
     "riskd.decide_level(bigint, numeric, numeric, numeric, numeric, numeric, text)",
     "riskd.utilization(bigint, numeric, numeric)",
+    "riskd.position_margin(numeric, numeric, numeric)",
+    "riskd.position_pnl(numeric)",
+    "riskd.position_data_error(numeric, numeric, numeric, numeric)",
 )
-FLATTEN_FUNCTION = "riskd.flatten(riskd.check_result[], numeric)"
+FLATTEN_FUNCTION = "riskd.flatten(riskd.check_result[], numeric, numeric)"
 
 
 def daemon_needs(settings: Settings) -> list[Need]:
@@ -65,7 +70,13 @@ def daemon_needs(settings: Settings) -> list[Need]:
         (m.accounts_table, (m.account_id, m.account_user, m.account_balance)),
         (
             m.positions_table,
-            (m.position_account, m.position_instrument, m.position_quantity, m.position_pnl),
+            (
+                m.position_id,
+                m.position_account,
+                m.position_instrument,
+                m.position_quantity,
+                m.position_pnl,
+            ),
         ),
         (m.instruments_table, (m.instrument_id, m.instrument_price, m.instrument_margin_rate)),
     ):

@@ -52,27 +52,41 @@ def _fragment(path: Path) -> sql.SQL:
     return sql.SQL("\n".join(lines).strip())
 
 
-def template_params(mapping: SchemaMapping, account_id_type: str) -> dict[str, sql.Composable]:
+def template_params(
+    mapping: SchemaMapping,
+    account_id_type: str,
+    *,
+    instrument_id_type: str = "text",
+    pnl_generated: bool = False,
+    balance_scale: int | None = None,
+) -> dict[str, sql.Composable]:
     """What the install templates may refer to.
 
-    ``account_id_type`` comes from the catalog (``format_type`` of the mapped account id
-    column), already in SQL syntax; it is the one piece not built from an identifier.
+    The types come from the catalog (``format_type`` of the mapped columns), already in SQL
+    syntax; they are the one piece not built from an identifier. ``pnl_generated``: the PnL
+    column is computed by the platform's table, so flatten leaves it alone. ``balance_scale``:
+    the balance column's numeric scale, which flatten rounds what it books to.
     """
+    pnl = sql.Identifier(mapping.position_pnl)
     return {
         "accounts": _table(mapping.accounts_table),
         "a_id": sql.Identifier(mapping.account_id),
         "a_user": sql.Identifier(mapping.account_user),
         "a_balance": sql.Identifier(mapping.account_balance),
         "positions": _table(mapping.positions_table),
+        "p_id": sql.Identifier(mapping.position_id),
         "p_account": sql.Identifier(mapping.position_account),
         "p_instrument": sql.Identifier(mapping.position_instrument),
         "p_quantity": sql.Identifier(mapping.position_quantity),
-        "p_pnl": sql.Identifier(mapping.position_pnl),
+        "p_pnl": pnl,
         "instruments": _table(mapping.instruments_table),
         "i_id": sql.Identifier(mapping.instrument_id),
         "i_price": sql.Identifier(mapping.instrument_price),
         "i_margin_rate": sql.Identifier(mapping.instrument_margin_rate),
         "account_id_type": sql.SQL(account_id_type),
+        "instrument_id_type": sql.SQL(instrument_id_type),
+        "set_pnl_zero": sql.SQL("") if pnl_generated else sql.SQL(", {} = 0").format(pnl),
+        "balance_scale": sql.SQL("NULL") if balance_scale is None else sql.Literal(balance_scale),
         "lock_class": sql.Literal(LOCK_CLASS),
     }
 

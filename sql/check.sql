@@ -41,6 +41,68 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
     END
 $fn$;
 
+-- What one open position counts for, and what is wrong with it. Data riskd cannot trust — a
+-- NaN or infinite quantity, price, margin rate or PnL, or a NULL price — counts nothing (the
+-- account is checked on what can be computed) and is named, which holds every action back
+-- (DESIGN §1). Plain SQL functions, inlined by the planner; every figure already numeric.
+CREATE FUNCTION riskd.position_margin(quantity numeric, price numeric, margin_rate numeric)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN quantity IN ('NaN', 'Infinity', '-Infinity')
+              OR price IS NULL OR price IN ('NaN', 'Infinity', '-Infinity')
+              OR margin_rate IN ('NaN', 'Infinity', '-Infinity')
+            THEN 0
+            ELSE abs(quantity) * price * COALESCE(margin_rate, 0) END;
+
+CREATE FUNCTION riskd.position_pnl(pnl numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN pnl IN ('NaN', 'Infinity', '-Infinity') THEN 0 ELSE COALESCE(pnl, 0) END;
+
+CREATE FUNCTION riskd.position_data_error(
+    quantity numeric, price numeric, margin_rate numeric, pnl numeric
+) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN NULLIF(jsonb_strip_nulls(jsonb_build_object(
+           'quantity', CASE WHEN quantity IN ('NaN', 'Infinity', '-Infinity')
+                            THEN quantity::text END,
+           'price', CASE WHEN price IS NULL THEN 'NULL'
+                         WHEN price IN ('NaN', 'Infinity', '-Infinity') THEN price::text END,
+           'margin_rate', CASE WHEN margin_rate IN ('NaN', 'Infinity', '-Infinity')
+                               THEN margin_rate::text END,
+           'pnl', CASE WHEN pnl IN ('NaN', 'Infinity', '-Infinity') THEN pnl::text END)),
+       '{{}}'::jsonb);
+
+-- The platform's data as the check and the sweep read it. Views, so that every reference to a
+-- platform table or column is recorded as a dependency: renaming a mapped column or table
+-- carries the views along, dropping one is refused naming them (I9). security_invoker: read
+-- with the caller's grants and row-level security, as if it read the tables. Every figure is
+-- cast to numeric: the platform may keep any numeric type.
+CREATE VIEW riskd.platform_positions WITH (security_invoker = true) AS
+SELECT v.*,
+       riskd.position_margin(v.quantity, v.price, v.margin_rate) AS margin,
+       riskd.position_pnl(v.pnl) AS pnl_value,
+       riskd.position_data_error(v.quantity, v.price, v.margin_rate, v.pnl) AS data_error
+FROM (
+    SELECT p.{p_id} AS position_id, p.{p_account} AS account_id,
+           p.{p_instrument}::text AS instrument, p.{p_quantity}::numeric AS quantity,
+           i.{i_price}::numeric AS price, i.{i_margin_rate}::numeric AS margin_rate,
+           p.{p_pnl}::numeric AS pnl
+    FROM {positions} AS p
+    LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
+    WHERE p.{p_quantity} <> 0
+) AS v;
+
+CREATE VIEW riskd.platform_accounts WITH (security_invoker = true) AS
+SELECT v.account_id, v.user_id, v.balance,
+       CASE WHEN v.balance IN ('NaN', 'Infinity', '-Infinity') THEN 0
+            ELSE COALESCE(v.balance, 0) END AS balance_value,
+       CASE WHEN v.balance IN ('NaN', 'Infinity', '-Infinity')
+            THEN jsonb_build_object('balance', v.balance::text) END AS data_error
+FROM (
+    SELECT a.{a_id} AS account_id, a.{a_user}::text AS user_id, a.{a_balance}::numeric AS balance
+    FROM {accounts} AS a
+) AS v;
+
 CREATE TYPE riskd.check_result AS (
     account_id       {account_id_type},
     user_id          text,
@@ -84,33 +146,34 @@ BEGIN
     WITH ids AS (
         SELECT DISTINCT i AS account_id FROM unnest(v_ids) AS i WHERE i IS NOT NULL
     ), acct AS (
-        SELECT a.{a_id} AS account_id, a.{a_user}::text AS user_id,
-               COALESCE(a.{a_balance}, 0) AS balance
-        FROM {accounts} AS a JOIN ids ON a.{a_id} = ids.account_id
-    ), pos AS (
-        SELECT p.{p_account} AS account_id, p.{p_instrument}::text AS instrument,
-               p.{p_quantity} AS quantity, i.{i_price} AS price,
-               i.{i_margin_rate} AS margin_rate, p.{p_pnl} AS pnl
-        FROM {positions} AS p
-        JOIN ids ON p.{p_account} = ids.account_id
-        LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
-        WHERE p.{p_quantity} <> 0
+        SELECT a.* FROM riskd.platform_accounts AS a JOIN ids USING (account_id)
     ), agg AS (
-        SELECT account_id,
+        SELECT p.account_id,
                count(*) AS n_open,
-               sum(COALESCE(pnl, 0)) AS pnl,
-               sum(abs(quantity) * COALESCE(price, 0) * COALESCE(margin_rate, 0)) AS used,
+               sum(p.pnl_value) AS pnl,
+               sum(p.margin) AS used,
                jsonb_agg(jsonb_build_object(
-                   'instrument', instrument, 'quantity', quantity, 'price', price,
-                   'margin_rate', margin_rate, 'pnl', pnl) ORDER BY instrument) AS positions
-        FROM pos GROUP BY account_id
+                   'position', p.position_id, 'instrument', p.instrument,
+                   'quantity', p.quantity, 'price', p.price, 'margin_rate', p.margin_rate,
+                   'pnl', p.pnl) ORDER BY p.instrument, p.position_id::text) AS positions,
+               jsonb_agg(p.data_error || jsonb_build_object('position', p.position_id))
+                   FILTER (WHERE p.data_error IS NOT NULL) AS data_errors
+        FROM riskd.platform_positions AS p JOIN ids USING (account_id)
+        GROUP BY p.account_id
     ), risk AS (
         SELECT acct.account_id, acct.user_id, acct.balance,
                COALESCE(agg.n_open, 0) AS n_open,
-               acct.balance + COALESCE(agg.pnl, 0) AS equity,
+               acct.balance_value + COALESCE(agg.pnl, 0) AS equity,
                COALESCE(agg.used, 0) AS used_margin,
                COALESCE(agg.positions, '[]'::jsonb) AS positions,
-               COALESCE(l.warning_threshold, p_warning) AS w,
+               NULLIF(COALESCE(agg.data_errors, '[]'::jsonb)
+                      || CASE WHEN acct.data_error IS NOT NULL
+                              THEN jsonb_build_array(acct.data_error)
+                              ELSE '[]'::jsonb END,
+                      '[]'::jsonb) AS data_errors,
+               -- a limit that sets one threshold keeps the warning at or under auto-close
+               LEAST(COALESCE(l.warning_threshold, p_warning),
+                     COALESCE(l.auto_close_threshold, p_auto_close)) AS w,
                COALESCE(l.auto_close_threshold, p_auto_close) AS ac,
                COALESCE(s.level, 'ok') AS previous_level,
                s.account_id IS NOT NULL AS known
@@ -139,10 +202,11 @@ BEGIN
             (account_id, user_id, from_level, to_level, utilization, equity, used_margin,
              detail, instance)
         SELECT account_id, user_id, previous_level, level, utilization, equity, used_margin,
-               jsonb_build_object(
+               jsonb_strip_nulls(jsonb_build_object(
                    'balance', balance, 'positions', positions,
                    'warning_threshold', w, 'auto_close_threshold', ac,
-                   'hysteresis', p_hysteresis, 'first_check', NOT known),
+                   'hysteresis', p_hysteresis, 'first_check', NOT known,
+                   'data_errors', data_errors)),
                p_instance
         FROM decided WHERE level <> previous_level
         RETURNING id, account_id
@@ -152,7 +216,10 @@ BEGIN
                jsonb_build_object('equity', equity, 'used_margin', used_margin,
                                   'positions', positions)
         FROM decided
-        WHERE p_mode = 'request' AND level = 'critical' AND previous_level <> 'critical'
+        -- every check of a critical account with open positions and trustworthy data asks,
+        -- so that one whose request was done or cancelled while still critical asks again;
+        -- the unique index keeps it to one pending request (I3)
+        WHERE p_mode = 'request' AND level = 'critical' AND n_open > 0 AND data_errors IS NULL
         ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
         RETURNING id, account_id
     ), cancelled AS (
@@ -173,7 +240,7 @@ BEGIN
     LEFT JOIN requested AS q ON q.account_id = d.account_id;
 
     IF p_mode = 'flatten' THEN
-        v_results := riskd.flatten(v_results, p_warning);
+        v_results := riskd.flatten(v_results, p_warning, p_auto_close);
     END IF;
 
     IF pg_notification_queue_usage() < v_notify_limit THEN
@@ -189,12 +256,25 @@ BEGIN
 END
 $fn$;
 
--- Auto-close mode `flatten`: for every account that has just become critical, close its open
--- positions at the current price, largest loss first, until it is back under its warning
--- threshold (all of them when equity <= 0), realising their PnL into the balance; record what
--- was closed in a close request with status `done`. Positions are locked first, then the
--- closing set is computed from a new snapshot, so a fill that raced the check is seen.
-CREATE FUNCTION riskd.flatten(p_results riskd.check_result[], p_warning numeric)
+-- Auto-close mode `flatten`: for every account found critical, close its open positions at the
+-- current price, largest loss first, until it is back under its warning threshold (all of them
+-- when equity <= 0), realising their PnL into the balance (rounded to the balance column's
+-- scale); record what was closed in a close request with status `done`. Every check of a
+-- critical account flattens again, so none is left critical with positions open; an account
+-- with data riskd cannot trust is never flattened (DESIGN §1).
+--
+-- A position is addressed by its key, its account and the table that holds the row
+-- (tableoid: partitions and inheritance children each hold their own rows), so a close
+-- touches only the breached account's own positions, each once (I7).
+--
+-- Never make a trade wait, nor die in a deadlock, for a flatten: the positions and then the
+-- account are locked with NOWAIT, in the order the platform's fills take them, before
+-- anything is computed; if any is held the batch fails with lock_not_available, rolls back
+-- whole, and the daemon retries the account alone a moment later. The closing set is then
+-- computed from a new snapshot, so a fill that raced the check is seen.
+CREATE FUNCTION riskd.flatten(
+    p_results riskd.check_result[], p_warning numeric, p_auto_close numeric
+)
 RETURNS riskd.check_result[]
 LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
 DECLARE
@@ -203,57 +283,72 @@ DECLARE
 BEGIN
     SELECT array_agg(r.account_id ORDER BY r.account_id) INTO v_ids
     FROM unnest(p_results) AS r
-    WHERE r.level = 'critical' AND r.previous_level <> 'critical';
+    WHERE r.level = 'critical';
     IF v_ids IS NULL THEN
         RETURN p_results;
     END IF;
 
-    -- Never make a trade wait, nor die in a deadlock, for a flatten: wait at most 200 ms for
-    -- the platform's row locks (below the 1 s deadlock_timeout, so riskd gives up first); the
-    -- batch then fails with lock_not_available, rolls back whole, and the daemon retries it.
-    PERFORM set_config('lock_timeout', '200ms', true);
-    -- the platform's fills lock a position and then its account: take them in that order
-    PERFORM 1 FROM {positions} AS p WHERE p.{p_account} = ANY (v_ids) FOR UPDATE;
-    PERFORM 1 FROM {accounts} AS a WHERE a.{a_id} = ANY (v_ids) FOR UPDATE;
+    PERFORM 1 FROM {positions} AS p
+    WHERE p.{p_account} = ANY (v_ids) AND p.{p_quantity} <> 0
+    FOR UPDATE NOWAIT;
+    PERFORM 1 FROM {accounts} AS a WHERE a.{a_id} = ANY (v_ids) FOR UPDATE NOWAIT;
 
     WITH pos AS (
-        SELECT p.ctid AS row_id, p.{p_account} AS account_id,
-               p.{p_instrument}::text AS instrument, p.{p_quantity} AS quantity,
-               i.{i_price} AS price, i.{i_margin_rate} AS margin_rate,
-               COALESCE(p.{p_pnl}, 0) AS pnl,
-               abs(p.{p_quantity}) * COALESCE(i.{i_price}, 0) * COALESCE(i.{i_margin_rate}, 0)
-                   AS margin
-        FROM {positions} AS p
-        LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
-        WHERE p.{p_account} = ANY (v_ids) AND p.{p_quantity} <> 0
+        -- straight from the table: the row's table (tableoid) is a system column, which the
+        -- view cannot carry without asking every mode for a table-wide SELECT
+        SELECT v.*,
+               riskd.position_margin(v.quantity, v.price, v.margin_rate) AS margin,
+               riskd.position_pnl(v.pnl) AS pnl_value,
+               riskd.position_data_error(v.quantity, v.price, v.margin_rate, v.pnl)
+                   AS data_error
+        FROM (
+            SELECT p.tableoid AS table_oid, p.{p_id} AS position_id,
+                   p.{p_account} AS account_id, p.{p_instrument}::text AS instrument,
+                   p.{p_quantity}::numeric AS quantity, i.{i_price}::numeric AS price,
+                   i.{i_margin_rate}::numeric AS margin_rate, p.{p_pnl}::numeric AS pnl
+            FROM {positions} AS p
+            LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
+            WHERE p.{p_account} = ANY (v_ids) AND p.{p_quantity} <> 0
+        ) AS v
     ), acct AS (
-        SELECT a.{a_id} AS account_id,
-               COALESCE(a.{a_balance}, 0) + COALESCE(sum(pos.pnl), 0) AS equity,
+        SELECT a.account_id,
+               a.balance_value + COALESCE(sum(pos.pnl_value), 0) AS equity,
                COALESCE(sum(pos.margin), 0) AS used,
-               COALESCE(l.warning_threshold, p_warning) AS w
-        FROM {accounts} AS a
-        LEFT JOIN pos ON pos.account_id = a.{a_id}
-        LEFT JOIN riskd.account_limits AS l ON l.account_id = a.{a_id}
-        WHERE a.{a_id} = ANY (v_ids)
-        GROUP BY a.{a_id}, a.{a_balance}, l.warning_threshold
+               LEAST(COALESCE(l.warning_threshold, p_warning),
+                     COALESCE(l.auto_close_threshold, p_auto_close)) AS w
+        FROM riskd.platform_accounts AS a
+        LEFT JOIN pos ON pos.account_id = a.account_id
+        LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
+        WHERE a.account_id = ANY (v_ids)
+        GROUP BY a.account_id, a.balance_value, a.data_error, l.warning_threshold,
+                 l.auto_close_threshold
+        -- data riskd cannot trust: no close is made on it
+        HAVING a.data_error IS NULL AND count(pos.data_error) = 0
     ), ordered AS (
         SELECT pos.*, acct.equity, acct.used, acct.w,
                acct.used - COALESCE(sum(pos.margin) OVER (
                    PARTITION BY pos.account_id
-                   ORDER BY pos.pnl, pos.instrument, pos.row_id
+                   ORDER BY pos.pnl_value, pos.instrument, pos.position_id::text
                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS used_before
         FROM pos JOIN acct USING (account_id)
     ), closing AS (
         SELECT * FROM ordered
         WHERE equity <= 0 OR used_before >= w * equity
     ), closed AS (
-        UPDATE {positions} AS p SET {p_quantity} = 0, {p_pnl} = 0
-        FROM closing AS c WHERE p.ctid = c.row_id
+        UPDATE {positions} AS p SET {p_quantity} = 0{set_pnl_zero}
+        FROM closing AS c
+        WHERE p.tableoid = c.table_oid AND p.{p_id} = c.position_id
+          AND p.{p_account} = c.account_id
         RETURNING c.*
+    ), booked AS (
+        -- what the balance column can hold: rounded to its scale (half away from zero)
+        SELECT account_id, sum(pnl_value) AS realised,
+               COALESCE(round(sum(pnl_value), {balance_scale}), sum(pnl_value)) AS booked
+        FROM closed GROUP BY account_id
     ), realised AS (
-        UPDATE {accounts} AS a SET {a_balance} = COALESCE(a.{a_balance}, 0) + r.pnl
-        FROM (SELECT account_id, sum(pnl) AS pnl FROM closed GROUP BY account_id) AS r
-        WHERE a.{a_id} = r.account_id
+        UPDATE {accounts} AS a SET {a_balance} = COALESCE(a.{a_balance}, 0) + b.booked
+        FROM booked AS b
+        WHERE a.{a_id} = b.account_id
         RETURNING a.{a_id} AS account_id
     ), audit AS (
         INSERT INTO riskd.close_requests (account_id, status, utilization, completed_at, detail)
@@ -262,15 +357,17 @@ BEGIN
                jsonb_build_object(
                    'mode', 'flatten', 'equity', acct.equity,
                    'used_margin_before', acct.used,
-                   'used_margin_after', acct.used - COALESCE(sum(c.margin), 0),
-                   'realised_pnl', COALESCE(sum(c.pnl), 0),
-                   'closed', COALESCE(jsonb_agg(jsonb_build_object(
-                       'instrument', c.instrument, 'quantity', c.quantity, 'price', c.price,
-                       'margin_rate', c.margin_rate, 'pnl', c.pnl)
-                       ORDER BY c.pnl, c.instrument) FILTER (WHERE c.row_id IS NOT NULL),
-                       '[]'::jsonb))
-        FROM acct LEFT JOIN closed AS c USING (account_id)
-        GROUP BY acct.account_id, acct.equity, acct.used
+                   'used_margin_after', acct.used - sum(c.margin),
+                   'realised_pnl', b.realised, 'booked_pnl', b.booked,
+                   'closed', jsonb_agg(jsonb_build_object(
+                       'position', c.position_id, 'instrument', c.instrument,
+                       'quantity', c.quantity, 'price', c.price,
+                       'margin_rate', c.margin_rate, 'pnl', c.pnl_value)
+                       ORDER BY c.pnl_value, c.instrument, c.position_id::text))
+        FROM acct
+        JOIN closed AS c USING (account_id)
+        JOIN booked AS b USING (account_id)
+        GROUP BY acct.account_id, acct.equity, acct.used, b.realised, b.booked
         RETURNING id, account_id
     )
     SELECT array_agg(ROW(r.account_id, r.user_id, r.level, r.previous_level, r.utilization,

@@ -3,7 +3,10 @@
 -- name: describe_table
 -- The kind of a mapped relation and its columns with their SQL types.
 SELECT c.relkind::text AS relkind, a.attname::text AS column_name,
-       format_type(a.atttypid, a.atttypmod) AS column_type, a.atttypid::int AS type_oid
+       format_type(a.atttypid, a.atttypmod) AS column_type, a.atttypid::int AS type_oid,
+       a.attgenerated <> '' AS generated,
+       CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod >= 4
+            THEN (a.atttypmod - 4) & 65535 END AS numeric_scale
 FROM pg_catalog.pg_class AS c
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_attribute AS a
@@ -168,3 +171,34 @@ ORDER BY t.n
 -- name: riskd_schema_exists
 -- Readable by any role (to_regclass on riskd's tables would need USAGE on the schema).
 SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'riskd')
+
+-- name: rls_hidden
+-- The mapped tables whose rows row-level security would hide from the current role (I8): RLS
+-- on, and the role neither a superuser, nor BYPASSRLS, nor (a member of) the owner of a table
+-- without FORCE, nor let through by a permissive policy USING (true) for SELECT with no
+-- restrictive policy beside it. A partition or child read through its parent answers to the
+-- parent's policies alone, so the mapped tables are all there is to ask.
+WITH t AS (
+    SELECT c.oid, c.relowner, c.relrowsecurity, c.relforcerowsecurity
+    FROM pg_catalog.pg_class AS c
+    WHERE c.oid = ANY (%(tables)s::text[]::regclass[])
+), applies AS (
+    SELECT p.polrelid, p.polpermissive, p.polqual
+    FROM pg_catalog.pg_policy AS p
+    WHERE p.polcmd IN ('r', '*')
+      AND (0::oid = ANY (p.polroles) OR EXISTS (
+               SELECT 1 FROM pg_catalog.unnest(p.polroles) AS r (role)
+               WHERE pg_catalog.pg_has_role(r.role, 'USAGE')))
+)
+SELECT t.oid::regclass::text AS table_name
+FROM t
+WHERE t.relrowsecurity
+  AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles AS r
+           WHERE r.rolname = current_user)
+  AND NOT (pg_catalog.pg_has_role(t.relowner, 'USAGE') AND NOT t.relforcerowsecurity)
+  AND NOT (EXISTS (SELECT 1 FROM applies AS a
+                   WHERE a.polrelid = t.oid AND a.polpermissive
+                     AND pg_catalog.pg_get_expr(a.polqual, a.polrelid) = 'true')
+           AND NOT EXISTS (SELECT 1 FROM applies AS a
+                           WHERE a.polrelid = t.oid AND NOT a.polpermissive))
+ORDER BY 1

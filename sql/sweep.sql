@@ -1,6 +1,9 @@
 -- The sweep (DESIGN §2.5): one set-based pass over every account, reading only. It records
 -- accounts never seen before that are `ok` (no lock needed: no event), and returns the
--- accounts whose level changes, which the caller then sends through riskd.check_accounts in
+-- accounts whose level changes, and the critical accounts with open positions and no pending
+-- close request (so that none is left critical with positions open, DESIGN §1: a request done
+-- or cancelled while still critical, flatten mode switched on, a flatten that could not
+-- finish), which the caller then sends through riskd.check_accounts in
 -- batches — the same locked path as every other check, so a sweep and the daemon never write
 -- the same transition twice. It does not rewrite the figures of accounts whose level holds:
 -- every change the triggers see is checked anyway, and rewriting 100 000 rows a minute after
@@ -12,27 +15,23 @@ LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
 BEGIN
     RETURN QUERY
     WITH agg AS (
-        SELECT p.{p_account} AS account_id,
-               count(*) AS n_open,
-               sum(COALESCE(p.{p_pnl}, 0)) AS pnl,
-               sum(abs(p.{p_quantity}) * COALESCE(i.{i_price}, 0)
-                   * COALESCE(i.{i_margin_rate}, 0)) AS used
-        FROM {positions} AS p
-        LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
-        WHERE p.{p_quantity} <> 0
-        GROUP BY p.{p_account}
+        SELECT p.account_id, count(*) AS n_open, sum(p.pnl_value) AS pnl,
+               sum(p.margin) AS used
+        FROM riskd.platform_positions AS p
+        GROUP BY p.account_id
     ), risk AS (
-        SELECT a.{a_id} AS account_id,
+        SELECT a.account_id,
                COALESCE(agg.n_open, 0) AS n_open,
-               COALESCE(a.{a_balance}, 0) + COALESCE(agg.pnl, 0) AS equity,
+               a.balance_value + COALESCE(agg.pnl, 0) AS equity,
                COALESCE(agg.used, 0) AS used_margin,
-               COALESCE(l.warning_threshold, p_warning) AS w,
+               LEAST(COALESCE(l.warning_threshold, p_warning),
+                     COALESCE(l.auto_close_threshold, p_auto_close)) AS w,
                COALESCE(l.auto_close_threshold, p_auto_close) AS ac,
                s.level AS recorded
-        FROM {accounts} AS a
-        LEFT JOIN agg ON agg.account_id = a.{a_id}
-        LEFT JOIN riskd.account_limits AS l ON l.account_id = a.{a_id}
-        LEFT JOIN riskd.account_state AS s ON s.account_id = a.{a_id}
+        FROM riskd.platform_accounts AS a
+        LEFT JOIN agg ON agg.account_id = a.account_id
+        LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
+        LEFT JOIN riskd.account_state AS s ON s.account_id = a.account_id
     ), decided AS (
         SELECT r.*,
                riskd.decide_level(r.n_open, r.equity, r.used_margin, r.w, r.ac, p_hysteresis,
@@ -47,6 +46,9 @@ BEGIN
     )
     SELECT d.account_id, d.level, COALESCE(d.recorded, 'ok')
     FROM decided AS d
-    WHERE d.level <> COALESCE(d.recorded, 'ok');
+    WHERE d.level <> COALESCE(d.recorded, 'ok')
+       OR (d.level = 'critical' AND d.n_open > 0
+           AND NOT EXISTS (SELECT 1 FROM riskd.close_requests AS c
+                           WHERE c.account_id = d.account_id AND c.status = 'pending'));
 END
 $fn$;

@@ -138,6 +138,7 @@ def test_first_check_records_state_and_writes_an_event_only_off_ok(db: Db) -> No
     assert detail["balance"] == 1000
     assert detail["positions"] == [
         {
+            "position": "p-hot",
             "instrument": "i1",
             "quantity": 95,
             "price": 100,

@@ -277,7 +277,7 @@ def test_the_daemon_gets_nothing_beyond_what_it_uses(db: Db, roles: Roles) -> No
     assert not _has(db, role, "has_column_privilege", "public.positions", "quantity", "UPDATE")
     assert not _has(db, role, "has_schema_privilege", "riskd", "CREATE")
     assert not _has(db, role, "has_database_privilege", db.name, "TEMPORARY")
-    flatten = "riskd.flatten(riskd.check_result[], numeric)"
+    flatten = "riskd.flatten(riskd.check_result[], numeric, numeric)"
     assert not _has(db, role, "has_function_privilege", flatten, "EXECUTE")
 
 

@@ -67,7 +67,7 @@ def test_up_down_to_base_and_up_again_leaves_the_catalog_as_it_was(bare_db: Db) 
 def test_check_flag_exits_1_until_migrated(bare_db: Db) -> None:
     behind = cli("migrate", "--check", dsn=bare_db.dsn)
     assert behind.exit_code == 1, behind.output
-    assert "nothing installed" in behind.output
+    assert "riskd is not installed" in behind.output
     assert cli("migrate", dsn=bare_db.dsn).exit_code == 0
     at_head = cli("migrate", "--check", dsn=bare_db.dsn)
     assert at_head.exit_code == 0 and HEAD in at_head.output
@@ -183,6 +183,7 @@ OTHER_MAPPING = SchemaMapping(
     account_user="Owner",
     account_balance="Cash",
     positions_table=TableName("Trading", "Pos"),
+    position_id="PosID",
     position_account="Acct",
     position_instrument="Instr",
     position_quantity="Qty",

@@ -170,3 +170,28 @@ def test_a_second_migrate_waits_for_the_first_and_says_so(bare_db: Db) -> None:
         holder.close()
         worker.join(60)
     assert outcome == [(None, HEAD)]
+
+
+def test_check_and_sweep_refuse_another_revision_in_one_line(bare_db: Db) -> None:
+    """What riskd-sweep.timer runs must not run a release on a schema it was not built for."""
+    migrate.migrate(bare_db.settings, "0001")
+    for args in (("sweep",), ("check", "a1")):
+        result = cli(*args, dsn=bare_db.dsn)
+        assert result.exit_code == 2
+        assert result.stderr == (
+            f"riskd: riskd schema at 0001, riskd {__version__} needs revision {HEAD}: "
+            "run `riskd migrate`\n"
+        )
+
+
+def test_the_sql_of_a_removal_leaves_nothing_and_the_sql_of_base_is_refused(
+    bare_db: Db,
+) -> None:
+    migrate.migrate(bare_db.settings)
+    script = cli("migrate", "--sql", "--revision", f"{HEAD}:base", dsn=bare_db.dsn)
+    assert script.exit_code == 0, script.output
+    assert "lock_timeout" in script.stdout and "pg_advisory_xact_lock" in script.stdout
+    bare_db.conn.execute(script.stdout)  # type: ignore[arg-type]
+    assert bare_db.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'riskd'") == 0
+    refused = cli("migrate", "--sql", "--revision", "base", dsn=bare_db.dsn)
+    assert refused.exit_code == 1 and "--revision <installed>:base" in refused.stderr

@@ -1,0 +1,483 @@
+"""The check and flatten on the layouts platforms really have (issue 9; I7, I8): partitioned
+and inherited positions, a generated PnL column, a balance of limited scale, other number
+types, data riskd cannot trust, a trade holding a row, a limit with one threshold, row-level
+security, a mapped column dropped. (Capture on these layouts: test_layouts.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from catalog import catalog
+from conftest import Db, _clone
+from test_migrate import cli
+
+from riskd import migrate
+from riskd.check import check_accounts, sweep
+from riskd.config import SchemaMapping, TableName
+from riskd.errors import SchemaMappingError
+from riskd.mapping import check_visibility
+
+MAPPING = SchemaMapping(
+    accounts_table=TableName("lay", "accounts"),
+    positions_table=TableName("lay", "positions"),
+    instruments_table=TableName("lay", "instruments"),
+)
+
+MAPPING_ENV = {
+    "RISKD_SCHEMA_ACCOUNTS_TABLE": "lay.accounts",
+    "RISKD_SCHEMA_POSITIONS_TABLE": "lay.positions",
+    "RISKD_SCHEMA_INSTRUMENTS_TABLE": "lay.instruments",
+}
+
+ACCOUNTS = 'CREATE TABLE lay.accounts (id text PRIMARY KEY, "userId" text, balance {balance});'
+INSTRUMENTS = (
+    "CREATE TABLE lay.instruments (id text PRIMARY KEY, symbol text, price {number},"
+    ' "marginRate" {number});'
+)
+POSITION_COLUMNS = (
+    'id text NOT NULL, "tradingAccountId" text NOT NULL, "instrumentId" text NOT NULL,'
+    ' quantity {number} NOT NULL, "unrealizedPnL" {number}'
+)
+
+LAYOUTS: dict[str, str] = {
+    "plain": f"CREATE TABLE lay.positions ({POSITION_COLUMNS}, PRIMARY KEY (id));",
+    # a position id is unique only together with its account: the partition key must be in it
+    "hash-partitioned": (
+        f'CREATE TABLE lay.positions ({POSITION_COLUMNS}, PRIMARY KEY (id, "tradingAccountId"))'
+        ' PARTITION BY HASH ("tradingAccountId");'
+        + "".join(
+            f"CREATE TABLE lay.positions_{i} PARTITION OF lay.positions"
+            f" FOR VALUES WITH (MODULUS 4, REMAINDER {i});"
+            for i in range(4)
+        )
+    ),
+    "list-partitioned": (
+        f'CREATE TABLE lay.positions ({POSITION_COLUMNS}) PARTITION BY LIST ("instrumentId");'
+        "CREATE TABLE lay.positions_i1 PARTITION OF lay.positions FOR VALUES IN ('i1');"
+        "CREATE TABLE lay.positions_rest PARTITION OF lay.positions DEFAULT;"
+    ),
+    # a child holds rows of its own (its key is not unique across parent and child)
+    "inherited": (
+        f'CREATE TABLE lay.positions ({POSITION_COLUMNS}, PRIMARY KEY (id, "tradingAccountId"));'
+        "CREATE TABLE lay.positions_archive () INHERITS (lay.positions);"
+    ),
+}
+
+
+@dataclasses.dataclass
+class Layout:
+    db: Db
+    settings: Any
+    name: str
+
+    def rows(self) -> dict[tuple[str, str], tuple[Decimal, Decimal | None]]:
+        rows = self.db.conn.execute(
+            'SELECT "tradingAccountId", id, quantity, "unrealizedPnL" FROM lay.positions'
+        ).fetchall()
+        return {(a, i): (q, p) for a, i, q, p in rows}
+
+    def balance(self, account: str) -> Decimal:
+        return Decimal(self.db.scalar("SELECT balance FROM lay.accounts WHERE id = %s", (account,)))
+
+    def check(self, *accounts: str, mode: str = "flatten") -> dict[str, Any]:
+        settings = dataclasses.replace(
+            self.settings, risk=dataclasses.replace(self.settings.risk, auto_close=mode)
+        )
+        return {r.account_id: r for r in check_accounts(self.db.conn, settings, list(accounts))}
+
+
+def make_layout(
+    db: Db,
+    layout: str,
+    *,
+    balance: str = "numeric",
+    number: str = "numeric",
+    positions: str | None = None,
+) -> Layout:
+    db.conn.execute("CREATE SCHEMA lay")
+    db.conn.execute(ACCOUNTS.format(balance=balance))  # type: ignore[arg-type]
+    db.conn.execute(INSTRUMENTS.format(number=number))  # type: ignore[arg-type]
+    ddl = positions if positions is not None else LAYOUTS[layout]
+    db.conn.execute(ddl.replace("{number}", number))  # type: ignore[arg-type]
+    settings = dataclasses.replace(db.settings, schema=MAPPING)
+    migrate.migrate(settings)
+    return Layout(db, settings, layout)
+
+
+@pytest.fixture(params=list(LAYOUTS))
+def layout(request: pytest.FixtureRequest, bare_db: Db) -> Iterator[Layout]:
+    yield make_layout(bare_db, request.param)
+
+
+def seed_book(lay: Layout) -> None:
+    """One breached account ('hot') and three healthy ones, every account's first position
+    called 'p1' (a key unique only with its account), in rows that share ctids across
+    partitions and children."""
+    conn = lay.db.conn
+    conn.execute(
+        "INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1), ('i2', 'I2', 100, 0.1)"
+    )
+    for account, balance in (("hot", 1000), ("h1", 100000), ("h2", 100000), ("h3", 100000)):
+        conn.execute("INSERT INTO lay.accounts VALUES (%s, 'u', %s)", (account, balance))
+    # hot: margins 600 + 400, PnL -30 and -20: equity 950, used 1000 (105 %)
+    insert = (
+        'INSERT INTO {} (id, "tradingAccountId", "instrumentId", quantity, "unrealizedPnL")'
+        " VALUES (%s, %s, %s, %s, %s)"
+    )
+    child = "lay.positions_archive" if lay.name == "inherited" else "lay.positions"
+    conn.execute(insert.format("lay.positions"), ("p1", "hot", "i1", 60, -30))  # type: ignore[arg-type]
+    conn.execute(insert.format(child), ("p2", "hot", "i2", -40, -20))  # type: ignore[arg-type]
+    for account in ("h1", "h2", "h3"):
+        conn.execute(insert.format(child), ("p1", account, "i1", 10, -5))  # type: ignore[arg-type]
+        conn.execute(insert.format("lay.positions"), ("p2", account, "i2", 10, 7))  # type: ignore[arg-type]
+
+
+SHARED_KEYS = [name for name in LAYOUTS if name != "plain"]  # 'p1' may repeat across accounts
+
+
+@pytest.mark.parametrize("name", SHARED_KEYS)
+def test_flatten_touches_only_the_breached_accounts_own_positions_once(
+    bare_db: Db, name: str
+) -> None:
+    layout = make_layout(bare_db, name)
+    seed_book(layout)
+    before = layout.rows()
+    result = layout.check("hot")["hot"]
+    assert result.level == "critical" and result.close_request_id is not None
+    after = layout.rows()
+    # the largest loss (p1, -30, margin 600) goes first: used 400 < 0.8 x 950 — done
+    assert after[("hot", "p1")] == (0, 0)
+    assert after[("hot", "p2")] == before[("hot", "p2")]
+    assert {k: v for k, v in after.items() if k[0] != "hot"} == {
+        k: v for k, v in before.items() if k[0] != "hot"
+    }
+    assert layout.balance("hot") == Decimal("970")
+    assert all(layout.balance(a) == 100000 for a in ("h1", "h2", "h3"))
+    detail = layout.db.scalar("SELECT detail FROM riskd.close_requests WHERE account_id = 'hot'")
+    assert [c["position"] for c in detail["closed"]] == ["p1"]
+    assert (detail["realised_pnl"], detail["booked_pnl"]) == (-30, -30)
+
+
+def test_flatten_by_key_on_a_plain_table(bare_db: Db) -> None:
+    layout = make_layout(bare_db, "plain")
+    conn = layout.db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 100), ('calm', 'u', 100000)")
+    conn.execute(
+        "INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 20, -1), ('b', 'calm', 'i1', 20, -1)"
+    )
+    layout.check("hot")
+    assert layout.rows() == {("hot", "a"): (0, 0), ("calm", "b"): (20, -1)}
+
+
+def test_a_generated_pnl_column_is_left_to_the_table(bare_db: Db) -> None:
+    lay = make_layout(
+        bare_db,
+        "generated",
+        positions=(
+            'CREATE TABLE lay.positions (id text PRIMARY KEY, "tradingAccountId" text,'
+            ' "instrumentId" text, quantity numeric, "averagePrice" numeric, "markPrice" numeric,'
+            ' "unrealizedPnL" numeric GENERATED ALWAYS AS'
+            ' (quantity * ("markPrice" - "averagePrice")) STORED)'
+        ),
+    )
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 100)")
+    conn.execute(
+        'INSERT INTO lay.positions (id, "tradingAccountId", "instrumentId", quantity,'
+        " \"averagePrice\", \"markPrice\") VALUES ('a', 'hot', 'i1', 20, 101, 100)"
+    )
+    result = lay.check("hot")["hot"]
+    assert result.close_request_id is not None
+    assert lay.rows() == {("hot", "a"): (0, 0)}  # quantity 0: the table computes PnL 0
+    assert lay.balance("hot") == 80
+
+
+def test_what_is_booked_fits_the_balance_columns_scale(bare_db: Db) -> None:
+    lay = make_layout(bare_db, "plain", balance="numeric(18,2)")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 100)")
+    conn.execute("INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 20, -10.005)")
+    lay.check("hot")
+    detail = bare_db.scalar("SELECT detail FROM riskd.close_requests")
+    assert Decimal(str(detail["realised_pnl"])) == Decimal("-10.005")
+    assert Decimal(str(detail["booked_pnl"])) == Decimal("-10.01")
+    assert lay.balance("hot") == Decimal("89.99")
+
+
+@pytest.mark.parametrize("number", ["double precision", "real", "integer", "bigint"])
+def test_other_number_types_are_checked_as_numeric(bare_db: Db, number: str) -> None:
+    lay = make_layout(bare_db, "plain", balance=number, number=number)
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 1000), ('calm', 'u', 1000)")
+    conn.execute(
+        "INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 9, 0), ('b', 'calm', 'i1', 1, 0)"
+    )
+    results = lay.check("hot", "calm", mode="request")
+    assert (results["hot"].level, results["calm"].level) == ("critical", "ok")
+    assert [r.level for r in sweep(conn, lay.settings).transitions] == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ("UPDATE lay.instruments SET price = 'NaN' WHERE id = 'i2'", {"price": "NaN"}),
+        ("UPDATE lay.instruments SET price = NULL WHERE id = 'i2'", {"price": "NULL"}),
+        (
+            "UPDATE lay.instruments SET \"marginRate\" = 'Infinity' WHERE id = 'i2'",
+            {"margin_rate": "Infinity"},
+        ),
+        (
+            "UPDATE lay.positions SET \"unrealizedPnL\" = '-Infinity' WHERE id = 'b'",
+            {"pnl": "-Infinity"},
+        ),
+        ("UPDATE lay.accounts SET balance = 'NaN' WHERE id = 'hot'", {"balance": "NaN"}),
+    ],
+)
+def test_data_riskd_cannot_trust_decides_no_close_and_is_named(
+    bare_db: Db, bad: str, named: dict[str, str]
+) -> None:
+    lay = make_layout(bare_db, "plain", balance="double precision", number="double precision")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1), ('i2', 'I2', 1, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 1000)")
+    # i1 alone makes the account critical (95 %); i2 is a small position
+    conn.execute(
+        "INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 95, 0), ('b', 'hot', 'i2', 1, 0)"
+    )
+    conn.execute(bad)  # type: ignore[arg-type]
+    for mode in ("flatten", "request"):
+        result = lay.check("hot", mode=mode)["hot"]
+        assert result.level == "critical"
+        assert result.close_request_id is None
+    assert lay.rows() == {("hot", "a"): (95, 0), ("hot", "b"): lay.rows()[("hot", "b")]}
+    assert bare_db.scalar("SELECT count(*) FROM riskd.close_requests") == 0
+    detail = bare_db.scalar("SELECT detail FROM riskd.risk_events WHERE account_id = 'hot'")
+    (error,) = detail["data_errors"]
+    assert named.items() <= error.items()
+
+
+def test_a_healthy_account_with_one_nan_price_is_not_made_critical(bare_db: Db) -> None:
+    lay = make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute(
+        "INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1), ('i2', 'I2', 'NaN', 0.1)"
+    )
+    conn.execute("INSERT INTO lay.accounts VALUES ('calm', 'u', 1000)")
+    conn.execute(
+        "INSERT INTO lay.positions VALUES ('a', 'calm', 'i1', 10, 0), ('b', 'calm', 'i2', 1, 0)"
+    )
+    result = lay.check("calm")["calm"]
+    assert result.level == "ok" and result.used_margin == 100
+    assert lay.rows()[("calm", "a")] == (10, 0)
+
+
+def test_flatten_never_waits_for_a_trade_holding_a_position(bare_db: Db) -> None:
+    lay = make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 100)")
+    conn.execute("INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 20, -1)")
+    with bare_db.connect(autocommit=False) as trade:
+        trade.execute("UPDATE lay.positions SET \"unrealizedPnL\" = -2 WHERE id = 'a'")
+        # NOWAIT: refused at once ("could not obtain lock"), not after a lock timeout, so a
+        # flatten is never in a lock queue that a trade could join behind it (finding 5)
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="could not obtain lock"):
+            lay.check("hot")
+        trade.rollback()
+    conn.execute("ROLLBACK") if conn.info.transaction_status else None
+    assert lay.check("hot")["hot"].close_request_id is not None
+    assert lay.rows() == {("hot", "a"): (0, 0)}
+
+
+def test_a_limit_with_one_threshold_keeps_the_warning_under_auto_close(bare_db: Db) -> None:
+    lay = make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute(
+        "INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1), ('i2', 'I2', 100, 0.1)"
+    )
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 1000)")
+    conn.execute("INSERT INTO riskd.account_limits VALUES ('hot', NULL, 0.5)")
+    # 60 % used: critical under auto-close 0.5; closing the larger loss leaves 30 % < 0.5
+    conn.execute(
+        "INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 30, -2), ('b', 'hot', 'i2', 30, -1)"
+    )
+    assert lay.check("hot")["hot"].level == "critical"
+    assert lay.rows()[("hot", "a")] == (0, 0) and lay.rows()[("hot", "b")] == (30, -1)
+    detail = bare_db.scalar("SELECT detail FROM riskd.close_requests")
+    assert [c["position"] for c in detail["closed"]] == ["a"]
+
+
+def test_a_critical_account_with_positions_open_is_never_left_so(bare_db: Db) -> None:
+    """Request mode: the platform marks the request done without reducing exposure; the next
+    sweep asks again. Then flatten is switched on: the next sweep flattens."""
+    lay = make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 1000)")
+    conn.execute("INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 95, 0)")
+    assert lay.check("hot", mode="request")["hot"].close_request_id is not None
+    conn.execute("UPDATE riskd.close_requests SET status = 'done', completed_at = now()")
+    sweep(conn, lay.settings)
+    assert [s for (s,) in conn.execute("SELECT status FROM riskd.close_requests ORDER BY id")] == [
+        "done",
+        "pending",
+    ]
+    assert bare_db.scalar("SELECT count(*) FROM riskd.risk_events") == 1  # no new transition
+    conn.execute("UPDATE riskd.close_requests SET status = 'cancelled' WHERE status = 'pending'")
+    flatten = dataclasses.replace(
+        lay.settings, risk=dataclasses.replace(lay.settings.risk, auto_close="flatten")
+    )
+    sweep(conn, flatten)
+    assert lay.rows() == {("hot", "a"): (0, 0)}
+    statuses = [s for (s,) in conn.execute("SELECT status FROM riskd.close_requests ORDER BY id")]
+    assert statuses == ["done", "cancelled", "done"]
+    sweep(conn, flatten)  # nothing left to close: no empty audit row
+    assert bare_db.scalar("SELECT count(*) FROM riskd.close_requests") == 3
+
+
+def test_dropping_a_mapped_column_is_refused_naming_riskd(layout: Layout) -> None:
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as refused:
+        layout.db.conn.execute('ALTER TABLE lay.positions DROP COLUMN "unrealizedPnL"')
+    assert "riskd.platform_positions" in str(refused.value)
+
+
+def _role_connection(db: Db, role: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(psycopg.conninfo.make_conninfo(db.dsn, user=role), autocommit=True)
+
+
+def test_row_level_security_that_hides_rows_is_refused_in_one_line(bare_db: Db) -> None:
+    """I8: a policy the checking role does not pass would make it compute on a subset."""
+    make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 1000)")
+    conn.execute("INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 95, 0)")
+    conn.execute("CREATE ROLE rls_checker LOGIN")
+    try:
+        conn.execute("GRANT USAGE ON SCHEMA lay, riskd TO rls_checker")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA lay, riskd TO rls_checker")
+        conn.execute("ALTER TABLE lay.positions ENABLE ROW LEVEL SECURITY")
+        conn.execute(
+            "CREATE POLICY mine ON lay.positions USING"
+            " (\"tradingAccountId\" = current_setting('app.account', true))"
+        )
+        with _role_connection(bare_db, "rls_checker") as checker:
+            with pytest.raises(SchemaMappingError) as refused:
+                check_visibility(checker, MAPPING)
+            assert str(refused.value).startswith(
+                "row-level security on lay.positions hides rows from role rls_checker:"
+            )
+            # the CLI says it in one line, exit 2, before checking anything
+            result = cli(
+                "check",
+                "hot",
+                dsn=psycopg.conninfo.make_conninfo(bare_db.dsn, user="rls_checker"),
+                env=MAPPING_ENV,
+            )
+            assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+            assert "row-level security on lay.positions" in result.stderr
+            # a policy that lets the role see every row, and nothing restrictive: accepted
+            conn.execute(
+                "CREATE POLICY riskd_sees_all ON lay.positions FOR SELECT TO rls_checker"
+                " USING (true)"
+            )
+            check_visibility(checker, MAPPING)
+            conn.execute(
+                "CREATE POLICY narrow ON lay.positions AS RESTRICTIVE USING (quantity < 10)"
+            )
+            with pytest.raises(SchemaMappingError):
+                check_visibility(checker, MAPPING)
+        # the owner passes, unless FORCE applies the policies to it too
+        check_visibility(conn, MAPPING)  # a superuser
+        conn.execute("ALTER ROLE rls_checker BYPASSRLS")
+        with _role_connection(bare_db, "rls_checker") as checker:
+            check_visibility(checker, MAPPING)
+    finally:
+        conn.execute("DROP OWNED BY rls_checker CASCADE")
+        conn.execute("DROP ROLE rls_checker")
+
+
+def test_forced_row_level_security_binds_the_owner_too(bare_db: Db) -> None:
+    make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute("CREATE ROLE rls_owner LOGIN")
+    try:
+        conn.execute("GRANT USAGE ON SCHEMA lay TO rls_owner")
+        conn.execute("ALTER TABLE lay.positions OWNER TO rls_owner")
+        conn.execute("ALTER TABLE lay.positions ENABLE ROW LEVEL SECURITY")
+        with _role_connection(bare_db, "rls_owner") as owner:
+            check_visibility(owner, MAPPING)
+            conn.execute("ALTER TABLE lay.positions FORCE ROW LEVEL SECURITY")
+            with pytest.raises(SchemaMappingError, match="hides rows from role rls_owner"):
+                check_visibility(owner, MAPPING)
+    finally:
+        conn.execute("DROP OWNED BY rls_owner CASCADE")
+        conn.execute("DROP ROLE rls_owner")
+
+
+def test_migrate_with_a_changed_mapping_installs_the_capture_again_keeping_riskds_rows(
+    server: Any, bare_db: Db
+) -> None:
+    """I9: the platform's migration renamed a table and a column; `riskd migrate` with the new
+    [schema] says so, installs what head renders from the mapping again in place, keeps every
+    row of riskd's tables, and ends with the catalog of a fresh install on that mapping."""
+    lay = make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 1000), ('calm', 'u', 1000)")
+    conn.execute(
+        "INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 95, 0), ('b', 'calm', 'i1', 1, 0)"
+    )
+    conn.execute("INSERT INTO riskd.account_limits VALUES ('calm', 0.5, 0.6)")
+    lay.check("hot", "calm", mode="request")
+    kept = {
+        t: conn.execute(f"SELECT * FROM riskd.{t} ORDER BY 1").fetchall()  # type: ignore[arg-type]
+        for t in ("risk_events", "close_requests", "account_limits", "account_state")
+    }
+    conn.execute('ALTER TABLE lay.positions RENAME COLUMN "unrealizedPnL" TO unrealized_pnl')
+    conn.execute("ALTER TABLE lay.positions RENAME TO book")
+    renamed = {
+        **MAPPING_ENV,
+        "RISKD_SCHEMA_POSITIONS_TABLE": "lay.book",
+        "RISKD_SCHEMA_POSITION_PNL": "unrealized_pnl",
+    }
+    assert cli("migrate", "--check", dsn=bare_db.dsn, env=renamed).exit_code == 1
+    done = cli("migrate", dsn=bare_db.dsn, env=renamed)
+    assert done.exit_code == 0, done.output
+    assert "installed again for the new [schema] mapping" in done.stdout
+    assert cli("migrate", "--check", dsn=bare_db.dsn, env=renamed).exit_code == 0
+    for table, rows in kept.items():
+        assert conn.execute(f"SELECT * FROM riskd.{table} ORDER BY 1").fetchall() == rows  # type: ignore[arg-type]
+    # a trade on the renamed table is captured
+    conn.execute("TRUNCATE riskd.dirty_accounts")
+    conn.execute("UPDATE lay.book SET quantity = 2 WHERE id = 'b'")
+    assert bare_db.scalar("SELECT array_agg(DISTINCT account_id) FROM riskd.dirty_accounts") == [
+        "calm"
+    ]
+    # the same catalog as riskd installed fresh on the renamed platform
+    with contextmanager(_clone)(server, "reference") as fresh:
+        fresh.conn.execute("CREATE SCHEMA lay")
+        fresh.conn.execute(ACCOUNTS.format(balance="numeric"))  # type: ignore[arg-type]
+        fresh.conn.execute(INSTRUMENTS.format(number="numeric"))  # type: ignore[arg-type]
+        fresh.conn.execute(
+            LAYOUTS["plain"]
+            .replace("{number}", "numeric")
+            .replace('"unrealizedPnL"', "unrealized_pnl")
+            .replace("lay.positions", "lay.book")  # type: ignore[arg-type]
+        )
+        mapping = dataclasses.replace(
+            MAPPING, positions_table=TableName("lay", "book"), position_pnl="unrealized_pnl"
+        )
+        migrate.migrate(dataclasses.replace(fresh.settings, schema=mapping))
+        expected = catalog(fresh.conn)
+    assert catalog(conn) == expected
