@@ -81,8 +81,15 @@ GRANT USAGE ON SCHEMA public TO :"daemon_role";      -- the schema(s) of the map
 GRANT SELECT ON riskd.alembic_version, riskd.installation TO :"daemon_role";
 
 -- The drain takes the dirty set (DELETE … RETURNING, which needs SELECT); at a stop, the
--- accounts left unchecked go back into it (INSERT).
+-- accounts left unchecked go back into it (INSERT). In the same statement it takes the
+-- instrument marks and fans them out to their holders (riskd.drain_instruments, not SECURITY
+-- DEFINER: it runs with these privileges and the SELECT on positions below).
 GRANT SELECT, INSERT, DELETE ON riskd.dirty_accounts TO :"daemon_role";
+GRANT SELECT, DELETE ON riskd.dirty_instruments TO :"daemon_role";
+
+-- The sweep leader takes the sweep requests a TRUNCATE of a mapped table leaves
+-- (DELETE … RETURNING).
+GRANT SELECT, DELETE ON riskd.sweep_requests TO :"daemon_role";
 
 -- Re-arming the wake-up after an empty drain is setval(), which needs UPDATE on the sequence
 -- (and nothing else: the triggers draw from it with their owner's rights).
@@ -112,7 +119,8 @@ GRANT EXECUTE ON FUNCTION
     riskd.utilization(bigint, numeric, numeric),
     riskd.position_margin(numeric, numeric, numeric),
     riskd.position_pnl(numeric),
-    riskd.position_data_error(numeric, numeric, numeric, numeric)
+    riskd.position_data_error(numeric, numeric, numeric, numeric),
+    riskd.drain_instruments()
 TO :"daemon_role";
 
 -- The check and the sweep read the platform's tables through two views of riskd's

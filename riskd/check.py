@@ -120,12 +120,24 @@ def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 
 
 def sweep(
-    conn: psycopg.Connection[Any], settings: Settings, instance: str | None = None
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    instance: str | None = None,
+    *,
+    take_marks: bool = False,
 ) -> SweepResult:
-    """One full pass over all accounts; transitions go through check_accounts in batches."""
+    """One full pass over all accounts; transitions go through check_accounts in batches.
+
+    ``take_marks``: first take the marks the pass covers (`riskd sweep`, which a deployment
+    without a daemon runs from a timer: nothing else would ever drain them). They are taken in
+    a transaction of their own, committed before the pass reads, so each was made before it.
+    """
     started = time.monotonic()
     result = SweepResult()
     params = _params(settings)
+    if take_marks:
+        with conn.transaction():
+            conn.execute(query("take_marks"))
     with conn.transaction():
         candidates = [
             row[0]

@@ -161,6 +161,8 @@ def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> No
         click.echo(f"riskd schema already at {done.after or 'base'}")
     else:
         click.echo(f"riskd schema {done.before or 'base'} -> {done.after or 'base'}")
+    for note in done.notes:
+        click.echo(note, err=True)
 
 
 @main.command()
@@ -227,7 +229,7 @@ def sweep(opts: _Options, as_json: bool) -> None:
     settings = opts.settings()
     _require_schema(settings)
     with connect(settings) as conn:
-        result = checks.sweep(conn, settings)
+        result = checks.sweep(conn, settings, take_marks=True)
     if as_json:
         _print_json(result)
         return

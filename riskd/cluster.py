@@ -41,6 +41,8 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "synchronous_commit": "off",
     "full_page_writes": "off",
     "max_connections": "100",
+    # two-phase commit on, as on the platforms that use it (tests/integration/test_layouts.py)
+    "max_prepared_transactions": "10",
 }
 
 # Every subprocess has a deadline, so a wedged server fails a test instead of hanging it.

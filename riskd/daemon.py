@@ -7,13 +7,15 @@ Tasks, each owning its connection:
   ``PING_TIMEOUT``, else the connection counts as dead however healthy its socket looks (a
   silently stalled network). Reconnects with capped exponential backoff and jitter.
 * drainer: on a wake-up, and on a short timer (a wake-up can race a commit), takes the dirty set
-  (``DELETE … RETURNING``: several instances share it without locks) into the debouncer; while
-  drains keep finding marks it drains again after ``BUSY_DRAIN_INTERVAL``; after an empty one it
-  re-arms the wake-up.
+  (``DELETE … RETURNING``: several instances share it without locks), and the holders of the
+  instruments marked since (riskd.drain_instruments), into the debouncer; while drains keep
+  finding marks it drains again after ``BUSY_DRAIN_INTERVAL``; after an empty one it re-arms the
+  wake-up.
 * checker: due accounts from the debouncer, in batches of ``batch_size``, ahead of sweep work;
   one round trip and one transaction per batch (riskd.check_accounts).
 * sweeper: the instance holding the sweep leader lock (a session advisory lock) sweeps every
-  ``sweep_interval`` and right after every (re)connect; the others try for the lock meanwhile.
+  ``sweep_interval``, right after every (re)connect, and as soon as it finds a sweep request (a
+  TRUNCATE of a mapped table); the others try for the lock meanwhile.
 * reporter: the heartbeat row in riskd.daemons, systemd STATUS=, and WATCHDOG=1 only while the
   loop and the listener are healthy.
 
@@ -49,7 +51,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from riskd import __version__, migrate, privileges
+from riskd import __version__, capture, migrate, privileges
 from riskd import check as checks
 from riskd.config import Settings, mask_dsn
 from riskd.db import APPLICATION_NAME, require_dsn
@@ -68,6 +70,9 @@ PING_INTERVAL = 2.0  # seconds between self-pings on the listener
 PING_TIMEOUT = 3.0  # a ping not back by then: the listener is dead
 DRAIN_INTERVAL = 0.1  # the timer drain, for wake-ups that raced a commit or were skipped
 BUSY_DRAIN_INTERVAL = 0.005  # while drains keep finding marks
+# the sweep leader looks for sweep requests on every wake-up, and at least this often (a
+# TRUNCATE that found a wake-up pending sends none)
+SWEEP_REQUEST_POLL = 1.0
 HEARTBEAT_INTERVAL = 2.0
 DRAIN_TIMEOUT = 30.0
 STALE_ROW_TTL = 300.0  # a dead instance's heartbeat row stays visible (stale) this long
@@ -115,6 +120,16 @@ class SchemaMoved(ConfigError):
 
 
 LISTENER_FAULTS: tuple[type[Exception], ...] = (*TRANSIENT, ListenerStalled)
+# What a worker meets when `riskd migrate` moved the schema under the daemon (a plan cached
+# before the move fails with "could not open relation with OID …", an internal error); each is
+# told apart from a real fault by reading the revision again.
+SCHEMA_GONE: tuple[type[Exception], ...] = (
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedObject,
+    psycopg.errors.InternalError_,
+)
 CHECK_FAULTS: tuple[type[Exception], ...] = (psycopg.Error, *TRANSIENT)
 
 
@@ -149,6 +164,7 @@ class Stats:
     # the revision this daemon runs: the version fence (sql/fence.sql) refuses the heartbeat
     # once the database holds another
     schema_revision: str = ""
+    capture_problems: list[str] = field(default_factory=list)  # I8, riskd/capture.py
     events_by_level: dict[str, int] = field(default_factory=dict)
 
 
@@ -190,6 +206,8 @@ class Daemon:
         self._in_flight: list[tuple[str, float]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweep_pending = 0
+        # a wake-up came (or a sweep request drew one) since the drainer last looked
+        self._woken = False
         # created in run(), inside the event loop
         self._stopping: asyncio.Event
         self._work: asyncio.Event
@@ -199,6 +217,7 @@ class Daemon:
         self._listen_ready: asyncio.Event
         self._ready: asyncio.Event
         self._sweep_done: asyncio.Event
+        self._sweep_poke: asyncio.Event
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 
     # ----------------------------------------------------------------- plumbing
@@ -329,6 +348,7 @@ class Daemon:
             hidden = [r[0] for r in await cur.fetchall()]
             if hidden:
                 raise rls_refusal(hidden, str(conn.info.user))
+            await self._check_capture(conn)
             log.info("riskd schema at revision %s, as this riskd needs", row[0] if row else None)
 
     def _check_revision(self, current: str | None, *, running: bool = False) -> None:
@@ -356,6 +376,7 @@ class Daemon:
         self._reconnected = asyncio.Event()
         self._swept_once = asyncio.Event()
         self._sweep_done = asyncio.Event()
+        self._sweep_poke = asyncio.Event()
         self._listen_ready = asyncio.Event()
         self._ready = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -430,6 +451,10 @@ class Daemon:
         for task in crashed:
             exc = task.exception()
             assert exc is not None
+            if isinstance(exc, SCHEMA_GONE):
+                # riskd's own objects vanished under a worker: the schema was moved (migrate
+                # to another revision or to base); say so in the fence's words, exit 2
+                exc = await self._schema_moved_or(exc)
             if isinstance(exc, ConfigError):
                 code = 2
                 log.error("%s", exc)
@@ -446,6 +471,23 @@ class Daemon:
                 log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
         return await self._shutdown(workers, checker, ready, code=code)
 
+    async def _schema_moved_or(self, exc: BaseException) -> BaseException:
+        """The revision check a heartbeat would have made, now: SchemaMoved if the schema
+        moved, the error itself otherwise."""
+        try:
+            conn = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
+            async with conn:
+                cur = await conn.execute(query("schema_revision"))
+                row = await cur.fetchone()
+            self._check_revision(row[0] if row else None, running=True)
+        except SchemaMoved as moved:
+            return moved
+        except psycopg.errors.UndefinedTable:
+            return SchemaMoved("riskd was removed from this database under the daemon: stopping")
+        except (psycopg.Error, OSError, TimeoutError):
+            pass
+        return exc
+
     def request_stop(self) -> None:
         """Stop the daemon as SIGTERM does (for an embedding program: the demo)."""
         log.info("stop requested")
@@ -456,7 +498,13 @@ class Daemon:
         (never cancelled in the middle of a query: psycopg then tries to cancel it on the
         server, which can take seconds)."""
         self._stopping.set()
-        for event in (self._drain_now, self._reconnected, self._work, self._sweep_done):
+        for event in (
+            self._drain_now,
+            self._reconnected,
+            self._work,
+            self._sweep_done,
+            self._sweep_poke,
+        ):
             event.set()
 
     async def _pause(self, seconds: float, event: asyncio.Event | None = None) -> None:
@@ -550,6 +598,7 @@ class Daemon:
             self._listen_ready.set()
             self._listener_progress = self.clock()
             self._reconnected.set()
+            self._sweep_poke.set()
             self._drain_now.set()
             try:
                 await self._listen(conn)
@@ -617,7 +666,9 @@ class Daemon:
         # counted and dropped, never parsed into an action (I4).
         if notify.payload == "":
             self.stats.notifications += 1
+            self._woken = True
             self._drain_now.set()
+            self._sweep_poke.set()
             return False
         self.stats.malformed_payloads += 1
         self._malformed_since_log += 1
@@ -640,12 +691,14 @@ class Daemon:
         # Re-arm only once after marks were found: a wake-up stays armed until a mark draws
         # it, and a drawn one means marks that some drain will find (and then re-arm), so an
         # idle daemon's timer drain is one statement, with no write to the wakeup sequence
-        # that every trading mark reads.
+        # that every trading mark reads. A wake-up whose drain finds nothing was drawn without
+        # a mark (by a sweep request, or for marks another instance took): re-arm then too.
         armed = False
         while not self._stopping.is_set():
             self._drain_now.clear()
+            woken, self._woken = self._woken, False
             found = await self._retry("drain", self._bounded(self._drain_once))
-            if not found and not armed:
+            if not found and (woken or not armed):
                 found = await self._retry("drain", self._bounded(self._rearm_and_drain))
                 armed = True
             if found:
@@ -816,13 +869,13 @@ class Daemon:
                             log.info("this instance is the sweep leader")
                     if self.stats.leader:
                         self._reconnected.clear()
+                        await self._take_sweep_requests(conn)  # this sweep honours them
                         await self._sweep(conn)
-                        wait = interval
-                    else:
-                        wait = min(interval, 5.0)
                     self._swept_once.set()
-                    # only the leader sweeps after a reconnect; the others just retry the lock
-                    await self._pause(wait, self._reconnected if self.stats.leader else None)
+                    if self.stats.leader:
+                        await self._until_next_sweep(conn, interval)
+                    else:  # only the leader sweeps; the others just retry the lock
+                        await self._pause(min(interval, 5.0))
             except TRANSIENT as exc:
                 self.stats.errors += 1
                 log.warning("sweep connection lost: %s; reconnecting", _reason(exc))
@@ -831,7 +884,45 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 1.0)
 
+    async def _until_next_sweep(self, conn: psycopg.AsyncConnection[Any], interval: float) -> None:
+        """Wait until the next sweep is due: ``sweep_interval`` gone by, a reconnect, or a sweep
+        request found (looked for on every wake-up and every ``SWEEP_REQUEST_POLL``)."""
+        due = self.clock() + interval
+        while not (self._stopping.is_set() or self._reconnected.is_set()):
+            left = due - self.clock()
+            if left <= 0:
+                return
+            self._sweep_poke.clear()
+            if await self._take_sweep_requests(conn):
+                return
+            await self._pause(min(left, SWEEP_REQUEST_POLL), self._sweep_poke)
+
+    async def _take_sweep_requests(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        """Take the pending sweep requests (sql/capture.sql: a TRUNCATE of a mapped table asks
+        for one); how many there were."""
+        cur = await conn.execute(query("take_sweep_requests"))
+        row = await cur.fetchone()
+        requests, reasons = row if row else (0, None)
+        if requests:
+            log.info(
+                "sweep requested: %s", reasons, extra={"requests": requests, "reason": reasons}
+            )
+            self._woken = True  # they drew the wake-up without a mark: the drainer re-arms it
+        return int(requests)
+
+    async def _check_capture(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """I8: say which capture trigger is missing or disabled, at start and at every sweep
+        (the sweep covers what they miss meanwhile); `riskd migrate` repairs."""
+        found = await capture.aproblems(conn, self.settings.schema)
+        if found != self.stats.capture_problems:
+            for problem in found:
+                log.error("%s: its changes wait for the sweep; run `riskd migrate`", problem)
+            if not found:
+                log.info("capture triggers in place again")
+        self.stats.capture_problems = found
+
     async def _sweep(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await self._check_capture(conn)
         started = self.clock()
         candidates = await checks.asweep_candidates(conn, self.settings)
         if candidates:

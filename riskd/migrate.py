@@ -40,7 +40,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from psycopg import sql
 
-from riskd import __version__
+from riskd import __version__, capture
 from riskd import mapping as schema_mapping
 from riskd.config import Settings
 from riskd.db import connect
@@ -234,7 +234,7 @@ def _apply(settings: Settings, target: str) -> Outcome:
         if before is not None and not known(before):
             raise newer_schema_error(before)
         action = plan(before, target, head(), _below(before) if before else set())
-        if action is Action.NONE and before == head() and _mapping_changed(conn, settings):
+        if action is Action.NONE and before == head() and _capture_astray(conn, settings):
             action = Action.REMAP
         cfg = _alembic_config(settings, connection=conn)
         if action is Action.REMAP:
@@ -254,7 +254,11 @@ def _apply(settings: Settings, target: str) -> Outcome:
         conn.commit()
         if action is not Action.NONE:
             log.info("migrate.done", extra={"before": before, "after": _current(conn)})
-        return Outcome(before, _current(conn), action)
+        note = None
+        if action in (Action.INSTALL, Action.UPGRADE, Action.REMAP):
+            prepared = conn.exec_driver_sql("SHOW max_prepared_transactions").scalar()
+            note = prepared_transactions_note(int(prepared or 0))
+        return Outcome(before, _current(conn), action, (note,) if note else ())
 
 
 def mapping_matches(settings: Settings) -> bool:
@@ -264,9 +268,14 @@ def mapping_matches(settings: Settings) -> bool:
     return row is not None and row[0] == schema_mapping.as_json(settings.schema)
 
 
-def _mapping_changed(conn: sa.Connection, settings: Settings) -> bool:
+def _capture_astray(conn: sa.Connection, settings: Settings) -> bool:
+    """Another mapping than the one installed, or a capture trigger missing or disabled (a
+    table swapped, a trigger dropped): head's mapping-dependent SQL is to be installed again."""
     installed = conn.exec_driver_sql(f"SELECT mapping FROM {SCHEMA}.installation").scalar()
-    return installed != schema_mapping.as_json(settings.schema)
+    if installed != schema_mapping.as_json(settings.schema):
+        return True
+    driver = conn.connection.driver_connection
+    return bool(capture.problems(driver, settings.schema))  # type: ignore[arg-type]
 
 
 def _remap(conn: sa.Connection, settings: Settings) -> None:
@@ -317,6 +326,19 @@ class Outcome:
     before: str | None
     after: str | None
     action: Action
+    notes: tuple[str, ...] = ()
+
+
+def prepared_transactions_note(max_prepared: int) -> str | None:
+    """Two-phase commit on: a transaction that notified cannot be prepared (issue 9)."""
+    if max_prepared <= 0:
+        return None
+    return (
+        f"note: max_prepared_transactions = {max_prepared}: a trading transaction that marks "
+        "the first change after a quiet spell also NOTIFYs the daemon, and PostgreSQL refuses "
+        "to PREPARE a transaction that notified; sessions that use PREPARE TRANSACTION must "
+        "SET riskd.notify_queue_limit = '0' (docs/operations.md, two-phase commit)"
+    )
 
 
 def migrate(settings: Settings, revision: str = "head") -> tuple[str | None, str | None]:

@@ -33,6 +33,8 @@ RISKD_TABLES = {
     "riskd.alembic_version": "SELECT",
     "riskd.installation": "SELECT",
     "riskd.dirty_accounts": "SELECT, INSERT, DELETE",
+    "riskd.dirty_instruments": "SELECT, DELETE",
+    "riskd.sweep_requests": "SELECT, DELETE",
     "riskd.daemons": "SELECT, INSERT, UPDATE, DELETE",
     "riskd.account_state": "SELECT, INSERT, UPDATE",
     "riskd.risk_events": "SELECT, INSERT",
@@ -49,6 +51,7 @@ FUNCTIONS = (
     "riskd.position_margin(numeric, numeric, numeric)",
     "riskd.position_pnl(numeric)",
     "riskd.position_data_error(numeric, numeric, numeric, numeric)",
+    "riskd.drain_instruments()",
 )
 FLATTEN_FUNCTION = "riskd.flatten(riskd.check_result[], numeric, numeric)"
 

@@ -27,7 +27,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from riskd import __version__, migrate
+from riskd import __version__, capture, migrate
 from riskd import events as risk_events
 from riskd.config import Settings, mask_dsn, parse_duration
 from riskd.daemon import HEARTBEAT_INTERVAL
@@ -130,6 +130,7 @@ class Status:
     pending_close_requests: int = 0
     oldest_close_request_age: float | None = None
     recent_events: list[risk_events.Event] = field(default_factory=list)
+    capture_problems: list[str] = field(default_factory=list)
     checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def live(self, limits: Limits) -> list[Instance]:
@@ -164,6 +165,7 @@ class Status:
             "pending_close_requests": self.pending_close_requests,
             "oldest_close_request_age": self.oldest_close_request_age,
             "recent_events": [e.as_json() for e in self.recent_events],
+            "capture_problems": self.capture_problems,
         }
 
 
@@ -188,6 +190,7 @@ def collect(settings: Settings, recent: int = RECENT_EVENTS) -> Status:
                 Instance(**(row | {"stats": _as_dict(row["stats"])})) for row in cur.fetchall()
             ]
             status.recent_events = risk_events.recent(conn, risk_events.EventFilter(), recent)
+            status.capture_problems = capture.problems(conn, settings.schema)
     return status
 
 
@@ -214,6 +217,7 @@ def assess(status: Status, limits: Limits) -> list[str]:
     problems: list[str] = []
     if status.revision != status.head:
         problems.append(migrate.compare(status.revision)[0])
+    problems += [f"{p} (run `riskd migrate`)" for p in status.capture_problems]
     live = status.live(limits)
     if not live:
         problems.append(

@@ -42,12 +42,18 @@ SELECT %(source)s::oid = %(target)s::oid OR EXISTS (
 
 -- name: drain
 -- The daemon's drain (DESIGN §2.2): take every mark, one row per account, with the age of its
--- oldest mark (so max_delay counts from the change, not from the drain). Several instances may
--- drain at once: a row goes to exactly one of them.
+-- oldest mark (so max_delay counts from the change, not from the drain). The instrument marks
+-- come in the same round trip, fanned out to their holders (riskd.drain_instruments). Several
+-- instances may drain at once: a mark goes to exactly one of them.
 WITH d AS (DELETE FROM riskd.dirty_accounts RETURNING account_id, marked_at)
-SELECT account_id::text,
-       extract(epoch FROM pg_catalog.clock_timestamp() - min(marked_at))::float8 AS age
-FROM d WHERE account_id IS NOT NULL GROUP BY account_id
+SELECT m.account_id::text,
+       extract(epoch FROM pg_catalog.clock_timestamp() - min(m.marked_at))::float8 AS age
+FROM (
+    SELECT d.account_id, d.marked_at FROM d
+    UNION ALL
+    SELECT i.account_id, i.marked_at FROM riskd.drain_instruments() AS i
+) AS m
+WHERE m.account_id IS NOT NULL GROUP BY m.account_id
 
 -- name: rearm
 -- After a drain came back empty: the next mark draws 1 from the sequence and NOTIFYs.
@@ -59,6 +65,12 @@ SELECT pg_catalog.setval('riskd.wakeup', 1, false)
 INSERT INTO riskd.dirty_accounts (account_id)
 SELECT r.account_id
 FROM pg_catalog.jsonb_populate_recordset(NULL::riskd.dirty_accounts, %(rows)s::jsonb) AS r
+
+-- name: take_sweep_requests
+-- The sweep leader takes every pending sweep request (a TRUNCATE of a mapped table): the one
+-- sweep that follows honours them all.
+WITH r AS (DELETE FROM riskd.sweep_requests RETURNING reason)
+SELECT count(*)::int AS requests, string_agg(DISTINCT r.reason, ', ') AS reasons FROM r
 
 -- name: ping
 SELECT pg_catalog.pg_notify(%(channel)s, %(payload)s)
@@ -202,3 +214,43 @@ WHERE t.relrowsecurity
            AND NOT EXISTS (SELECT 1 FROM applies AS a
                            WHERE a.polrelid = t.oid AND NOT a.polpermissive))
 ORDER BY 1
+
+-- name: capture_problems
+-- I8: every capture trigger riskd installs (%(expected)s: table and trigger name, from the
+-- rendered capture.sql) present and firing ALWAYS, on each mapped table and on each of its
+-- inheritance children (partitions get theirs cloned by PostgreSQL). What is missing or not
+-- enabled ALWAYS comes back, one row each.
+WITH RECURSIVE expected AS (
+    SELECT c.oid AS rel, pg_catalog.quote_ident(e.nsp) || '.' || pg_catalog.quote_ident(e.rel)
+               AS tbl, e.name
+    FROM pg_catalog.jsonb_to_recordset(%(expected)s::jsonb) AS e (nsp text, rel text, name text)
+    LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = e.nsp
+    LEFT JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = e.rel
+), tree (root, relid) AS (
+    SELECT DISTINCT e.rel, e.rel FROM expected AS e WHERE e.rel IS NOT NULL
+    UNION ALL
+    SELECT tree.root, i.inhrelid
+    FROM tree
+    JOIN pg_catalog.pg_inherits AS i ON i.inhparent = tree.relid
+    JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+    WHERE NOT c.relispartition AND c.relkind = 'r'
+)
+SELECT coalesce(t.relid::regclass::text, e.tbl) AS table_name, e.name AS trigger_name,
+       CASE WHEN g.oid IS NULL THEN 'missing'
+            WHEN g.tgenabled = 'D' THEN 'disabled'
+            ELSE 'not enabled ALWAYS (skipped under session_replication_role = '
+                 || CASE g.tgenabled WHEN 'O' THEN 'replica' ELSE 'origin' END || ')'
+       END AS problem
+FROM expected AS e
+LEFT JOIN tree AS t ON t.root = e.rel
+LEFT JOIN pg_catalog.pg_trigger AS g ON g.tgrelid = t.relid AND g.tgname = e.name
+WHERE g.oid IS NULL OR g.tgenabled <> 'A'
+ORDER BY 1, 2
+
+-- name: take_marks
+-- `riskd sweep` takes every mark its pass covers (a deployment without a daemon: nothing else
+-- drains the dirty set, which would grow without bound).
+WITH a AS (DELETE FROM riskd.dirty_accounts RETURNING 1),
+     i AS (DELETE FROM riskd.dirty_instruments RETURNING 1),
+     r AS (DELETE FROM riskd.sweep_requests RETURNING 1)
+SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM i) + (SELECT count(*) FROM r) AS taken

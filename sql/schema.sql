@@ -70,6 +70,25 @@ CREATE UNLOGGED TABLE riskd.dirty_accounts (
     marked_at  timestamptz NOT NULL DEFAULT now()
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
 
+-- The instruments whose price or margin rate changed, or that were inserted or deleted (their
+-- holders gain or lose the price): capture appends their ids and reads nothing else (DESIGN
+-- §2.1). The daemon's drain fans them out to the accounts holding them open, after commit
+-- (riskd.drain_instruments, sql/capture.sql). Same shape as the dirty set, for the same reasons:
+-- append-only, no index, UNLOGGED; an id may be NULL, the fan-out matches no position with it.
+CREATE UNLOGGED TABLE riskd.dirty_instruments (
+    instrument_id {instrument_id_type},
+    marked_at     timestamptz NOT NULL DEFAULT now()
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
+
+-- Sweep requests: a TRUNCATE of a mapped table changes accounts without a row to mark, so its
+-- trigger appends a row here and wakes the daemon; the sweep leader takes them and sweeps at
+-- once rather than at its next sweep_interval. UNLOGGED: a server crash empties it, and the
+-- sweep after every reconnect covers that.
+CREATE UNLOGGED TABLE riskd.sweep_requests (
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    reason       text NOT NULL
+);
+
 -- The wake-up: the first mark after the daemon re-armed it (setval to 1, is_called false)
 -- draws 1 and NOTIFYs; every later mark draws more and stays silent, so a storm of updates
 -- costs one notification. UNLOGGED: drawing a value writes no WAL.

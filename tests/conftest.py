@@ -90,15 +90,21 @@ def settings_for(dsn: str, **overrides: Any) -> Settings:
     return settings
 
 
+def _template(name: str) -> str:
+    """A template's database name, apart per xdist worker: workers share an external server."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return f"{name}_{worker}" if worker else name
+
+
 def _make_templates(server: Server) -> None:
-    for name in ("reference", "migrated"):
+    for name in (_template("reference"), _template("migrated")):
         server.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
         server.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         with psycopg.connect(server.admin_dsn(name), autocommit=True) as conn:
             conn.execute(sql_path("reference_schema.sql").read_text())  # type: ignore[arg-type]
-    migrate.migrate(settings_for(server.admin_dsn("migrated")))
+    migrate.migrate(settings_for(server.admin_dsn(_template("migrated"))))
 
 
 @pytest.fixture(scope="session", params=_servers())
@@ -129,7 +135,7 @@ def _clone(server: Server, template: str) -> Iterator[Db]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     server.execute(
         sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template)
+            sql.Identifier(name), sql.Identifier(_template(template))
         )
     )
     dsn = server.admin_dsn(name)

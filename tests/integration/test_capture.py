@@ -11,6 +11,7 @@ is proven without waiting on a timeout.
 
 from __future__ import annotations
 
+import concurrent.futures
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -20,8 +21,11 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import Db
+from daemonproc import wait_until
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from riskd.sqlfiles import query
 
 CHANNEL = "riskd_changes"
 FENCE = "capture-test-fence"
@@ -84,6 +88,7 @@ def dirty(db: Db) -> Counter[str]:
 
 def clear(db: Db) -> None:
     db.conn.execute("DELETE FROM riskd.dirty_accounts")
+    db.conn.execute("DELETE FROM riskd.dirty_instruments")
 
 
 def rearm(db: Db) -> None:
@@ -304,19 +309,39 @@ def test_balance_update_to_the_same_numeric_value_does_not_mark(db: Db) -> None:
 
 
 # --- instruments -------------------------------------------------------------------------------
+# The triggers record the instrument and read nothing else; the daemon's drain fans it out to
+# the accounts holding it open, after commit (riskd.drain_instruments).
 
 
 def holders(db: Db) -> None:
-    """btc held open by a (twice), long, and b, short; c holds btc closed; d holds eth only."""
+    """btc held open by a (twice), long, and b, short; c holds btc closed; d holds eth only;
+    nobody holds xrp."""
     add_accounts(db, "a", "b", "c", "d", "e")
     add_instrument(db, "btc", price=None)
     add_instrument(db, "eth")
+    add_instrument(db, "xrp")
     add_position(db, "a1", "a", "btc", quantity=2)
     add_position(db, "a2", "a", "btc", quantity=1)
     add_position(db, "b1", "b", "btc", quantity=-1)
     add_position(db, "c1", "c", "btc", quantity=0)
     add_position(db, "d1", "d", "eth", quantity=5)
     clear(db)
+
+
+def instrument_marks(db: Db, statement: str) -> Counter[str]:
+    """Run one statement on a fresh session; the instruments it marked (and it marked no
+    account itself: the fan-out is the drain's)."""
+    clear(db)
+    with db.connect() as conn:
+        conn.execute(statement)  # type: ignore[arg-type]
+    rows = db.conn.execute("SELECT instrument_id FROM riskd.dirty_instruments").fetchall()
+    assert dirty(db) == Counter()
+    return Counter(row[0] for row in rows)
+
+
+def drain(db: Db) -> dict[str, float]:
+    """The daemon's drain: every account it takes, with the age of its oldest mark."""
+    return {a: age for a, age in db.conn.execute(query("drain")).fetchall()}
 
 
 @pytest.mark.parametrize(
@@ -327,25 +352,130 @@ def holders(db: Db) -> None:
         pytest.param('price = 1, "marginRate" = NULL', id="both"),
     ],
 )
-def test_instrument_change_marks_open_holders_only(db: Db, assignment: str) -> None:
+def test_instrument_change_marks_the_instrument(db: Db, assignment: str) -> None:
     holders(db)
-    got = marks(db, f"UPDATE public.instruments SET {assignment} WHERE id = 'btc'")
-    assert got == Counter({"a": 1, "b": 1})
+    got = instrument_marks(db, f"UPDATE public.instruments SET {assignment} WHERE id = 'btc'")
+    assert got == Counter({"btc": 1})
 
 
-def test_instrument_update_of_two_instruments_marks_each_holder_once(db: Db) -> None:
+def test_instrument_update_of_two_instruments_marks_each_once(db: Db) -> None:
     holders(db)
-    add_position(db, "a3", "a", "eth", quantity=1)
-    clear(db)
-    got = marks(db, "UPDATE public.instruments SET price = coalesce(price, 0) + 1")
-    assert got == Counter({"a": 1, "b": 1, "d": 1})
+    got = instrument_marks(
+        db, "UPDATE public.instruments SET price = coalesce(price, 0) + 1 WHERE id <> 'xrp'"
+    )
+    assert got == Counter({"btc": 1, "eth": 1})
 
 
-def test_instrument_symbol_update_marks_nothing(db: Db) -> None:
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        pytest.param("symbol = symbol || '-X'", id="symbol"),
+        pytest.param('price = price, "marginRate" = "marginRate"', id="same"),
+        pytest.param("price = 100.000", id="same-numeric-value"),
+        pytest.param("price = NULL WHERE id = 'btc'", id="null-to-null"),
+    ],
+)
+def test_instrument_update_without_risk_change_marks_nothing(db: Db, assignment: str) -> None:
     holders(db)
-    assert marks(db, "UPDATE public.instruments SET symbol = symbol || '-X'") == Counter()
-    got = marks(db, "UPDATE public.instruments SET price = 7 WHERE id = 'eth'")  # control
-    assert got == Counter({"d": 1})
+    where = "" if "WHERE" in assignment else " WHERE id <> 'btc'"
+    assert instrument_marks(db, f"UPDATE public.instruments SET {assignment}{where}") == Counter()
+    got = instrument_marks(db, "UPDATE public.instruments SET price = 7 WHERE id = 'eth'")
+    assert got == Counter({"eth": 1})  # control
+
+
+def test_instrument_id_change_marks_both_ids(db: Db) -> None:
+    holders(db)
+    got = instrument_marks(db, "UPDATE public.instruments SET id = 'xrp2' WHERE id = 'xrp'")
+    assert got == Counter({"xrp": 1, "xrp2": 1})
+
+
+def test_instrument_insert_and_delete_mark_it(db: Db) -> None:
+    holders(db)
+    got = instrument_marks(
+        db, "INSERT INTO public.instruments (id, symbol, price) VALUES ('sol', 'SOL', 5)"
+    )
+    assert got == Counter({"sol": 1})
+    assert instrument_marks(db, "DELETE FROM public.instruments WHERE id = 'xrp'") == Counter(
+        {"xrp": 1}
+    )
+
+
+def test_drain_fans_instrument_marks_out_to_open_holders(db: Db) -> None:
+    holders(db)
+    with db.connect() as conn:
+        conn.execute("UPDATE public.instruments SET price = 1 WHERE id IN ('btc', 'xrp')")
+    assert set(drain(db)) == {"a", "b"}  # not c (closed), not d (eth), nobody for xrp
+    assert db.scalar("SELECT count(*) FROM riskd.dirty_instruments") == 0  # taken
+    assert drain(db) == {}
+
+
+def test_drain_takes_account_and_instrument_marks_in_one_row_per_account(db: Db) -> None:
+    """One round trip, one row per account, aged from its oldest mark, whichever it was."""
+    holders(db)
+    with db.connect() as conn:
+        conn.execute("UPDATE public.instruments SET price = 1 WHERE id = 'btc'")
+    with db.connect() as conn:
+        conn.execute("UPDATE public.trading_accounts SET balance = 1 WHERE id IN ('a', 'd')")
+    rows = db.conn.execute(query("drain")).fetchall()
+    assert sorted(a for a, _ in rows) == ["a", "b", "d"]
+    ages = dict(rows)
+    assert ages["a"] > ages["d"] and ages["b"] > ages["d"]  # a's oldest mark is the price's
+
+
+def test_instrument_marks_go_to_one_of_two_concurrent_drains(db: Db) -> None:
+    holders(db)
+    with db.connect() as conn:
+        conn.execute("UPDATE public.instruments SET price = 1 WHERE id = 'btc'")
+    first = db.connect(autocommit=False)
+    second = db.connect()
+    try:
+        taken = {a for a, _ in first.execute(query("drain")).fetchall()}
+        assert taken == {"a", "b"}
+        pid = second.info.backend_pid
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            other = pool.submit(lambda: second.execute(query("drain")).fetchall())
+            wait_until(  # the second drain waits on the first one's deleted rows
+                lambda: db.scalar(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                    (pid,),
+                ),
+                WAIT,
+                "the second drain to wait for the first",
+            )
+            first.commit()
+            assert other.result(WAIT) == []
+    finally:
+        first.close()
+        second.close()
+
+
+# --- TRUNCATE: no row to mark, a sweep request ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statement", "reasons"),
+    [
+        pytest.param("TRUNCATE public.positions", ["positions"], id="positions"),
+        # CASCADE empties positions too: a request each, which one sweep honours
+        pytest.param(
+            "TRUNCATE public.trading_accounts CASCADE",
+            ["positions", "trading_accounts"],
+            id="accounts",
+        ),
+        pytest.param(
+            "TRUNCATE public.instruments CASCADE", ["instruments", "positions"], id="instruments"
+        ),
+    ],
+)
+def test_truncate_asks_for_a_sweep_and_wakes(db: Db, statement: str, reasons: list[str]) -> None:
+    basic(db)
+    with listening(db) as listener:
+        rearm(db)
+        with db.connect() as writer:
+            writer.execute(statement)  # type: ignore[arg-type]
+        got = db.conn.execute("SELECT reason FROM riskd.sweep_requests ORDER BY reason").fetchall()
+        assert [r for (r,) in got] == [f"TRUNCATE public.{table}" for table in reasons]
+        assert wakeups(db, listener) == 1
 
 
 # --- bulk: one statement, 100 000 rows (I5) ------------------------------------------------------
@@ -502,12 +632,15 @@ def test_trader_without_riskd_privileges_writes_and_marks(
 
     with listening(db) as listener:
         rearm(db)
-        # in this order, on the same data: p2 of b is open when the instrument changes
-        expected = {"position-insert": "b", "instrument-update": "ab", "position-delete": "a"}
+        # in this order, on the same data: p2 of b is open when the instrument changes, and
+        # the instrument's holders are the drain's to find
+        expected = {"position-insert": "b", "instrument-update": "", "position-delete": "a"}
         for name, statement in TRADING_WRITES.items():
             clear(db)
             trader.execute(statement)
             assert dirty(db) == Counter(expected.get(name, "a")), name
+            if name == "instrument-update":
+                assert set(drain(db)) == {"a", "b"}
         assert wakeups(db, listener) == 1
 
 
@@ -591,7 +724,7 @@ def test_hostile_search_path_cannot_hijack_capture(
     add_position(db, "p1", "a")
     clear(db)
     rearm(db)
-    expected = Counter("b" if write == "position-insert" else "a")
+    expected = {"b" if write == "position-insert" else "a"}
     with listening(db) as listener, db.connect() as writer:
         writer.execute(sql.SQL("SET search_path = {}").format(sql.SQL(evil)))
         if limit is not None:
@@ -599,5 +732,5 @@ def test_hostile_search_path_cannot_hijack_capture(
         with pytest.raises(psycopg.errors.RaiseException):  # premise: the hostile schema bites
             writer.execute("SELECT 'x'::text = 'x'::text")
         writer.execute(TRADING_WRITES[write])
-        assert dirty(db) == expected
+        assert set(drain(db)) == expected
         assert wakeups(db, listener) == 1

@@ -44,7 +44,7 @@ def test_two_installs_dump_equal_and_the_dump_covers_riskd(db: Db, twin: Db) -> 
     assert "persistence=u" in dump["table riskd.dirty_accounts"]
     assert "persistence=u" in dump["sequence riskd.wakeup"]
     assert "SECURITY DEFINER" in dump["function riskd.mark_positions_inserted()"]
-    assert "enabled=O" in dump["trigger riskd_positions_insert on public.positions"]
+    assert "enabled=A" in dump["trigger riskd_positions_insert on public.positions"]
     assert dump["data alembic_version"] == migrate.head(db.settings)
     assert not [key for key, value in dump.items() if "no definition dumped" in value]
 

@@ -45,18 +45,17 @@ def fresh_events(db: Db, account: str | None = None) -> list[tuple[str, str, str
 
 
 def breach_unseen(db: Db, account: str) -> None:
-    """A breach the capture triggers never see (replica mode skips them): only a sweep finds
-    it."""
-    with psycopg.connect(db.dsn, autocommit=True) as conn:
-        conn.execute("SET session_replication_role = replica")
-        conn.execute(
-            "SET synchronous_commit = on"
-        )  # the test cluster runs without; a crash follows
+    """A breach whose mark is lost (taken back in its own transaction, as a server crash
+    empties the unlogged dirty set): only a sweep finds it. Replica mode no longer hides a
+    write: riskd's triggers fire ALWAYS."""
+    with psycopg.connect(db.dsn) as conn:  # one transaction, committed at the end
+        conn.execute("SET LOCAL synchronous_commit = on")  # the test cluster runs without
         conn.execute('UPDATE positions SET quantity = 95 WHERE "tradingAccountId" = %s', (account,))
-        marked = conn.execute(
-            "SELECT count(*) FROM riskd.dirty_accounts WHERE account_id = %s", (account,)
-        ).fetchone()
-        assert marked == (0,)
+        conn.execute("DELETE FROM riskd.dirty_accounts WHERE account_id = %s", (account,))
+    marked = db.conn.execute(
+        "SELECT count(*) FROM riskd.dirty_accounts WHERE account_id = %s", (account,)
+    ).fetchone()
+    assert marked == (0,)
 
 
 def listener_pid(db: Db, daemon: DaemonProcess) -> int:

@@ -481,3 +481,23 @@ def test_migrate_with_a_changed_mapping_installs_the_capture_again_keeping_riskd
         migrate.migrate(dataclasses.replace(fresh.settings, schema=mapping))
         expected = catalog(fresh.conn)
     assert catalog(conn) == expected
+
+
+def test_a_sweep_only_deployment_keeps_no_marks(db: Db) -> None:
+    """Finding 12: with no daemon, `riskd sweep` (from a timer) takes the marks it covers."""
+    conn = db.conn
+    conn.execute("INSERT INTO instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO trading_accounts VALUES ('a1', 'u', 1000)")
+    conn.execute(
+        'INSERT INTO positions (id, "tradingAccountId", "instrumentId", quantity)'
+        " VALUES ('p1', 'a1', 'i1', 95)"
+    )
+    for _ in range(50):
+        conn.execute("UPDATE positions SET quantity = quantity + 1")
+    conn.execute("UPDATE instruments SET price = price + 1")
+    assert db.scalar("SELECT count(*) FROM riskd.dirty_accounts") >= 50
+    result = cli("sweep", dsn=db.dsn)
+    assert result.exit_code == 0, result.output
+    assert db.scalar("SELECT count(*) FROM riskd.dirty_accounts") == 0
+    assert db.scalar("SELECT count(*) FROM riskd.dirty_instruments") == 0
+    assert db.scalar("SELECT level FROM riskd.account_state WHERE account_id = 'a1'") == "critical"

@@ -238,7 +238,7 @@ def test_json_document_shape(db: Db) -> None:
         "healthy", "problems", "summary", "checked_at", "database", "installed", "revision",
         "head", "at_head", "limits", "instances", "stale_instances", "queue_usage",
         "dirty_marks", "dirty_accounts", "levels", "pending_close_requests",
-        "oldest_close_request_age", "recent_events",
+        "oldest_close_request_age", "recent_events", "capture_problems",
     }  # fmt: skip
     assert doc["summary"].startswith("riskd OK: ")
     assert (doc["dirty_marks"], doc["dirty_accounts"]) == (3, 2)

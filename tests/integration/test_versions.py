@@ -33,7 +33,9 @@ def test_check_says_what_the_database_holds_and_what_riskd_needs(bare_db: Db) ->
     assert behind.output == (
         f"riskd schema at 0001, riskd {__version__} needs revision {HEAD}: run `riskd migrate`\n"
     )
-    assert cli("migrate", dsn=bare_db.dsn).output == f"riskd schema 0001 -> {HEAD}\n"
+    upgraded = cli("migrate", dsn=bare_db.dsn)
+    assert upgraded.stdout == f"riskd schema 0001 -> {HEAD}\n"
+    assert "max_prepared_transactions = 10" in upgraded.stderr  # the test clusters have 2PC on
     at_head = cli("migrate", "--check", dsn=bare_db.dsn)
     assert at_head.exit_code == 0
     assert at_head.output == f"riskd schema at revision {HEAD}, as riskd {__version__} needs\n"

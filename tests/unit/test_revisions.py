@@ -108,3 +108,9 @@ def test_no_installed_sql_holds_a_percent_sign() -> None:
             if path.name in {"queries.sql", "simulator.sql", "seed.sql"}:
                 continue  # run with parameters, by name
             assert "%" not in path.read_text(), path
+
+
+def test_migrate_says_what_two_phase_commit_needs_only_when_it_is_on() -> None:
+    assert migrate.prepared_transactions_note(0) is None
+    note = migrate.prepared_transactions_note(5)
+    assert note is not None and "SET riskd.notify_queue_limit = '0'" in note

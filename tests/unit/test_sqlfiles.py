@@ -22,7 +22,9 @@ def test_identifiers_are_quoted_whatever_they_contain() -> None:
     assert '"PnL"' in text
     # no placeholder left unrendered, and the wake-up fragment went in
     assert "{" not in text.replace("{0,6}", "").replace("{1,12}", "")
-    assert text.count("pg_notify('riskd_changes', '')") == 5
+    # into every capture function: 3 + 3 statement and 3 + 3 row functions on positions and
+    # instruments, the balance's, the TRUNCATE's sweep request
+    assert text.count("pg_notify('riskd_changes', '')") == 14
 
 
 def test_every_install_template_renders() -> None:
