@@ -164,6 +164,19 @@ def test_upgrade_from_riskd_0_1_0_with_its_daemon_running_and_trading_going_on(
                 upgraded = time.monotonic()
                 # the old daemon meets the fence at its next heartbeat
                 old_exit = old_daemon.proc.wait(30) if old_daemon.proc else None
+                # before the new daemon (whose first sweep would cover anything): the breach
+                # made during the upgrade is either acted on by the old daemon already or
+                # still marked in the dirty set (drained and handed back at its stop)
+                assert (
+                    db.scalar(
+                        "SELECT count(*) FROM riskd.risk_events"
+                        " WHERE account_id = 'hot' AND to_level = 'critical'"
+                    )
+                    + db.scalar(
+                        "SELECT count(*) FROM riskd.dirty_accounts WHERE account_id = 'hot'"
+                    )
+                    >= 1
+                ), "the mark made during the upgrade was lost"
                 new_daemon.start()
                 new_daemon.wait_ready()
                 writes_at_restart = trading.writes()
