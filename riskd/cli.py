@@ -154,8 +154,9 @@ def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> No
     done = migrations.run(settings, revision)
     if done.action is migrations.Action.REMAP:
         click.echo(
-            f"riskd schema at {done.after}: capture, check and sweep installed again for the "
-            "new [schema] mapping (riskd's rows kept)"
+            f"riskd schema at {done.after}: capture, check and sweep installed again for this "
+            "[schema] mapping (it changed, or a capture trigger was missing or disabled); "
+            "riskd's rows and grants kept"
         )
     elif done.before == done.after:
         click.echo(f"riskd schema already at {done.after or 'base'}")

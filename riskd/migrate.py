@@ -278,6 +278,26 @@ def _capture_astray(conn: sa.Connection, settings: Settings) -> bool:
     return bool(capture.problems(driver, settings.schema))  # type: ignore[arg-type]
 
 
+# The privileges granted to roles other than the owner on riskd's functions and views, as the
+# GRANT statements that give them again.
+_GRANTS_HELD = """
+SELECT 'GRANT ' || a.privilege_type || ' ON FUNCTION ' || p.oid::pg_catalog.regprocedure::text
+       || ' TO ' || pg_catalog.quote_ident(r.rolname)
+FROM pg_catalog.pg_proc AS p
+CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) AS a
+JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
+WHERE p.pronamespace = 'riskd'::pg_catalog.regnamespace AND a.grantee <> p.proowner
+UNION ALL
+SELECT 'GRANT ' || a.privilege_type || ' ON TABLE ' || c.oid::pg_catalog.regclass::text
+       || ' TO ' || pg_catalog.quote_ident(r.rolname)
+FROM pg_catalog.pg_class AS c
+CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
+WHERE c.relnamespace = 'riskd'::pg_catalog.regnamespace AND c.relkind = 'v'
+  AND a.grantee <> c.relowner
+"""
+
+
 def _remap(conn: sa.Connection, settings: Settings) -> None:
     """Install head's mapping-dependent SQL again for a changed [schema], keeping riskd's rows.
 
@@ -295,9 +315,14 @@ def _remap(conn: sa.Connection, settings: Settings) -> None:
             f"{held}: a change of type needs `riskd migrate --revision base` (which drops riskd's "
             "history) and a fresh install"
         )
+    # what the operator granted on the objects about to be re-created (docs/grants.sql): the
+    # running daemon must not lose a privilege to a repair
+    grants = [row[0] for row in conn.execute(sa.text(_GRANTS_HELD))]
     conn.exec_driver_sql(render("unmap.sql", params))
     for name in REMAP_INSTALL:
         conn.exec_driver_sql(render(name, params))
+    for grant in grants:
+        conn.exec_driver_sql(grant)
     conn.exec_driver_sql(record_statement(settings))
     log.warning("migrate.remapped", extra={"revision": head()})
 

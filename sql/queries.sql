@@ -5,8 +5,10 @@
 SELECT c.relkind::text AS relkind, a.attname::text AS column_name,
        format_type(a.atttypid, a.atttypmod) AS column_type, a.atttypid::int AS type_oid,
        a.attgenerated <> '' AS generated,
-       CASE WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod >= 4
-            THEN (a.atttypmod - 4) & 65535 END AS numeric_scale
+       CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) THEN 0
+            -- numeric(p, s): s in the low 11 bits of typmod - 4, signed (negative from PG 15)
+            WHEN a.atttypid = 'numeric'::regtype AND a.atttypmod >= 4
+            THEN (((a.atttypmod - 4) & 2047) # 1024) - 1024 END AS numeric_scale
 FROM pg_catalog.pg_class AS c
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_attribute AS a

@@ -22,7 +22,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "ef6a66a8d1f6e53f9e07667c8da7e4b7eb6ccf47be8d4be76fbcbf335e57d4d7"
+FROZEN_SHA256 = "ff0f294b59b1322e9750acc9d235245867cbe318cb4f6bcae5ef3107c1c4bf6f"
 
 
 def upgrade() -> None:

@@ -454,7 +454,20 @@ def test_a_disabled_or_missing_capture_trigger_is_named_and_migrate_repairs_it(d
     assert "capture trigger riskd_instruments_update on instruments is missing" in (
         capture.problems(conn, db.settings.schema)
     )
-    assert migrate.run(db.settings).action is migrate.Action.REMAP
+    # what the operator granted survives the repair (a running daemon keeps its privileges)
+    conn.execute("CREATE ROLE capture_test_daemon")
+    conn.execute("GRANT EXECUTE ON FUNCTION riskd.drain_instruments() TO capture_test_daemon")
+    conn.execute("GRANT SELECT ON riskd.platform_positions TO capture_test_daemon")
+    try:
+        assert migrate.run(db.settings).action is migrate.Action.REMAP
+        assert conn.execute(
+            "SELECT has_function_privilege('capture_test_daemon',"
+            " 'riskd.drain_instruments()', 'EXECUTE'),"
+            " has_table_privilege('capture_test_daemon', 'riskd.platform_positions', 'SELECT')"
+        ).fetchone() == (True, True)
+    finally:
+        conn.execute("DROP OWNED BY capture_test_daemon")
+        conn.execute("DROP ROLE capture_test_daemon")
     assert capture.problems(conn, db.settings.schema) == []
     assert _status_problems(db) == []
     # the new table is the one captured and checked

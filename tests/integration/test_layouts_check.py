@@ -6,6 +6,7 @@ security, a mapped column dropped. (Capture on these layouts: test_layouts.py.)"
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -454,7 +455,7 @@ def test_migrate_with_a_changed_mapping_installs_the_capture_again_keeping_riskd
     assert cli("migrate", "--check", dsn=bare_db.dsn, env=renamed).exit_code == 1
     done = cli("migrate", dsn=bare_db.dsn, env=renamed)
     assert done.exit_code == 0, done.output
-    assert "installed again for the new [schema] mapping" in done.stdout
+    assert "installed again for this [schema] mapping" in done.stdout
     assert cli("migrate", "--check", dsn=bare_db.dsn, env=renamed).exit_code == 0
     for table, rows in kept.items():
         assert conn.execute(f"SELECT * FROM riskd.{table} ORDER BY 1").fetchall() == rows  # type: ignore[arg-type]
@@ -501,3 +502,33 @@ def test_a_sweep_only_deployment_keeps_no_marks(db: Db) -> None:
     assert db.scalar("SELECT count(*) FROM riskd.dirty_accounts") == 0
     assert db.scalar("SELECT count(*) FROM riskd.dirty_instruments") == 0
     assert db.scalar("SELECT level FROM riskd.account_state WHERE account_id = 'a1'") == "critical"
+
+
+def test_an_integer_balance_books_whole_units_and_the_audit_says_so(bare_db: Db) -> None:
+    lay = make_layout(bare_db, "plain", balance="bigint")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 100)")
+    conn.execute("INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 20, -10.5)")
+    lay.check("hot")
+    detail = bare_db.scalar("SELECT detail FROM riskd.close_requests")
+    assert Decimal(str(detail["booked_pnl"])) == Decimal("-11")
+    assert lay.balance("hot") == 89
+
+
+def test_a_close_request_opened_again_is_announced(bare_db: Db) -> None:
+    """An account still critical after its request was done gets a new one at its next
+    check, and the platform hears of it on riskd_events though no level changed."""
+    lay = make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 1000)")
+    conn.execute("INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 95, 0)")
+    lay.check("hot", mode="request")
+    conn.execute("UPDATE riskd.close_requests SET status = 'done', completed_at = now()")
+    with bare_db.connect() as listener:
+        listener.execute("LISTEN riskd_events")
+        again = lay.check("hot", mode="request")["hot"]
+        assert again.event_id is None and again.close_request_id is not None
+        (notice,) = list(listener.notifies(timeout=5, stop_after=1))
+    assert json.loads(notice.payload)["close_request_id"] == again.close_request_id

@@ -200,7 +200,9 @@ BEGIN
                     'from_level', r.previous_level, 'to_level', r.level,
                     'utilization', r.utilization,
                     'close_request_id', r.close_request_id)::text)
-        FROM unnest(v_results) AS r WHERE r.event_id IS NOT NULL;
+        -- a transition, or a close request opened again for an account still critical
+        FROM unnest(v_results) AS r
+        WHERE r.event_id IS NOT NULL OR r.close_request_id IS NOT NULL;
     END IF;
 
     RETURN QUERY SELECT * FROM unnest(v_results);
@@ -221,10 +223,12 @@ DROP FUNCTION riskd.flatten(riskd.check_result[], numeric);
 -- touches only the breached account's own positions, each once (I7).
 --
 -- Never make a trade wait, nor die in a deadlock, for a flatten: the positions and then the
--- account are locked with NOWAIT, in the order the platform's fills take them, before
--- anything is computed; if any is held the batch fails with lock_not_available, rolls back
--- whole, and the daemon retries the account alone a moment later. The closing set is then
--- computed from a new snapshot, so a fill that raced the check is seen.
+-- account are locked with NOWAIT, in the order the platform's fills take them, before anything
+-- is computed (FOR NO KEY UPDATE: a fill inserting a position that references the account
+-- takes KEY SHARE, which this does not block); if any is held the batch fails with
+-- lock_not_available, rolls back whole, and the daemon retries the account alone a moment
+-- later. The closing set is then read from a new snapshot, so a fill that raced the check is
+-- seen, and locked in the same statement, NOWAIT too.
 CREATE FUNCTION riskd.flatten(
     p_results riskd.check_result[], p_warning numeric, p_auto_close numeric
 )
@@ -243,8 +247,8 @@ BEGIN
 
     PERFORM 1 FROM {positions} AS p
     WHERE p.{p_account} = ANY (v_ids) AND p.{p_quantity} <> 0
-    FOR UPDATE NOWAIT;
-    PERFORM 1 FROM {accounts} AS a WHERE a.{a_id} = ANY (v_ids) FOR UPDATE NOWAIT;
+    FOR NO KEY UPDATE NOWAIT;
+    PERFORM 1 FROM {accounts} AS a WHERE a.{a_id} = ANY (v_ids) FOR NO KEY UPDATE NOWAIT;
 
     WITH pos AS (
         -- straight from the table: the row's table (tableoid) is a system column, which the
@@ -262,6 +266,8 @@ BEGIN
             FROM {positions} AS p
             LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
             WHERE p.{p_account} = ANY (v_ids) AND p.{p_quantity} <> 0
+            -- a position committed since the lock above is locked here, or refused, too
+            FOR NO KEY UPDATE OF p NOWAIT
         ) AS v
     ), acct AS (
         SELECT a.account_id,
