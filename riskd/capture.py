@@ -19,7 +19,11 @@ from psycopg import sql
 from riskd.config import SchemaMapping, TableName
 from riskd.sqlfiles import query, render, template_params
 
-_TRIGGER = re.compile(r"CREATE TRIGGER (\w+)\s+(?:BEFORE|AFTER)\s[^;]*?\sON\s+(\S+)", re.DOTALL)
+# a rendered table: two quoted identifiers ("" inside one is a quote), as psycopg.sql writes them
+_TRIGGER = re.compile(
+    r'CREATE TRIGGER (\w+)\s+(?:BEFORE|AFTER)\s[^;]*?\sON\s+("(?:[^"]|"")*"\."(?:[^"]|"")*")',
+    re.DOTALL,
+)
 
 
 @functools.cache

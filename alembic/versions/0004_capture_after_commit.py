@@ -20,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "430c4f1e78a3f51eaa571d29d5ba60b90fab893ca3a931be9612d06c25e08fcc"
+FROZEN_SHA256 = "d363a327aa16d0ec590ee7645de8df6c62d8af84049d616feaf553aa5368d4b9"
 
 
 def upgrade() -> None:

@@ -38,3 +38,16 @@ def test_named_queries_are_loaded_by_name() -> None:
     names = set(queries())
     assert {"check_accounts", "sweep", "describe_table", "assignable"} <= names
     assert all(text and not text.startswith("-- name") for text in queries().values())
+
+
+def test_the_capture_triggers_expected_are_read_from_capture_sql_whatever_the_names() -> None:
+    from riskd.capture import expected_triggers
+
+    expected = expected_triggers(HOSTILE)
+    tables = {table for table, _ in expected}
+    assert tables == {HOSTILE.accounts_table, HOSTILE.positions_table, HOSTILE.instruments_table}
+    names = {name for _, name in expected}
+    assert {"riskd_positions_update", "riskd_account_balance", "riskd_instruments_truncate"} <= (
+        names
+    )
+    assert len(expected) == 10

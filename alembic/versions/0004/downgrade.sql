@@ -27,6 +27,9 @@ BEGIN
     END LOOP;
 END
 $down$;
+-- the instrument marks not yet drained go to their holders' accounts first: none is lost
+INSERT INTO riskd.dirty_accounts (account_id)
+SELECT i.account_id FROM riskd.drain_instruments() AS i;
 DROP FUNCTION riskd.drain_instruments();
 DROP TABLE riskd.sweep_requests;
 DROP TABLE riskd.dirty_instruments;
