@@ -57,6 +57,8 @@ class ResolvedMapping:
     pnl_generated: bool = False
     # flatten rounds what it books to the balance column's scale (None: any scale)
     balance_scale: int | None = None
+    # every mapped column's type, by [schema] key (capture's accessors return them)
+    column_types: tuple[tuple[str, str], ...] = ()
 
 
 _Row = tuple[Any, ...]
@@ -117,6 +119,7 @@ def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedM
         instrument_id_type=types["instrument_id"].type,
         pnl_generated=types["position_pnl"].generated,
         balance_scale=types["account_balance"].numeric_scale,
+        column_types=tuple((key, column.type) for key, column in types.items()),
     )
 
 

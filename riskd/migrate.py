@@ -492,4 +492,5 @@ def prepare_templates(conn: sa.Connection | None, settings: Settings) -> dict[st
         instrument_id_type=resolved.instrument_id_type,
         pnl_generated=resolved.pnl_generated,
         balance_scale=resolved.balance_scale,
+        column_types=dict(resolved.column_types),
     )

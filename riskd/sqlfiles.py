@@ -52,6 +52,31 @@ def _fragment(path: Path) -> sql.SQL:
     return sql.SQL("\n".join(lines).strip())
 
 
+# template names of the mapped columns, by [schema] key
+COLUMN_KEYS = {
+    "p_account": "position_account",
+    "p_instrument": "position_instrument",
+    "p_quantity": "position_quantity",
+    "p_pnl": "position_pnl",
+    "a_id": "account_id",
+    "a_balance": "account_balance",
+    "i_id": "instrument_id",
+    "i_price": "instrument_price",
+    "i_margin_rate": "instrument_margin_rate",
+}
+REFERENCE_TYPES = {
+    "position_account": "text",
+    "position_instrument": "text",
+    "position_quantity": "numeric",
+    "position_pnl": "numeric",
+    "account_id": "text",
+    "account_balance": "numeric",
+    "instrument_id": "text",
+    "instrument_price": "numeric",
+    "instrument_margin_rate": "numeric",
+}
+
+
 def template_params(
     mapping: SchemaMapping,
     account_id_type: str,
@@ -59,6 +84,7 @@ def template_params(
     instrument_id_type: str = "text",
     pnl_generated: bool = False,
     balance_scale: int | None = None,
+    column_types: dict[str, str] | None = None,
 ) -> dict[str, sql.Composable]:
     """What the install templates may refer to.
 
@@ -88,6 +114,12 @@ def template_params(
         "set_pnl_zero": sql.SQL("") if pnl_generated else sql.SQL(", {} = 0").format(pnl),
         "balance_scale": sql.SQL("NULL") if balance_scale is None else sql.Literal(balance_scale),
         "lock_class": sql.Literal(LOCK_CLASS),
+        # each mapped column's SQL type as the catalog has it ({type_p_account}, …); without a
+        # database (--sql), the reference schema's
+        **{
+            f"type_{short}": sql.SQL((column_types or {}).get(key, REFERENCE_TYPES[key]))
+            for short, key in COLUMN_KEYS.items()
+        },
     }
 
 

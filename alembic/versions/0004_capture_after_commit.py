@@ -20,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "d363a327aa16d0ec590ee7645de8df6c62d8af84049d616feaf553aa5368d4b9"
+FROZEN_SHA256 = "3c13143cebaa66dbe88e83e0301af75eeb5ec4e343b0bb73f7db262c608e59ad"
 
 
 def upgrade() -> None:

@@ -452,6 +452,13 @@ def test_migrate_with_a_changed_mapping_installs_the_capture_again_keeping_riskd
         "RISKD_SCHEMA_POSITIONS_TABLE": "lay.book",
         "RISKD_SCHEMA_POSITION_PNL": "unrealized_pnl",
     }
+    # I1: between the platform's rename and `riskd migrate`, trading writes go on, captured
+    conn.execute("TRUNCATE riskd.dirty_accounts")
+    conn.execute("UPDATE lay.book SET unrealized_pnl = -1 WHERE id = 'b'")
+    conn.execute("UPDATE lay.accounts SET balance = balance + 1 WHERE id = 'calm'")
+    assert bare_db.scalar("SELECT array_agg(DISTINCT account_id) FROM riskd.dirty_accounts") == [
+        "calm"
+    ]
     assert cli("migrate", "--check", dsn=bare_db.dsn, env=renamed).exit_code == 1
     done = cli("migrate", dsn=bare_db.dsn, env=renamed)
     assert done.exit_code == 0, done.output

@@ -31,6 +31,15 @@ $down$;
 INSERT INTO riskd.dirty_accounts (account_id)
 SELECT i.account_id FROM riskd.drain_instruments() AS i;
 DROP FUNCTION riskd.drain_instruments();
+DROP FUNCTION riskd.position_account({positions});
+DROP FUNCTION riskd.position_instrument({positions});
+DROP FUNCTION riskd.position_quantity({positions});
+DROP FUNCTION riskd.position_unrealized_pnl({positions});
+DROP FUNCTION riskd.account_id_of({accounts});
+DROP FUNCTION riskd.account_balance({accounts});
+DROP FUNCTION riskd.instrument_id_of({instruments});
+DROP FUNCTION riskd.instrument_price({instruments});
+DROP FUNCTION riskd.instrument_margin_rate({instruments});
 DROP TABLE riskd.sweep_requests;
 DROP TABLE riskd.dirty_instruments;
 
