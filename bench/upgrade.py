@@ -154,6 +154,8 @@ def run(label: str, settings: dict[str, str], args: argparse.Namespace) -> dict[
             "server": label,
             "migrate": migrated.stdout.strip() or migrated.stderr.strip(),
             "migrate_seconds": round(migrate_end - migrate_start, 3),
+            # each attempt that met a lock held past lock_timeout logs this, then retries
+            "migrate_lock_retries": migrated.stderr.count("migrate.lock_timeout"),
             "before": window(rows, began, migrate_start),
             "during": window(rows, migrate_start, migrate_end),
             "after": window(rows, migrate_end, ended),
@@ -186,7 +188,8 @@ def main() -> None:
             )
     for r in results:
         print(
-            f"- {r['server']}: migrate {r['migrate_seconds']} s ({r['migrate']}); old daemon "
+            f"- {r['server']}: migrate {r['migrate_seconds']} s, "
+            f"{r['migrate_lock_retries']} lock retries ({r['migrate']}); old daemon "
             f"exit {r['old_daemon_exit']}: {r['old_daemon_error_lines']}"
         )
 
