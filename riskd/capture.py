@@ -14,9 +14,9 @@ import re
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from riskd.config import SchemaMapping, TableName
+from riskd.mapping import mapped_tables
 from riskd.sqlfiles import query, render, template_params
 
 # a rendered table: two quoted identifiers ("" inside one is a quote), as psycopg.sql writes them
@@ -30,10 +30,13 @@ _TRIGGER = re.compile(
 def expected_triggers(mapping: SchemaMapping) -> tuple[tuple[TableName, str], ...]:
     """(table, trigger) for every capture trigger riskd installs on the mapped tables."""
     text = render("capture.sql", template_params(mapping, "text"))
-    tables = {
-        sql.Identifier(t.schema, t.name).as_string(None): t
-        for t in (mapping.accounts_table, mapping.positions_table, mapping.instruments_table)
-    }
+    tables = dict(
+        zip(
+            mapped_tables(mapping),
+            (mapping.accounts_table, mapping.positions_table, mapping.instruments_table),
+            strict=True,
+        )
+    )
     found = {(tables[table], name) for name, table in _TRIGGER.findall(text)}
     return tuple(sorted(found, key=lambda e: (e[0].schema, e[0].name, e[1])))
 

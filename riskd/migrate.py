@@ -46,7 +46,7 @@ from riskd.config import Settings
 from riskd.db import connect
 from riskd.errors import RiskdError
 from riskd.resources import resource_dir
-from riskd.sqlfiles import render, template_params
+from riskd.sqlfiles import queries, render, template_params
 
 log = logging.getLogger(__name__)
 
@@ -278,26 +278,6 @@ def _capture_astray(conn: sa.Connection, settings: Settings) -> bool:
     return bool(capture.problems(driver, settings.schema))  # type: ignore[arg-type]
 
 
-# The privileges granted to roles other than the owner on riskd's functions and views, as the
-# GRANT statements that give them again.
-_GRANTS_HELD = """
-SELECT 'GRANT ' || a.privilege_type || ' ON FUNCTION ' || p.oid::pg_catalog.regprocedure::text
-       || ' TO ' || pg_catalog.quote_ident(r.rolname)
-FROM pg_catalog.pg_proc AS p
-CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) AS a
-JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
-WHERE p.pronamespace = 'riskd'::pg_catalog.regnamespace AND a.grantee <> p.proowner
-UNION ALL
-SELECT 'GRANT ' || a.privilege_type || ' ON TABLE ' || c.oid::pg_catalog.regclass::text
-       || ' TO ' || pg_catalog.quote_ident(r.rolname)
-FROM pg_catalog.pg_class AS c
-CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
-JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
-WHERE c.relnamespace = 'riskd'::pg_catalog.regnamespace AND c.relkind = 'v'
-  AND a.grantee <> c.relowner
-"""
-
-
 def _remap(conn: sa.Connection, settings: Settings) -> None:
     """Install head's mapping-dependent SQL again for a changed [schema], keeping riskd's rows.
 
@@ -317,7 +297,7 @@ def _remap(conn: sa.Connection, settings: Settings) -> None:
         )
     # what the operator granted on the objects about to be re-created (docs/grants.sql): the
     # running daemon must not lose a privilege to a repair
-    grants = [row[0] for row in conn.execute(sa.text(_GRANTS_HELD))]
+    grants = [row[0] for row in conn.exec_driver_sql(queries()["grants_held"])]
     conn.exec_driver_sql(render("unmap.sql", params))
     for name in REMAP_INSTALL:
         conn.exec_driver_sql(render(name, params))

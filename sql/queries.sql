@@ -256,3 +256,22 @@ WITH a AS (DELETE FROM riskd.dirty_accounts RETURNING 1),
      i AS (DELETE FROM riskd.dirty_instruments RETURNING 1),
      r AS (DELETE FROM riskd.sweep_requests RETURNING 1)
 SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM i) + (SELECT count(*) FROM r) AS taken
+
+-- name: grants_held
+-- `riskd migrate`, before it installs the mapping-dependent objects again: the privileges granted
+-- to roles other than the owner on riskd's functions and views, as the GRANT statements that
+-- give them again (docs/grants.sql's, so that a running daemon keeps them).
+SELECT 'GRANT ' || a.privilege_type || ' ON FUNCTION ' || p.oid::pg_catalog.regprocedure::text
+       || ' TO ' || pg_catalog.quote_ident(r.rolname)
+FROM pg_catalog.pg_proc AS p
+CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) AS a
+JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
+WHERE p.pronamespace = 'riskd'::pg_catalog.regnamespace AND a.grantee <> p.proowner
+UNION ALL
+SELECT 'GRANT ' || a.privilege_type || ' ON TABLE ' || c.oid::pg_catalog.regclass::text
+       || ' TO ' || pg_catalog.quote_ident(r.rolname)
+FROM pg_catalog.pg_class AS c
+CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
+WHERE c.relnamespace = 'riskd'::pg_catalog.regnamespace AND c.relkind = 'v'
+  AND a.grantee <> c.relowner
