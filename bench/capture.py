@@ -63,7 +63,34 @@ DESIGNS: dict[str, tuple[str, ...]] = {
         "trading_accounts.riskd_account_balance",
         "instruments.riskd_instruments_update",
     ),
+    "riskd with the balance trigger BEFORE (revision 0004)": (
+        "positions.riskd_positions_insert",
+        "positions.riskd_positions_update",
+        "positions.riskd_positions_delete",
+        "trading_accounts.bench_riskd_before_accounts",
+        "instruments.riskd_instruments_update",
+    ),
 }
+# --layout partitioned: positions in 4 hash partitions by account, which riskd captures with
+# row triggers (cloned to every partition) where a plain table gets statement triggers
+PARTITIONED = """
+ALTER TABLE public.positions RENAME TO positions_plain;
+CREATE TABLE public.positions (LIKE public.positions_plain INCLUDING DEFAULTS,
+    PRIMARY KEY (id, "tradingAccountId")) PARTITION BY HASH ("tradingAccountId");
+CREATE TABLE public.positions_0 PARTITION OF public.positions
+    FOR VALUES WITH (MODULUS 4, REMAINDER 0);
+CREATE TABLE public.positions_1 PARTITION OF public.positions
+    FOR VALUES WITH (MODULUS 4, REMAINDER 1);
+CREATE TABLE public.positions_2 PARTITION OF public.positions
+    FOR VALUES WITH (MODULUS 4, REMAINDER 2);
+CREATE TABLE public.positions_3 PARTITION OF public.positions
+    FOR VALUES WITH (MODULUS 4, REMAINDER 3);
+INSERT INTO public.positions SELECT * FROM public.positions_plain;
+DROP TABLE public.positions_plain CASCADE;
+CREATE INDEX ON public.positions (id);
+"""
+# --durable: what production runs (the cluster's defaults are the CPU-bound test settings)
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 WORKLOADS = {
     "fill": "fill.pgbench",
     "position update": "position_update.pgbench",
@@ -185,15 +212,23 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=1_000_000)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--modes", default="simple,prepared")
+    parser.add_argument("--layout", choices=("plain", "partitioned"), default="plain")
+    parser.add_argument("--durable", action="store_true", help="fsync and synchronous_commit on")
+    parser.add_argument(
+        "--designs", default=",".join(DESIGNS), help="comma-separated; 'none' always runs"
+    )
     args = parser.parse_args()
     per_account = args.positions // args.accounts
     bindir = find_bindirs()[18]
-    with PgCluster(bindir, settings={"shared_buffers": "1GB", "max_wal_size": "4GB"}) as cluster:
+    server = {"shared_buffers": "1GB", "max_wal_size": "4GB", **(DURABLE if args.durable else {})}
+    with PgCluster(bindir, settings=server) as cluster:
         with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
             admin.execute("CREATE DATABASE bench")
         dsn = cluster.dsn("bench")
         with psycopg.connect(dsn, autocommit=True) as conn:
             seed(conn, accounts=args.accounts, positions=args.positions)
+            if args.layout == "partitioned":
+                conn.execute(PARTITIONED)  # type: ignore[arg-type]
             migrate.migrate(Settings(database=DatabaseSettings(dsn=dsn)))
             conn.execute((HERE / "variants.sql").read_text())
             conn.execute("VACUUM ANALYZE")
@@ -202,7 +237,10 @@ def main() -> None:
             drainer.start()
             results: dict[tuple[str, str, str], list[float]] = {}
             cpu_per_tx: dict[tuple[str, str, str], list[float]] = {}
-            designs = list(DESIGNS)
+            designs = [
+                "none",
+                *(d for d in DESIGNS if d != "none" and d in args.designs.split(",")),
+            ]
             for workload in args.workloads.split(","):
                 for mode in args.modes.split(","):
                     for r in range(args.rounds):
@@ -247,6 +285,8 @@ def report(
     print()
     print(
         f"capture overhead, {datetime.date.today()}, PostgreSQL {version}, "
+        f"{args.layout} positions, "
+        f"{'durable (fsync, synchronous_commit on)' if args.durable else 'CPU-bound (fsync off)'}, "
         f"{os.cpu_count()} cores, {platform.machine()}, {args.clients} clients, "
         f"{args.accounts} accounts / {args.positions} positions, "
         f"{args.rounds} rounds x {args.seconds} s, ratio = tps / tps without trigger, "

@@ -76,3 +76,8 @@ END $$;
 CREATE TRIGGER bench_statement_floor_positions AFTER UPDATE ON public.positions
     REFERENCING OLD TABLE AS riskd_old NEW TABLE AS riskd_new
     FOR EACH STATEMENT EXECUTE FUNCTION bench_nothing_statement();
+
+-- riskd as revision 0004 installed it: the balance trigger BEFORE (revision 0005 fires it
+-- AFTER, to read the row as stored), beside riskd's own capture on positions.
+CREATE TRIGGER bench_riskd_before_accounts BEFORE UPDATE OF balance ON public.trading_accounts
+    FOR EACH ROW EXECUTE FUNCTION riskd.mark_account_balance();

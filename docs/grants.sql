@@ -160,7 +160,11 @@ GRANT SELECT (
 -- REVOKE UPDATE (balance) ON public.trading_accounts …) and run this file again.
 \if :flatten
 GRANT EXECUTE ON FUNCTION
-    riskd.flatten(riskd.check_result[], numeric, numeric)
+    riskd.flatten(riskd.check_result[], numeric, numeric),
+    riskd.flatten_positions,            -- what flatten reads and writes of the platform's
+    riskd.flatten_lock_accounts,        -- tables, through functions PostgreSQL tracks (a
+    riskd.flatten_close,                -- RENAME of a mapped column carries them along)
+    riskd.flatten_book
 TO :"daemon_role";
 GRANT SELECT ON public.positions TO :"daemon_role";      -- [schema] positions_table
 GRANT UPDATE (
@@ -179,7 +183,8 @@ GRANT CONNECT ON DATABASE :"DBNAME" TO :"monitor_role";
 GRANT USAGE ON SCHEMA riskd TO :"monitor_role";
 GRANT SELECT ON
     riskd.alembic_version, riskd.installation, riskd.daemons, riskd.dirty_accounts,
-    riskd.account_state, riskd.risk_events, riskd.close_requests, riskd.account_limits
+    riskd.dirty_instruments, riskd.account_state, riskd.risk_events, riskd.close_requests,
+    riskd.account_limits
 TO :"monitor_role";
 
 -- ============================================================================ memberships

@@ -12,7 +12,9 @@ Tasks, each owning its connection:
   finding marks it drains again after ``BUSY_DRAIN_INTERVAL``; after an empty one it re-arms the
   wake-up.
 * checker: due accounts from the debouncer, in batches of ``batch_size``, ahead of sweep work;
-  one round trip and one transaction per batch (riskd.check_accounts).
+  one round trip and one transaction per batch (riskd.check_accounts). An account whose flatten
+  meets a trade's row lock waits alone, longer each time (debounce.busy_delay), while the others
+  go on being checked.
 * sweeper: the instance holding the sweep leader lock (a session advisory lock) sweeps every
   ``sweep_interval``, right after every (re)connect, and as soon as it finds a sweep request (a
   TRUNCATE of a mapped table); the others try for the lock meanwhile.
@@ -55,7 +57,7 @@ from riskd import __version__, capture, migrate, privileges
 from riskd import check as checks
 from riskd.config import Settings, mask_dsn
 from riskd.db import APPLICATION_NAME, require_dsn
-from riskd.debounce import Debouncer
+from riskd.debounce import Debouncer, busy_delay
 from riskd.errors import ConfigError
 from riskd.mapping import as_json as mapping_json
 from riskd.mapping import mapped_tables, rls_refusal
@@ -204,6 +206,8 @@ class Daemon:
         self._malformed_logged_at = -MALFORMED_LOG_EVERY
         self._malformed_since_log = 0
         self._in_flight: list[tuple[str, float]] = []
+        # account -> checks in a row that met a trade's row lock; emptied as each is checked
+        self._busy: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweep_pending = 0
         # a wake-up came (or a sweep request drew one) since the drainer last looked
@@ -469,7 +473,7 @@ class Daemon:
                 )
             else:
                 log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
-        return await self._shutdown(workers, checker, ready, code=code)
+        return await self._shutdown(workers, checker, ready, code=code, reported=set(crashed))
 
     async def _schema_moved_or(self, exc: BaseException) -> BaseException:
         """The revision check a heartbeat would have made, now: SchemaMoved if the schema
@@ -528,6 +532,7 @@ class Daemon:
         checker: asyncio.Task[None],
         ready: asyncio.Task[None],
         code: int,
+        reported: set[asyncio.Task[Any]],
     ) -> int:
         self.stats.state = "stopping"
         self.notifier.stopping("stopping: finishing the checks in flight")
@@ -545,6 +550,7 @@ class Daemon:
                 f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()
             )
             log.error("%s did not stop when asked: %s", task.get_name(), where)
+        _report_failed_while_stopping(set(workers.values()) - reported)
         self._work.set()
         in_flight = [a for a, _ in self._in_flight]
         timeout = max(0.0, deadline - self.clock())
@@ -555,25 +561,34 @@ class Daemon:
             log.warning("checks still running at shutdown_timeout: abandoned, handed back")
         except Exception as exc:  # noqa: BLE001 - already counted; the stop goes on
             log.warning("checker: %s", _reason(exc))
-        left = in_flight + self.debouncer.drain_all()
-        await self._hand_back(left)
+        left = sorted({*in_flight, *self.debouncer.drain_all()})
+        handed_back = await self._hand_back(left)
         await self._leave()
         await self.metrics.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._pool.close(timeout=1.0), 2.0)
-        log.info("stopped (%d accounts handed back to the dirty set)", len(left))
+        _log_stopped(len(left), handed_back)
         self.notifier.close()
         return code
 
-    async def _hand_back(self, accounts: list[str]) -> None:
+    async def _hand_back(self, accounts: list[str]) -> bool:
+        """Give the accounts still to check back to the dirty set, for whichever instance
+        drains next; whether they are there now (True when there were none)."""
         if not accounts:
-            return
-        rows = json.dumps([{"account_id": a} for a in sorted(set(accounts))])
+            return True
+        rows = json.dumps([{"account_id": a} for a in accounts])
         try:
             async with self._pool.connection(timeout=2.0) as conn:
                 await asyncio.wait_for(conn.execute(query("requeue"), {"rows": rows}), 5.0)
         except Exception as exc:  # noqa: BLE001 - the next sweep finds them anyway
-            log.warning("could not hand %d accounts back: %s", len(accounts), _reason(exc))
+            log.warning(
+                "could not hand %d accounts back: %s",
+                len(accounts),
+                _reason(exc),
+                extra={"accounts": len(accounts), "reason": _reason(exc)},
+            )
+            return False
+        return True
 
     async def _leave(self) -> None:
         try:
@@ -786,6 +801,55 @@ class Daemon:
         for account, first in batch:
             self.debouncer.mark(account, now, first)
 
+    async def _check_failed(self, batch: list[tuple[str, float]], exc: BaseException) -> None:
+        """A flatten that met a trade's row lock (LockNotAvailable) fails for its own account
+        only: like any failure that is not transient, it is isolated by splitting the batch,
+        and the busy account alone waits (``_defer_busy``). Any other transient failure
+        (connection lost, a timeout) concerns every account: the batch waits, and so does the
+        checker, a moment."""
+        self.stats.errors += 1
+        ids = [a for a, _ in batch]
+        busy = isinstance(exc, psycopg.errors.LockNotAvailable)
+        transient = isinstance(exc, TRANSIENT)
+        if len(batch) > 1 and (busy or not transient):
+            log.warning("check of %d accounts failed: %s; splitting", len(ids), _reason(exc))
+            half = len(batch) // 2
+            await self._check_batch(batch[:half])
+            await self._check_batch(batch[half:])
+        elif busy:
+            account, first = batch[0]
+            self._defer_busy(account, first, exc)
+        elif transient:
+            log.warning("check of %d accounts failed: %s; will retry", len(ids), _reason(exc))
+            self._requeue(batch)
+            await self._pause(BACKOFF_INITIAL)
+        else:
+            log.error("check of account %s failed: %s", ids[0], _reason(exc))
+            self._busy.pop(ids[0], None)  # not retried: the next sweep or mark starts afresh
+
+    def _defer_busy(self, account: str, first: float, exc: BaseException) -> None:
+        """Hold back an account whose rows a trade holds, longer each time in a row (up to
+        ``max_delay``, so it is still tried that often, I2), and go on checking the others: a
+        hot account whose rows are always locked must not stall every other check."""
+        attempt = self._busy.get(account, 0) + 1
+        self._busy[account] = attempt
+        delay = busy_delay(attempt, BACKOFF_INITIAL, self.settings.daemon.max_delay)
+        now = self.clock()
+        self.debouncer.defer(account, now, first, now + delay)
+        log.warning(
+            "check of account %s postponed: %s; retrying in %.1f s (attempt %d)",
+            account,
+            _reason(exc),
+            delay,
+            attempt,
+            extra={
+                "account": account,
+                "reason": _reason(exc),
+                "retry_in": round(delay, 3),
+                "attempt": attempt,
+            },
+        )
+
     async def _check_batch(self, batch: list[tuple[str, float]]) -> None:
         ids = [a for a, _ in batch]
         started = self.clock()
@@ -799,25 +863,13 @@ class Daemon:
             self._requeue(batch)  # handed back at the stop
             raise
         except CHECK_FAULTS as exc:
-            self.stats.errors += 1
-            # a flatten that met a trade's row lock (LockNotAvailable) is transient, but only
-            # for its own account: like any failure that is not, it is isolated by splitting
-            busy = isinstance(exc, psycopg.errors.LockNotAvailable)
-            transient = isinstance(exc, TRANSIENT)
-            if len(batch) > 1 and (busy or not transient):
-                log.warning("check of %d accounts failed: %s; splitting", len(ids), _reason(exc))
-                half = len(batch) // 2
-                await self._check_batch(batch[:half])
-                await self._check_batch(batch[half:])
-            elif transient:
-                log.warning("check of %d accounts failed: %s; will retry", len(ids), _reason(exc))
-                self._requeue(batch)
-                await self._pause(BACKOFF_INITIAL)
-            else:
-                log.error("check of account %s failed: %s", ids[0], _reason(exc))
+            await self._check_failed(batch, exc)
             return
         now = self.clock()
         self.debouncer.checked(ids, now)
+        if self._busy:
+            for account in ids:
+                self._busy.pop(account, None)
         self.metrics.check_batch.observe(now - started)
         for _, first in batch:
             self.latencies.append(now - first)
@@ -1017,6 +1069,35 @@ class Daemon:
             else:
                 log.warning("listener unhealthy: withholding the systemd watchdog ping")
             await asyncio.sleep(interval)
+
+
+def _report_failed_while_stopping(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """A worker that failed once the stop had begun (as a rule on the cause already reported:
+    riskd removed under the daemon) is said in one line, not left to asyncio's "exception was
+    never retrieved" traceback at exit."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("%s stopped on: %s", task.get_name(), _reason(exc))
+
+
+def _log_stopped(accounts: int, handed_back: bool) -> None:
+    """The last line of a run says where the unchecked accounts went, and only what is true:
+    a hand-back that failed (riskd removed under the daemon, say) leaves them to the next
+    sweep."""
+    if not accounts:
+        log.info("stopped", extra={"left": 0})
+    elif handed_back:
+        log.info(
+            "stopped (%d accounts handed back to the dirty set)",
+            accounts,
+            extra={"left": accounts, "handed_back": True},
+        )
+    else:
+        log.warning(
+            "stopped (%d accounts could not be handed back: the next sweep checks them)",
+            accounts,
+            extra={"left": accounts, "handed_back": False},
+        )
 
 
 def run(settings: Settings) -> int:

@@ -12,6 +12,12 @@ Memory holds one entry per distinct dirty account whatever the update rate (I5):
 account already waiting only moves its last-change time; the time of each account's last check
 is kept for ``max_delay`` only.
 
+An account whose check could not be made for now (a flatten that met a trade's row lock) is
+deferred: held back until a time of the caller's choosing, keeping its first unchecked change,
+while every other account goes on being checked. ``busy_delay`` is how long, growing with each
+attempt up to a cap, so a hot account whose rows are always locked costs a check now and then,
+not one per pass of the checker.
+
 Deadlines only ever move later, so one heap entry per account suffices: an entry is keyed by
 the deadline it had when pushed, which is never after its real deadline; when it reaches the top
 too early it is pushed again with the real one.
@@ -23,6 +29,14 @@ import heapq
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+def busy_delay(attempt: int, initial: float, cap: float) -> float:
+    """How long to hold back an account whose check met a lock for the ``attempt``-th time in a
+    row (1 for the first): ``initial``, doubling, never more than ``cap``."""
+    if attempt < 1:
+        raise ValueError("attempt counts from 1")
+    return min(cap, initial * 2.0 ** min(attempt - 1, 62))
 
 
 @dataclass(slots=True)
@@ -86,6 +100,22 @@ class Debouncer:
                 # max_delay runs from it, so the account falls due earlier than its heap item
                 # says. A new item; the old one is skipped when it surfaces.
                 self._push(account, entry)
+
+    def defer(self, account: str, now: float, changed_at: float, until: float) -> None:
+        """Hold ``account`` back until ``until``: its check was tried and could not be made for
+        now. Its first unchecked change (``changed_at``, or an earlier one already held) is
+        kept, for max_delay and the latency it reports; a failed check is not a change, so the
+        quiet period does not start again. It is never due before ``until``, nor before it
+        already was, whatever marks follow."""
+        first = min(changed_at, now)
+        entry = self._entries.get(account)
+        if entry is None:
+            self._entries[account] = entry = _Entry(first=first, last=first, not_before=until)
+            self._push(account, entry)
+            return
+        entry.not_before = max(self._deadline(entry), until)
+        entry.first = min(entry.first, first)
+        # the deadline only moved later: the heap item, keyed at or before it, still stands
 
     def _push(self, account: str, entry: _Entry) -> None:
         entry.key = self._deadline(entry)

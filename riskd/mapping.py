@@ -1,7 +1,8 @@
 """Checks the ``[schema]`` mapping against the live catalog.
 
 A mapping that names a missing table or column is refused with one line naming the key
-(DESIGN §4), before anything is installed or run.
+(DESIGN §4), before anything is installed or run; so is a positions layout where flatten could
+not address each position alone (I7).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class ResolvedMapping:
     instrument_id_type: str = "text"
     # flatten sets the PnL to zero only where the platform writes it (not a generated column)
     pnl_generated: bool = False
+    balance_generated: bool = False
     # flatten rounds what it books to the balance column's scale (None: any scale)
     balance_scale: int | None = None
     # every mapped column's type, by [schema] key (capture's accessors return them)
@@ -118,9 +120,43 @@ def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedM
         account_id_type=target.type,
         instrument_id_type=types["instrument_id"].type,
         pnl_generated=types["position_pnl"].generated,
+        balance_generated=types["account_balance"].generated,
         balance_scale=types["account_balance"].numeric_scale,
         column_types=tuple((key, column.type) for key, column in types.items()),
     )
+
+
+def check_position_key(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> None:
+    """I7: flatten closes a position by its key, its account and its row's table; refuse a
+    layout where some table that holds positions does not keep that key unique (a close could
+    touch several rows)."""
+    row = conn.execute(
+        query("position_key_gaps"),
+        {
+            "schema": mapping.positions_table.schema,
+            "table": mapping.positions_table.name,
+            "id": mapping.position_id,
+            "account": mapping.position_account,
+        },
+    ).fetchone()
+    if row is None:
+        return
+    schema, table, index, lacks = row
+    key, account = mapping.position_id, mapping.position_account
+    wanted = _columns(key) if key == account else f"{_columns(key)} or {_columns(key, account)}"
+    nearest = f" (its unique index {_quoted(index)} {lacks})" if index else ""
+    raise SchemaMappingError(
+        f"[schema] position_id: {_quoted(schema, table)} has no unique index on {wanted}"
+        f"{nearest}: flatten could close a position twice"
+    )
+
+
+def _quoted(*names: str) -> str:
+    return sql.Identifier(*names).as_string(None)
+
+
+def _columns(*names: str) -> str:
+    return "(" + ", ".join(_quoted(n) for n in names) + ")"
 
 
 def mapped_tables(mapping: SchemaMapping) -> list[str]:

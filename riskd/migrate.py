@@ -236,6 +236,10 @@ def _apply(settings: Settings, target: str) -> Outcome:
         action = plan(before, target, head(), _below(before) if before else set())
         if action is Action.NONE and before == head() and _capture_astray(conn, settings):
             action = Action.REMAP
+        if action in (Action.INSTALL, Action.UPGRADE, Action.REMAP):
+            # what flatten needs of the layout; a downgrade or a removal stays possible
+            driver = conn.connection.driver_connection
+            schema_mapping.check_position_key(driver, settings.schema)  # type: ignore[arg-type]
         cfg = _alembic_config(settings, connection=conn)
         if action is Action.REMAP:
             _remap(conn, settings)
@@ -278,16 +282,22 @@ def _capture_astray(conn: sa.Connection, settings: Settings) -> bool:
     return bool(capture.problems(driver, settings.schema))  # type: ignore[arg-type]
 
 
+def _column_type(conn: sa.Connection, table: str, column: str) -> str | None:
+    """The SQL type of a column of one of riskd's tables."""
+    return conn.exec_driver_sql(
+        "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute AS a"
+        f" WHERE a.attrelid = '{SCHEMA}.{table}'::regclass AND a.attname = '{column}'"
+    ).scalar()
+
+
 def _remap(conn: sa.Connection, settings: Settings) -> None:
     """Install head's mapping-dependent SQL again for a changed [schema], keeping riskd's rows.
 
-    The account id must keep its type: riskd's tables hold it.
+    The account id must keep its type: riskd's tables hold it. An instrument id of another type
+    retypes the table of instrument marks (sql/retype_instruments.sql).
     """
     params = prepare_templates(conn, settings)
-    held = conn.exec_driver_sql(
-        "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute AS a"
-        f" WHERE a.attrelid = '{SCHEMA}.account_state'::regclass AND a.attname = 'account_id'"
-    ).scalar()
+    held = _column_type(conn, "account_state", "account_id")
     wanted = params["account_id_type"].as_string(None)
     if held != wanted:
         raise MigrationError(
@@ -299,6 +309,10 @@ def _remap(conn: sa.Connection, settings: Settings) -> None:
     # running daemon must not lose a privilege to a repair
     grants = [row[0] for row in conn.exec_driver_sql(queries()["grants_held"])]
     conn.exec_driver_sql(render("unmap.sql", params))
+    if _column_type(conn, "dirty_instruments", "instrument_id") != params[
+        "instrument_id_type"
+    ].as_string(None):
+        conn.exec_driver_sql(render("retype_instruments.sql", params))
     for name in REMAP_INSTALL:
         conn.exec_driver_sql(render(name, params))
     for grant in grants:
@@ -471,6 +485,7 @@ def prepare_templates(conn: sa.Connection | None, settings: Settings) -> dict[st
         resolved.account_id_type,
         instrument_id_type=resolved.instrument_id_type,
         pnl_generated=resolved.pnl_generated,
+        balance_generated=resolved.balance_generated,
         balance_scale=resolved.balance_scale,
         column_types=dict(resolved.column_types),
     )

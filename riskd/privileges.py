@@ -54,6 +54,14 @@ FUNCTIONS = (
     "riskd.drain_instruments()",
 )
 FLATTEN_FUNCTION = "riskd.flatten(riskd.check_result[], numeric, numeric)"
+# what flatten reads and writes the platform's tables through; their argument types follow the
+# mapping, so they go by name (each is the only function of its name)
+FLATTEN_HELPERS = (
+    "riskd.flatten_positions",
+    "riskd.flatten_lock_accounts",
+    "riskd.flatten_close",
+    "riskd.flatten_book",
+)
 
 
 def daemon_needs(settings: Settings) -> list[Need]:
@@ -86,6 +94,7 @@ def daemon_needs(settings: Settings) -> list[Need]:
         needs += [Need("column", _table(table), "SELECT", c) for c in columns]
     if settings.risk.auto_close == "flatten":
         needs.append(Need("function", FLATTEN_FUNCTION, "EXECUTE"))
+        needs += [Need("function", f, "EXECUTE") for f in FLATTEN_HELPERS]
         needs.append(Need("table", _table(m.positions_table), "SELECT"))
         needs += [
             Need("column", _table(m.positions_table), "UPDATE", c)

@@ -54,6 +54,7 @@ def _fragment(path: Path) -> sql.SQL:
 
 # template names of the mapped columns, by [schema] key
 COLUMN_KEYS = {
+    "p_id": "position_id",
     "p_account": "position_account",
     "p_instrument": "position_instrument",
     "p_quantity": "position_quantity",
@@ -65,6 +66,7 @@ COLUMN_KEYS = {
     "i_margin_rate": "instrument_margin_rate",
 }
 REFERENCE_TYPES = {
+    "position_id": "text",
     "position_account": "text",
     "position_instrument": "text",
     "position_quantity": "numeric",
@@ -83,6 +85,7 @@ def template_params(
     *,
     instrument_id_type: str = "text",
     pnl_generated: bool = False,
+    balance_generated: bool = False,
     balance_scale: int | None = None,
     column_types: dict[str, str] | None = None,
 ) -> dict[str, sql.Composable]:
@@ -90,7 +93,8 @@ def template_params(
 
     The types come from the catalog (``format_type`` of the mapped columns), already in SQL
     syntax; they are the one piece not built from an identifier. ``pnl_generated``: the PnL
-    column is computed by the platform's table, so flatten leaves it alone. ``balance_scale``:
+    column is computed by the platform's table, so flatten leaves it alone; a generated balance
+    cannot take realised PnL, so flatten falls back to a close request. ``balance_scale``:
     the balance column's numeric scale, which flatten rounds what it books to.
     """
     pnl = sql.Identifier(mapping.position_pnl)
@@ -112,6 +116,7 @@ def template_params(
         "account_id_type": sql.SQL(account_id_type),
         "instrument_id_type": sql.SQL(instrument_id_type),
         "set_pnl_zero": sql.SQL("") if pnl_generated else sql.SQL(", {} = 0").format(pnl),
+        "balance_bookable": sql.SQL("false" if balance_generated else "true"),
         "balance_scale": sql.SQL("NULL") if balance_scale is None else sql.Literal(balance_scale),
         "lock_class": sql.Literal(LOCK_CLASS),
         # each mapped column's SQL type as the catalog has it ({type_p_account}, …); without a

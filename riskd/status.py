@@ -126,6 +126,9 @@ class Status:
     queue_usage: float = 0.0
     dirty_marks: int = 0
     dirty_accounts: int = 0
+    # the instrument marks and the instruments they name; None: this role cannot count them
+    dirty_instrument_marks: int | None = 0
+    dirty_instruments: int | None = 0
     levels: dict[str, int] = field(default_factory=dict)
     pending_close_requests: int = 0
     oldest_close_request_age: float | None = None
@@ -161,6 +164,8 @@ class Status:
             "queue_usage": self.queue_usage,
             "dirty_marks": self.dirty_marks,
             "dirty_accounts": self.dirty_accounts,
+            "dirty_instrument_marks": self.dirty_instrument_marks,
+            "dirty_instruments": self.dirty_instruments,
             "levels": {level: self.levels.get(level, 0) for level in LEVELS},
             "pending_close_requests": self.pending_close_requests,
             "oldest_close_request_age": self.oldest_close_request_age,
@@ -185,6 +190,7 @@ def collect(settings: Settings, recent: int = RECENT_EVENTS) -> Status:
             if not status.installed:
                 return status
             _summary(conn, status)
+            _dirty_instruments(conn, status)
             cur = conn.cursor(row_factory=dict_row).execute(query("status_instances"))
             status.instances = [
                 Instance(**(row | {"stats": _as_dict(row["stats"])})) for row in cur.fetchall()
@@ -208,6 +214,18 @@ def _summary(conn: psycopg.Connection[Any], status: Status) -> None:
     status.levels = {str(k): int(v) for k, v in row["levels"].items()}
     status.pending_close_requests = int(row["pending_close_requests"])
     status.oldest_close_request_age = row["oldest_close_request_age"]
+
+
+def _dirty_instruments(conn: psycopg.Connection[Any], status: Status) -> None:
+    """The instrument marks, when this role may count them (else None: status still runs)."""
+    readable = conn.execute(query("status_reads_dirty_instruments")).fetchone()
+    if not readable or not readable[0]:
+        status.dirty_instrument_marks = status.dirty_instruments = None
+        return
+    row = conn.cursor(row_factory=dict_row).execute(query("status_dirty_instruments")).fetchone()
+    assert row is not None  # one row, always
+    status.dirty_instrument_marks = int(row["dirty_instrument_marks"])
+    status.dirty_instruments = int(row["dirty_instruments"])
 
 
 def assess(status: Status, limits: Limits) -> list[str]:
@@ -385,9 +403,15 @@ def render(status: Status, limits: Limits, console: Console) -> None:
         else ""
     )
     console.print(f"close requests pending: {status.pending_close_requests}{oldest}")
+    instruments = (
+        f"{status.dirty_instrument_marks} marks for {status.dirty_instruments} instruments"
+        if status.dirty_instruments is not None and status.dirty_instrument_marks is not None
+        else "instrument marks unknown (riskd.dirty_instruments missing or not readable)"
+    )
     console.print(
-        f"dirty set: {status.dirty_marks} marks for {status.dirty_accounts} accounts; "
-        f"notification queue {status.queue_usage:.1%} (limit {limits.max_queue_usage:.1%})"
+        f"dirty set: {status.dirty_marks} marks for {status.dirty_accounts} accounts, "
+        f"{instruments}; notification queue {status.queue_usage:.1%} "
+        f"(limit {limits.max_queue_usage:.1%})"
     )
     live, stale = status.live(limits), status.stale(limits)
     if live:

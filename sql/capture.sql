@@ -105,10 +105,13 @@ END
 $fn$;
 
 -- Balances: one row per account, so a row trigger marks each account once whatever the
--- statement. BEFORE (no after-trigger queue entry), and the change tested in the body rather
--- than in a WHEN clause: a WHEN clause is read back from the catalog and compiled on every
--- statement, which cost more than the call it saves (docs/benchmarks.md). UPDATE OF keeps
--- statements that do not set the balance away from the trigger, in C.
+-- statement. AFTER, so that it reads the row as stored: after the platform's own BEFORE
+-- triggers (which fire in name order, some after riskd's) and with generated columns computed
+-- (a BEFORE trigger reads them as NULL). The change is tested in the body rather than in a
+-- WHEN clause: a WHEN clause is read back from the catalog and compiled on every statement,
+-- which cost more than the call it saves (docs/benchmarks.md). UPDATE OF keeps statements that
+-- do not set the balance away from the trigger, in C; PostgreSQL fires it for a generated
+-- balance when a column it is computed from is set.
 CREATE FUNCTION riskd.mark_account_balance() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 BEGIN
@@ -185,8 +188,9 @@ BEGIN
 END
 $fn$;
 
--- Partitioned tables: the same marks from row triggers (the layouts, below). BEFORE, so that no
--- after-trigger queue entry is paid, and the change tested in the body, as on balances.
+-- Partitioned tables: the same marks from row triggers (the layouts, below). AFTER, as on
+-- balances: the row as stored, the platform's BEFORE triggers applied and generated columns
+-- computed; the change tested in the body.
 CREATE FUNCTION riskd.mark_positions_row_inserted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 BEGIN
@@ -295,11 +299,11 @@ BEGIN
     IF (SELECT c.relkind OPERATOR(pg_catalog.=) 'p' FROM pg_catalog.pg_class AS c
         WHERE c.reltype OPERATOR(pg_catalog.=)
               pg_catalog.pg_typeof(NULL::{positions})::pg_catalog.oid) THEN
-        CREATE TRIGGER riskd_positions_insert BEFORE INSERT ON {positions}
+        CREATE TRIGGER riskd_positions_insert AFTER INSERT ON {positions}
             FOR EACH ROW EXECUTE FUNCTION riskd.mark_positions_row_inserted();
-        CREATE TRIGGER riskd_positions_update BEFORE UPDATE ON {positions}
+        CREATE TRIGGER riskd_positions_update AFTER UPDATE ON {positions}
             FOR EACH ROW EXECUTE FUNCTION riskd.mark_positions_row_updated();
-        CREATE TRIGGER riskd_positions_delete BEFORE DELETE ON {positions}
+        CREATE TRIGGER riskd_positions_delete AFTER DELETE ON {positions}
             FOR EACH ROW EXECUTE FUNCTION riskd.mark_positions_row_deleted();
     ELSE
         CREATE TRIGGER riskd_positions_insert AFTER INSERT ON {positions}
@@ -315,11 +319,11 @@ BEGIN
     IF (SELECT c.relkind OPERATOR(pg_catalog.=) 'p' FROM pg_catalog.pg_class AS c
         WHERE c.reltype OPERATOR(pg_catalog.=)
               pg_catalog.pg_typeof(NULL::{instruments})::pg_catalog.oid) THEN
-        CREATE TRIGGER riskd_instruments_insert BEFORE INSERT ON {instruments}
+        CREATE TRIGGER riskd_instruments_insert AFTER INSERT ON {instruments}
             FOR EACH ROW EXECUTE FUNCTION riskd.mark_instruments_row_inserted();
-        CREATE TRIGGER riskd_instruments_update BEFORE UPDATE ON {instruments}
+        CREATE TRIGGER riskd_instruments_update AFTER UPDATE ON {instruments}
             FOR EACH ROW EXECUTE FUNCTION riskd.mark_instruments_row_updated();
-        CREATE TRIGGER riskd_instruments_delete BEFORE DELETE ON {instruments}
+        CREATE TRIGGER riskd_instruments_delete AFTER DELETE ON {instruments}
             FOR EACH ROW EXECUTE FUNCTION riskd.mark_instruments_row_deleted();
     ELSE
         CREATE TRIGGER riskd_instruments_insert AFTER INSERT ON {instruments}
@@ -346,7 +350,7 @@ CREATE TRIGGER riskd_positions_truncate AFTER TRUNCATE ON {positions}
     FOR EACH STATEMENT EXECUTE FUNCTION riskd.request_sweep();
 ALTER TABLE {positions} ENABLE ALWAYS TRIGGER riskd_positions_truncate;
 
-CREATE TRIGGER riskd_account_balance BEFORE UPDATE OF {a_balance} ON {accounts}
+CREATE TRIGGER riskd_account_balance AFTER UPDATE OF {a_balance} ON {accounts}
     FOR EACH ROW EXECUTE FUNCTION riskd.mark_account_balance();
 ALTER TABLE {accounts} ENABLE ALWAYS TRIGGER riskd_account_balance;
 
@@ -358,9 +362,12 @@ CREATE TRIGGER riskd_instruments_truncate AFTER TRUNCATE ON {instruments}
     FOR EACH STATEMENT EXECUTE FUNCTION riskd.request_sweep();
 ALTER TABLE {instruments} ENABLE ALWAYS TRIGGER riskd_instruments_truncate;
 
--- Inheritance children (partitions have their row triggers cloned): a copy of each riskd
--- trigger of the mapped table, ALWAYS too, at every level below it. Foreign tables, which take
--- no transition table, are left out.
+-- Below the mapped tables: inheritance children get a copy of each riskd trigger of the mapped
+-- table, ALWAYS too, at every level. Partitions have the row triggers cloned by PostgreSQL, but
+-- not the TRUNCATE trigger, a statement trigger: a TRUNCATE of one partition would go
+-- unnoticed, so each partition (sub-partitioned ones too) gets a copy of that one (a partition
+-- attached later needs `riskd migrate` again, and `riskd status` says so). Foreign tables,
+-- which take no transition table, are left out.
 DO $do$
 DECLARE
     t record;
@@ -391,8 +398,14 @@ BEGIN
         JOIN pg_catalog.pg_trigger AS g ON g.tgrelid OPERATOR(pg_catalog.=) tree.root
         JOIN pg_catalog.pg_proc AS f ON f.oid OPERATOR(pg_catalog.=) g.tgfoid
         WHERE tree.relid OPERATOR(pg_catalog.<>) tree.root
-          AND NOT c.relispartition AND c.relkind OPERATOR(pg_catalog.=) 'r'
           AND f.pronamespace OPERATOR(pg_catalog.=) 'riskd'::pg_catalog.regnamespace
+          AND NOT g.tgisinternal AND g.tgparentid OPERATOR(pg_catalog.=) 0
+          AND CASE WHEN c.relispartition
+                   -- row triggers are cloned; TRUNCATE (tgtype bit 5) is not
+                   THEN c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p']::"char"[])
+                        AND (g.tgtype::pg_catalog.int4 OPERATOR(pg_catalog.&) 32)
+                            OPERATOR(pg_catalog.<>) 0
+                   ELSE c.relkind OPERATOR(pg_catalog.=) 'r' END
         ORDER BY c.oid, g.tgname
     LOOP
         definition := pg_catalog.replace(t.definition, t.root_clause, t.child_clause);

@@ -135,6 +135,9 @@ DECLARE
     v_results riskd.check_result[];
     -- as the triggers read it: a value that is not a plain number counts as the default, so
     -- that a typo in a setting can never stop every check
+    -- a generated balance cannot take realised PnL: flatten falls back to a close request
+    v_mode text := CASE WHEN p_mode = 'flatten' AND NOT {balance_bookable} THEN 'request'
+                        ELSE p_mode END;
     v_notify_limit float8 := CASE
         WHEN current_setting('riskd.notify_queue_limit', true) ~ '^ *[0-9]{{0,6}}[.]?[0-9]{{1,12}} *$'
         THEN float8(current_setting('riskd.notify_queue_limit', true))
@@ -219,7 +222,7 @@ BEGIN
         -- every check of a critical account with open positions and trustworthy data asks,
         -- so that one whose request was done or cancelled while still critical asks again;
         -- the unique index keeps it to one pending request (I3)
-        WHERE p_mode = 'request' AND level = 'critical' AND n_open > 0 AND data_errors IS NULL
+        WHERE v_mode = 'request' AND level = 'critical' AND n_open > 0 AND data_errors IS NULL
         ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
         RETURNING id, account_id
     ), cancelled AS (
@@ -239,7 +242,7 @@ BEGIN
     LEFT JOIN events AS e ON e.account_id = d.account_id
     LEFT JOIN requested AS q ON q.account_id = d.account_id;
 
-    IF p_mode = 'flatten' THEN
+    IF v_mode = 'flatten' THEN
         v_results := riskd.flatten(v_results, p_warning, p_auto_close);
     END IF;
 
@@ -258,6 +261,99 @@ BEGIN
 END
 $fn$;
 
+-- What flatten reads and writes of the platform's tables, as SQL-standard functions: their
+-- names are resolved once, here, and recorded as dependencies, so that a platform's migration
+-- renaming a mapped column or table carries them along and one dropping it is refused naming
+-- them (I9), as for the views above. SECURITY INVOKER: with the daemon's own privileges.
+--
+-- A position is addressed by its key, its account and the table that holds the row (tableoid:
+-- partitions and inheritance children each hold their own rows, and `riskd migrate` refuses a
+-- table whose key is not unique), so a close touches only the breached account's own
+-- positions, each once (I7).
+CREATE TYPE riskd.position_ref AS (
+    table_oid   oid,
+    position_id {type_p_id},
+    account_id  {account_id_type}
+);
+
+-- The open positions of these accounts with their instrument's figures, locked NOWAIT (see
+-- riskd.flatten). Straight from the table, not through the view: the row's table (tableoid)
+-- is a system column, which the view cannot carry without asking every mode for a table-wide
+-- SELECT.
+CREATE FUNCTION riskd.flatten_positions(p_accounts {account_id_type}[])
+RETURNS TABLE (table_oid oid, position_id {type_p_id}, account_id {account_id_type},
+               instrument text, quantity numeric, price numeric, margin_rate numeric,
+               pnl numeric)
+LANGUAGE sql
+BEGIN ATOMIC
+    SELECT p.tableoid, p.{p_id}, CAST(p.{p_account} AS {account_id_type}),
+           CAST(p.{p_instrument} AS text), CAST(p.{p_quantity} AS numeric),
+           CAST(i.{i_price} AS numeric), CAST(i.{i_margin_rate} AS numeric),
+           CAST(p.{p_pnl} AS numeric)
+    FROM {positions} AS p
+    LEFT JOIN {instruments} AS i ON i.{i_id} OPERATOR(pg_catalog.=) p.{p_instrument}
+    WHERE p.{p_account} OPERATOR(pg_catalog.=) ANY (p_accounts)
+      AND p.{p_quantity} OPERATOR(pg_catalog.<>) 0
+    FOR NO KEY UPDATE OF p NOWAIT;
+END;
+
+CREATE FUNCTION riskd.flatten_lock_accounts(p_accounts {account_id_type}[]) RETURNS bigint
+LANGUAGE sql
+BEGIN ATOMIC
+    SELECT pg_catalog.count(*) FROM (
+        SELECT 1 FROM {accounts} AS a
+        WHERE a.{a_id} OPERATOR(pg_catalog.=) ANY (p_accounts)
+        FOR NO KEY UPDATE NOWAIT
+    ) AS locked;
+END;
+
+-- Closes these positions (quantity 0, and PnL 0 unless the platform computes it), returning
+-- those it closed.
+CREATE FUNCTION riskd.flatten_close(p_positions riskd.position_ref[])
+RETURNS SETOF riskd.position_ref
+LANGUAGE sql
+BEGIN ATOMIC
+    UPDATE {positions} AS p SET {p_quantity} = 0{set_pnl_zero}
+    FROM pg_catalog.unnest(p_positions) AS c
+    WHERE p.tableoid OPERATOR(pg_catalog.=) c.table_oid
+      AND p.{p_id} OPERATOR(pg_catalog.=) c.position_id
+      AND p.{p_account} OPERATOR(pg_catalog.=) c.account_id
+    RETURNING c.table_oid, c.position_id, c.account_id;
+END;
+
+-- Books realised PnL into the balance of one account; returns how many rows it updated. A
+-- generated balance takes no UPDATE (check_accounts then asks for a close request instead of
+-- flattening): the function books nothing, and says so.
+DO $do$
+BEGIN
+    IF {balance_bookable} THEN
+        EXECUTE $f$
+        CREATE FUNCTION riskd.flatten_book(p_account {account_id_type}, p_amount numeric)
+        RETURNS bigint
+        LANGUAGE sql
+        BEGIN ATOMIC
+            WITH booked AS (
+                UPDATE {accounts} AS a
+                SET {a_balance} = COALESCE(a.{a_balance}, 0) OPERATOR(pg_catalog.+) p_amount
+                WHERE a.{a_id} OPERATOR(pg_catalog.=) p_account
+                RETURNING 1
+            )
+            SELECT pg_catalog.count(*) FROM booked;
+        END
+        $f$;
+    ELSE
+        EXECUTE $f$
+        CREATE FUNCTION riskd.flatten_book(p_account {account_id_type}, p_amount numeric)
+        RETURNS bigint
+        LANGUAGE sql
+        BEGIN ATOMIC
+            SELECT CAST(0 AS bigint);
+        END
+        $f$;
+    END IF;
+END
+$do$;
+
 -- Auto-close mode `flatten`: for every account found critical, close its open positions at the
 -- current price, largest loss first, until it is back under its warning threshold (all of them
 -- when equity <= 0), realising their PnL into the balance (rounded to the balance column's
@@ -265,17 +361,14 @@ $fn$;
 -- critical account flattens again, so none is left critical with positions open; an account
 -- with data riskd cannot trust is never flattened (DESIGN §1).
 --
--- A position is addressed by its key, its account and the table that holds the row
--- (tableoid: partitions and inheritance children each hold their own rows), so a close
--- touches only the breached account's own positions, each once (I7).
---
 -- Never make a trade wait, nor die in a deadlock, for a flatten: the positions and then the
 -- account are locked with NOWAIT, in the order the platform's fills take them, before anything
 -- is computed (FOR NO KEY UPDATE: a fill inserting a position that references the account
 -- takes KEY SHARE, which this does not block); if any is held the batch fails with
 -- lock_not_available, rolls back whole, and the daemon retries the account alone a moment
 -- later. The closing set is then read from a new snapshot, so a fill that raced the check is
--- seen, and locked in the same statement, NOWAIT too.
+-- seen, and locked in the same statement, NOWAIT too. A close that does not touch exactly the
+-- rows it chose rolls the whole check back rather than book a figure it did not realise.
 CREATE FUNCTION riskd.flatten(
     p_results riskd.check_result[], p_warning numeric, p_auto_close numeric
 )
@@ -284,6 +377,11 @@ LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
 DECLARE
     v_ids {account_id_type}[];
     v_done riskd.check_result[];
+    v_accounts {account_id_type}[] := '{{}}';
+    v_requests bigint[] := '{{}}';
+    v_closed bigint;
+    v_request bigint;
+    v_acct record;
 BEGIN
     SELECT array_agg(r.account_id ORDER BY r.account_id) INTO v_ids
     FROM unnest(p_results) AS r
@@ -292,97 +390,90 @@ BEGIN
         RETURN p_results;
     END IF;
 
-    PERFORM 1 FROM {positions} AS p
-    WHERE p.{p_account} = ANY (v_ids) AND p.{p_quantity} <> 0
-    FOR NO KEY UPDATE NOWAIT;
-    PERFORM 1 FROM {accounts} AS a WHERE a.{a_id} = ANY (v_ids) FOR NO KEY UPDATE NOWAIT;
+    PERFORM count(*) FROM riskd.flatten_positions(v_ids);
+    PERFORM riskd.flatten_lock_accounts(v_ids);
 
-    WITH pos AS (
-        -- straight from the table: the row's table (tableoid) is a system column, which the
-        -- view cannot carry without asking every mode for a table-wide SELECT
-        SELECT v.*,
-               riskd.position_margin(v.quantity, v.price, v.margin_rate) AS margin,
-               riskd.position_pnl(v.pnl) AS pnl_value,
-               riskd.position_data_error(v.quantity, v.price, v.margin_rate, v.pnl)
-                   AS data_error
-        FROM (
-            SELECT p.tableoid AS table_oid, p.{p_id} AS position_id,
-                   p.{p_account} AS account_id, p.{p_instrument}::text AS instrument,
-                   p.{p_quantity}::numeric AS quantity, i.{i_price}::numeric AS price,
-                   i.{i_margin_rate}::numeric AS margin_rate, p.{p_pnl}::numeric AS pnl
-            FROM {positions} AS p
-            LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
-            WHERE p.{p_account} = ANY (v_ids) AND p.{p_quantity} <> 0
+    FOR v_acct IN
+        WITH pos AS (
+            SELECT v.*,
+                   riskd.position_margin(v.quantity, v.price, v.margin_rate) AS margin,
+                   riskd.position_pnl(v.pnl) AS pnl_value,
+                   riskd.position_data_error(v.quantity, v.price, v.margin_rate, v.pnl)
+                       AS data_error
             -- a position committed since the lock above is locked here, or refused, too
-            FOR NO KEY UPDATE OF p NOWAIT
-        ) AS v
-    ), acct AS (
-        SELECT a.account_id,
-               a.balance_value + COALESCE(sum(pos.pnl_value), 0) AS equity,
-               COALESCE(sum(pos.margin), 0) AS used,
-               LEAST(COALESCE(l.warning_threshold, p_warning),
-                     COALESCE(l.auto_close_threshold, p_auto_close)) AS w
-        FROM riskd.platform_accounts AS a
-        LEFT JOIN pos ON pos.account_id = a.account_id
-        LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
-        WHERE a.account_id = ANY (v_ids)
-        GROUP BY a.account_id, a.balance_value, a.data_error, l.warning_threshold,
-                 l.auto_close_threshold
-        -- data riskd cannot trust: no close is made on it
-        HAVING a.data_error IS NULL AND count(pos.data_error) = 0
-    ), ordered AS (
-        SELECT pos.*, acct.equity, acct.used, acct.w,
-               acct.used - COALESCE(sum(pos.margin) OVER (
-                   PARTITION BY pos.account_id
-                   ORDER BY pos.pnl_value, pos.instrument, pos.position_id::text
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS used_before
-        FROM pos JOIN acct USING (account_id)
-    ), closing AS (
-        SELECT * FROM ordered
-        WHERE equity <= 0 OR used_before >= w * equity
-    ), closed AS (
-        UPDATE {positions} AS p SET {p_quantity} = 0{set_pnl_zero}
+            FROM riskd.flatten_positions(v_ids) AS v
+        ), acct AS (
+            SELECT a.account_id,
+                   a.balance_value + COALESCE(sum(pos.pnl_value), 0) AS equity,
+                   COALESCE(sum(pos.margin), 0) AS used,
+                   LEAST(COALESCE(l.warning_threshold, p_warning),
+                         COALESCE(l.auto_close_threshold, p_auto_close)) AS w
+            FROM riskd.platform_accounts AS a
+            LEFT JOIN pos ON pos.account_id = a.account_id
+            LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
+            WHERE a.account_id = ANY (v_ids)
+            GROUP BY a.account_id, a.balance_value, a.data_error, l.warning_threshold,
+                     l.auto_close_threshold
+            -- data riskd cannot trust: no close is made on it
+            HAVING a.data_error IS NULL AND count(pos.data_error) = 0
+        ), ordered AS (
+            SELECT pos.*, acct.equity, acct.used, acct.w,
+                   acct.used - COALESCE(sum(pos.margin) OVER (
+                       PARTITION BY pos.account_id
+                       ORDER BY pos.pnl_value, pos.instrument, pos.position_id::text
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS used_before
+            FROM pos JOIN acct USING (account_id)
+        ), closing AS (
+            SELECT * FROM ordered
+            WHERE equity <= 0 OR used_before >= w * equity
+        )
+        SELECT c.account_id, c.equity, c.used,
+               array_agg(ROW(c.table_oid, c.position_id, c.account_id)::riskd.position_ref)
+                   AS refs,
+               sum(c.margin) AS closed_margin,
+               sum(c.pnl_value) AS realised,
+               -- what the balance column can hold: rounded to its scale (half away from zero)
+               COALESCE(round(sum(c.pnl_value), {balance_scale}), sum(c.pnl_value)) AS booked,
+               jsonb_agg(jsonb_build_object(
+                   'position', c.position_id, 'instrument', c.instrument,
+                   'quantity', c.quantity, 'price', c.price,
+                   'margin_rate', c.margin_rate, 'pnl', c.pnl_value)
+                   ORDER BY c.pnl_value, c.instrument, c.position_id::text) AS closed
         FROM closing AS c
-        WHERE p.tableoid = c.table_oid AND p.{p_id} = c.position_id
-          AND p.{p_account} = c.account_id
-        RETURNING c.*
-    ), booked AS (
-        -- what the balance column can hold: rounded to its scale (half away from zero)
-        SELECT account_id, sum(pnl_value) AS realised,
-               COALESCE(round(sum(pnl_value), {balance_scale}), sum(pnl_value)) AS booked
-        FROM closed GROUP BY account_id
-    ), realised AS (
-        UPDATE {accounts} AS a SET {a_balance} = COALESCE(a.{a_balance}, 0) + b.booked
-        FROM booked AS b
-        WHERE a.{a_id} = b.account_id
-        RETURNING a.{a_id} AS account_id
-    ), audit AS (
+        GROUP BY c.account_id, c.equity, c.used
+        ORDER BY c.account_id
+    LOOP
+        SELECT count(*) INTO v_closed FROM riskd.flatten_close(v_acct.refs);
+        IF v_closed <> cardinality(v_acct.refs) THEN
+            RAISE EXCEPTION USING MESSAGE = concat(
+                'riskd: flatten of account ', v_acct.account_id, ' closed ', v_closed, ' rows for ',
+                cardinality(v_acct.refs), ' positions');
+        END IF;
+        IF riskd.flatten_book(v_acct.account_id, v_acct.booked) <> 1 THEN
+            RAISE EXCEPTION USING MESSAGE = concat(
+                'riskd: flatten of account ', v_acct.account_id, ' found no single balance to book');
+        END IF;
         INSERT INTO riskd.close_requests (account_id, status, utilization, completed_at, detail)
-        SELECT acct.account_id, 'done',
-               riskd.utilization(1, acct.equity, acct.used), now(),
-               jsonb_build_object(
-                   'mode', 'flatten', 'equity', acct.equity,
-                   'used_margin_before', acct.used,
-                   'used_margin_after', acct.used - sum(c.margin),
-                   'realised_pnl', b.realised, 'booked_pnl', b.booked,
-                   'closed', jsonb_agg(jsonb_build_object(
-                       'position', c.position_id, 'instrument', c.instrument,
-                       'quantity', c.quantity, 'price', c.price,
-                       'margin_rate', c.margin_rate, 'pnl', c.pnl_value)
-                       ORDER BY c.pnl_value, c.instrument, c.position_id::text))
-        FROM acct
-        JOIN closed AS c USING (account_id)
-        JOIN booked AS b USING (account_id)
-        GROUP BY acct.account_id, acct.equity, acct.used, b.realised, b.booked
-        RETURNING id, account_id
-    )
+        VALUES (v_acct.account_id, 'done', riskd.utilization(1, v_acct.equity, v_acct.used), now(),
+                jsonb_build_object(
+                    'mode', 'flatten', 'equity', v_acct.equity,
+                    'used_margin_before', v_acct.used,
+                    'used_margin_after', v_acct.used - v_acct.closed_margin,
+                    'realised_pnl', v_acct.realised, 'booked_pnl', v_acct.booked,
+                    'closed', v_acct.closed))
+        RETURNING id INTO v_request;
+        v_accounts := v_accounts || v_acct.account_id;
+        v_requests := v_requests || v_request;
+    END LOOP;
+
     SELECT array_agg(ROW(r.account_id, r.user_id, r.level, r.previous_level, r.utilization,
                          r.equity, r.used_margin, r.event_id,
-                         COALESCE(au.id, r.close_request_id))::riskd.check_result
+                         COALESCE(d.request_id, r.close_request_id))::riskd.check_result
                      ORDER BY r.account_id)
     INTO v_done
     FROM unnest(p_results) AS r
-    LEFT JOIN audit AS au ON au.account_id = r.account_id;
+    LEFT JOIN unnest(v_accounts, v_requests) AS d (account_id, request_id)
+        ON d.account_id = r.account_id;
     RETURN v_done;
 END
 $fn$;

@@ -177,7 +177,11 @@ WHERE NOT CASE t.kind
     WHEN 'schema' THEN pg_catalog.has_schema_privilege(t.target, t.privilege)
     WHEN 'table' THEN pg_catalog.has_table_privilege(t.target, t.privilege)
     WHEN 'sequence' THEN pg_catalog.has_sequence_privilege(t.target, t.privilege)
-    WHEN 'function' THEN pg_catalog.has_function_privilege(t.target, t.privilege)
+    -- a signature, or a bare name for a function whose argument types follow the mapping
+    WHEN 'function' THEN CASE WHEN pg_catalog.strpos(t.target, '(') > 0
+        THEN pg_catalog.has_function_privilege(t.target, t.privilege)
+        ELSE pg_catalog.has_function_privilege(t.target::pg_catalog.regproc::pg_catalog.oid,
+                                               t.privilege) END
     WHEN 'column' THEN pg_catalog.has_column_privilege(t.target, t.col, t.privilege)
 END
 ORDER BY t.n
@@ -219,9 +223,10 @@ ORDER BY 1
 
 -- name: capture_problems
 -- I8: every capture trigger riskd installs (%(expected)s: table and trigger name, from the
--- rendered capture.sql) present and firing ALWAYS, on each mapped table and on each of its
--- inheritance children (partitions get theirs cloned by PostgreSQL). What is missing or not
--- enabled ALWAYS comes back, one row each.
+-- rendered capture.sql) present and firing ALWAYS, on each mapped table and on each table below
+-- it: inheritance children (copies), partitions (row triggers cloned by PostgreSQL, the
+-- TRUNCATE trigger copied; one disabled on a single partition counts too). What is missing or
+-- not enabled ALWAYS comes back, one row each.
 WITH RECURSIVE expected AS (
     SELECT c.oid AS rel, pg_catalog.quote_ident(e.nsp) || '.' || pg_catalog.quote_ident(e.rel)
                AS tbl, e.name
@@ -235,7 +240,7 @@ WITH RECURSIVE expected AS (
     FROM tree
     JOIN pg_catalog.pg_inherits AS i ON i.inhparent = tree.relid
     JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
-    WHERE NOT c.relispartition AND c.relkind = 'r'
+    WHERE c.relkind = 'r' OR (c.relispartition AND c.relkind = 'p')
 )
 SELECT coalesce(t.relid::regclass::text, e.tbl) AS table_name, e.name AS trigger_name,
        CASE WHEN g.oid IS NULL THEN 'missing'
@@ -275,3 +280,73 @@ CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
 JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
 WHERE c.relnamespace = 'riskd'::pg_catalog.regnamespace AND c.relkind = 'v'
   AND a.grantee <> c.relowner
+
+-- name: position_key_gaps
+-- `riskd migrate` (I7): flatten addresses a position by (tableoid, [schema] position_id,
+-- [schema] position_account), so each table that holds position rows must keep that key
+-- unique, or a close could touch several rows. Those tables: the mapped one and everything
+-- under it in pg_inherits (inheritance children, partitions, theirs in turn), less the
+-- partitioned ones, which hold no row themselves (a unique index on one is one on each of its
+-- partitions, kept in step by PostgreSQL). A table passes with a valid, non-partial unique
+-- index (a primary key, a unique constraint) whose key columns are all among the two mapped
+-- columns, none an expression; a foreign table, having no index, never does. One row per table
+-- that does not pass, the mapped table first, with the unique index on those columns that
+-- comes nearest and what it lacks (NULLs when there is none).
+WITH RECURSIVE tree (relid, depth) AS (
+    SELECT c.oid, 0
+    FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(schema)s AND c.relname = %(table)s
+    UNION ALL
+    SELECT i.inhrelid, t.depth + 1
+    FROM tree AS t
+    JOIN pg_catalog.pg_inherits AS i ON i.inhparent = t.relid
+), unique_index AS (
+    SELECT x.indrelid AS relid, x.indexrelid, x.indisvalid AND x.indislive AS valid,
+           x.indpred IS NOT NULL AS partial, x.indexprs IS NOT NULL AS expression,
+           NOT EXISTS (
+               SELECT 1
+               FROM pg_catalog.unnest(x.indkey::pg_catalog.int2[])
+                    WITH ORDINALITY AS k (attnum, n)
+               JOIN pg_catalog.pg_attribute AS a
+                 ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+               WHERE k.n <= x.indnkeyatts
+                 AND a.attname::text NOT IN (%(id)s::text, %(account)s::text)
+           ) AS on_key
+    FROM pg_catalog.pg_index AS x
+    WHERE x.indisunique AND x.indrelid IN (SELECT relid FROM tree)
+)
+SELECT n.nspname::text AS schema_name, c.relname::text AS table_name,
+       near.index_name, near.lacks
+FROM (SELECT relid, min(depth) AS depth FROM tree GROUP BY relid) AS t
+JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN LATERAL (
+    SELECT ic.relname::text AS index_name,
+           CASE WHEN u.partial THEN 'is partial'
+                WHEN u.expression THEN 'is on an expression'
+                ELSE 'is not valid' END AS lacks
+    FROM unique_index AS u
+    JOIN pg_catalog.pg_class AS ic ON ic.oid = u.indexrelid
+    WHERE u.relid = t.relid AND u.on_key
+    ORDER BY ic.relname
+    LIMIT 1
+) AS near ON true
+WHERE c.relkind <> 'p'
+  AND NOT EXISTS (
+      SELECT 1 FROM unique_index AS u
+      WHERE u.relid = t.relid AND u.on_key AND u.valid AND NOT u.partial AND NOT u.expression)
+ORDER BY t.depth, 1, 2
+
+-- name: status_reads_dirty_instruments
+-- riskd status: whether this role can count the instrument marks (a schema before revision
+-- 0004 has no riskd.dirty_instruments; a monitoring role granted before it may not read it).
+SELECT coalesce(pg_catalog.has_table_privilege(
+           pg_catalog.to_regclass('riskd.dirty_instruments'), 'SELECT'), false)
+
+-- name: status_dirty_instruments
+-- riskd status: the instrument half of the dirty set, an append-only log like the accounts':
+-- marks waiting for a drain (which fans them out to the holders), and the distinct instruments
+-- they name.
+SELECT count(*) AS dirty_instrument_marks, count(DISTINCT instrument_id) AS dirty_instruments
+FROM riskd.dirty_instruments

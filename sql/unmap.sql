@@ -2,7 +2,7 @@
 -- mapping (a platform's migration renamed a table or a column, or swapped a table) can install
 -- it again in place, keeping every row of riskd's tables (I9): the capture triggers wherever
 -- they sit now (found by their function, not by the old mapping's names), riskd's views, its
--- functions but the version fence, and the check's row type. Run in the migration's transaction,
+-- functions but the version fence, and the check's row types. Run in the migration's transaction,
 -- followed by check.sql, sweep.sql, capture.sql and privileges.sql.
 DO $unmap$
 DECLARE
@@ -37,3 +37,4 @@ BEGIN
 END
 $unmap$;
 DROP TYPE riskd.check_result;
+DROP TYPE IF EXISTS riskd.position_ref;

@@ -13,6 +13,7 @@ case is about the daemon's loop.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -391,8 +392,8 @@ def test_writes_straight_into_an_instrument_partition_reach_the_holders(bare_db:
 
 INHERITED = """
 ALTER TABLE public.positions DROP CONSTRAINT "positions_tradingAccountId_fkey";
-CREATE TABLE public.positions_archive () INHERITS (public.positions);
-CREATE TABLE public.positions_archive_2025 () INHERITS (public.positions_archive);
+CREATE TABLE public.positions_archive (PRIMARY KEY (id)) INHERITS (public.positions);
+CREATE TABLE public.positions_archive_2025 (PRIMARY KEY (id)) INHERITS (public.positions_archive);
 CREATE TABLE public.vip_accounts () INHERITS (public.trading_accounts);
 """
 
@@ -499,3 +500,138 @@ def test_two_phase_commit_needs_the_notify_off_and_then_loses_no_mark(db: Db) ->
             trader.execute(f"PREPARE TRANSACTION 'riskd-2pc-{attempt}'")  # type: ignore[arg-type]
         conn.execute(f"COMMIT PREPARED 'riskd-2pc-{attempt}'")  # type: ignore[arg-type]
         assert drain(db) == {"a1"}
+
+
+# --- the row as stored, and partitions below the TRUNCATE trigger --------------------------------
+
+
+def test_capture_reads_the_row_after_the_platforms_before_triggers(bare_db: Db) -> None:
+    """A platform BEFORE trigger that sets a figure (fired after riskd's, by name order) and a
+    generated balance: capture compares the rows as stored, so a change made by the trigger is
+    marked and a statement that changes nothing is not."""
+    db = migrated(
+        bare_db,
+        PARTITIONED_POSITIONS
+        + """
+        CREATE FUNCTION public.reprice() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW."unrealizedPnL" := NEW.quantity * (110 - NEW."averagePrice");
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER z_reprice BEFORE UPDATE ON public.positions
+            FOR EACH ROW EXECUTE FUNCTION public.reprice();
+        ALTER TABLE public.trading_accounts RENAME COLUMN balance TO deposits;
+        ALTER TABLE public.trading_accounts
+            ADD COLUMN balance numeric GENERATED ALWAYS AS (deposits * 2) STORED;
+        """,
+    )
+    seed_generated = (
+        "INSERT INTO public.trading_accounts (id, \"userId\", deposits) VALUES ('a', 'u', 500)"
+    )
+    db.conn.execute(seed_generated)
+    db.conn.execute("INSERT INTO public.instruments VALUES ('btc', 'BTC', 100, 0.1)")
+    add_position(db.conn, "p-a", "a", 1)
+    db.conn.execute('UPDATE public.positions SET "averagePrice" = 100, "unrealizedPnL" = 10')
+    drain(db)
+    # the PnL set by the platform's trigger alone
+    assert marks(db, 'UPDATE public.positions SET "averagePrice" = 90') == {"a": 1}
+    assert marks(db, 'UPDATE public.positions SET "averagePrice" = 90') == {}
+    # a generated balance: marked when what it is computed from changes, not otherwise
+    assert marks(
+        db, "UPDATE public.trading_accounts SET deposits = deposits + 1 WHERE id = 'a'"
+    ) == {"a": 1}
+    assert marks(db, "UPDATE public.trading_accounts SET deposits = deposits WHERE id = 'a'") == {}
+    # a generated balance takes no realised PnL: flatten falls back to a close request
+    db.conn.execute('UPDATE public.positions SET quantity = 95, "averagePrice" = 200')
+    flatten = dataclasses.replace(
+        db.settings, risk=dataclasses.replace(db.settings.risk, auto_close="flatten")
+    )
+    (result,) = check_accounts(db.conn, flatten, ["a"])
+    assert result.level == "critical" and result.close_request_id is not None
+    assert db.conn.execute("SELECT status FROM riskd.close_requests").fetchall() == [("pending",)]
+    assert db.scalar("SELECT quantity FROM public.positions") == 95
+
+
+def test_truncate_of_one_partition_asks_for_a_sweep_and_each_partition_is_watched(
+    bare_db: Db,
+) -> None:
+    """The TRUNCATE trigger, a statement trigger, is not cloned to partitions: riskd copies it
+    to each; one disabled on a single partition, or missing from a partition attached later,
+    is named, and `riskd migrate` puts it in place."""
+    from riskd import capture
+
+    db = migrated(bare_db, PARTITIONED_POSITIONS)
+    seed(db.conn, a=1, b=1)
+    with db.connect() as conn:
+        conn.execute("TRUNCATE public.positions_a")
+    assert db.scalar("SELECT count(*) FROM riskd.sweep_requests") == 1
+    mapping = db.settings.schema
+    assert capture.problems(db.conn, mapping) == []
+    db.conn.execute("ALTER TABLE public.positions_b DISABLE TRIGGER riskd_positions_update")
+    db.conn.execute(
+        "CREATE TABLE public.positions_c PARTITION OF public.positions FOR VALUES IN ('c')"
+    )
+    assert capture.problems(db.conn, mapping) == [
+        "capture trigger riskd_positions_update on positions_b is disabled",
+        "capture trigger riskd_positions_truncate on positions_c is missing",
+    ]
+    assert migrate.run(db.settings).action is migrate.Action.REMAP
+    assert capture.problems(db.conn, mapping) == []
+    db.conn.execute("TRUNCATE riskd.sweep_requests")
+    with db.connect() as conn:
+        conn.execute("TRUNCATE public.positions_c")
+    assert db.scalar("SELECT count(*) FROM riskd.sweep_requests") == 1
+
+
+def test_flatten_follows_a_platform_rename_before_riskd_migrate(db: Db) -> None:
+    """I9: flatten reads and writes the platform's tables through functions PostgreSQL
+    tracks, so a renamed column or table leaves it working until `riskd migrate` runs, and a
+    dropped one is refused naming riskd."""
+    seed(db.conn, hot=95, calm=10)
+    db.conn.execute("UPDATE public.positions SET \"unrealizedPnL\" = -7 WHERE id = 'p-hot'")
+    db.conn.execute("ALTER TABLE public.positions RENAME COLUMN quantity TO qty")
+    db.conn.execute('ALTER TABLE public.positions RENAME COLUMN "unrealizedPnL" TO upnl')
+    db.conn.execute("ALTER TABLE public.trading_accounts RENAME COLUMN balance TO cash")
+    db.conn.execute("ALTER TABLE public.positions RENAME TO book")
+    flatten = dataclasses.replace(
+        db.settings, risk=dataclasses.replace(db.settings.risk, auto_close="flatten")
+    )
+    results = {r.account_id: r for r in check_accounts(db.conn, flatten, ["hot", "calm"])}
+    assert results["hot"].level == "critical" and results["hot"].close_request_id is not None
+    rows = db.conn.execute("SELECT id, qty, upnl FROM public.book ORDER BY id").fetchall()
+    assert [(i, float(q), float(p) if p is not None else None) for i, q, p in rows] == [
+        ("p-calm", 10.0, 0.0),
+        ("p-hot", 0.0, 0.0),
+    ]
+    assert db.scalar("SELECT cash FROM public.trading_accounts WHERE id = 'hot'") == 993
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="riskd.flatten_close"):
+        db.conn.execute("ALTER TABLE public.book DROP COLUMN qty")
+
+
+def test_a_remap_to_an_instrument_id_of_another_type_keeps_every_change(db: Db) -> None:
+    """The platform moves instruments to a bigint key: `riskd migrate` with the new mapping
+    retypes riskd's instrument marks; those not yet fanned out become a sweep request."""
+    import dataclasses
+
+    seed(db.conn, a=1)
+    db.conn.execute("ALTER TABLE public.instruments ADD COLUMN num bigint UNIQUE")
+    db.conn.execute("UPDATE public.instruments SET num = 7")
+    db.conn.execute('ALTER TABLE public.positions ADD COLUMN "instrumentNum" bigint')
+    db.conn.execute('UPDATE public.positions SET "instrumentNum" = 7')
+    drain(db)
+    db.conn.execute("UPDATE public.instruments SET price = 150")  # a mark left undrained
+    schema = dataclasses.replace(
+        db.settings.schema, instrument_id="num", position_instrument="instrumentNum"
+    )
+    moved = dataclasses.replace(db.settings, schema=schema)
+    assert migrate.run(moved).action is migrate.Action.REMAP
+    assert db.scalar("SELECT count(*) FROM riskd.sweep_requests") == 1
+    assert (
+        db.scalar(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'riskd.dirty_instruments'::regclass AND attname = 'instrument_id'"
+        )
+        == "bigint"
+    )
+    db.conn.execute("UPDATE public.instruments SET price = 200")
+    assert drain(db) == {"a"}

@@ -58,15 +58,19 @@ LAYOUTS: dict[str, str] = {
             for i in range(4)
         )
     ),
+    # the partition key is no part of the position's key: each partition keeps its own
     "list-partitioned": (
         f'CREATE TABLE lay.positions ({POSITION_COLUMNS}) PARTITION BY LIST ("instrumentId");'
         "CREATE TABLE lay.positions_i1 PARTITION OF lay.positions FOR VALUES IN ('i1');"
         "CREATE TABLE lay.positions_rest PARTITION OF lay.positions DEFAULT;"
+        'ALTER TABLE lay.positions_i1 ADD PRIMARY KEY (id, "tradingAccountId");'
+        'ALTER TABLE lay.positions_rest ADD PRIMARY KEY (id, "tradingAccountId");'
     ),
     # a child holds rows of its own (its key is not unique across parent and child)
     "inherited": (
         f'CREATE TABLE lay.positions ({POSITION_COLUMNS}, PRIMARY KEY (id, "tradingAccountId"));'
-        "CREATE TABLE lay.positions_archive () INHERITS (lay.positions);"
+        'CREATE TABLE lay.positions_archive (PRIMARY KEY (id, "tradingAccountId"))'
+        " INHERITS (lay.positions);"
     ),
 }
 
@@ -93,6 +97,16 @@ class Layout:
         return {r.account_id: r for r in check_accounts(self.db.conn, settings, list(accounts))}
 
 
+def make_platform(
+    db: Db, positions: str, *, balance: str = "numeric", number: str = "numeric"
+) -> None:
+    """The platform's tables in schema ``lay``, nothing of riskd yet."""
+    db.conn.execute("CREATE SCHEMA lay")
+    db.conn.execute(ACCOUNTS.format(balance=balance))  # type: ignore[arg-type]
+    db.conn.execute(INSTRUMENTS.format(number=number))  # type: ignore[arg-type]
+    db.conn.execute(positions.replace("{number}", number))  # type: ignore[arg-type]
+
+
 def make_layout(
     db: Db,
     layout: str,
@@ -101,11 +115,8 @@ def make_layout(
     number: str = "numeric",
     positions: str | None = None,
 ) -> Layout:
-    db.conn.execute("CREATE SCHEMA lay")
-    db.conn.execute(ACCOUNTS.format(balance=balance))  # type: ignore[arg-type]
-    db.conn.execute(INSTRUMENTS.format(number=number))  # type: ignore[arg-type]
     ddl = positions if positions is not None else LAYOUTS[layout]
-    db.conn.execute(ddl.replace("{number}", number))  # type: ignore[arg-type]
+    make_platform(db, ddl, balance=balance, number=number)
     settings = dataclasses.replace(db.settings, schema=MAPPING)
     migrate.migrate(settings)
     return Layout(db, settings, layout)
@@ -175,6 +186,166 @@ def test_flatten_by_key_on_a_plain_table(bare_db: Db) -> None:
     )
     layout.check("hot")
     assert layout.rows() == {("hot", "a"): (0, 0), ("calm", "b"): (20, -1)}
+
+
+# --- the position's key: flatten closes each position at most once (I7) ------------------------
+# flatten addresses a position by (tableoid, [schema] position_id, [schema] position_account):
+# `riskd migrate` refuses a layout where a table holding positions does not keep that unique.
+
+KEYED = 'PRIMARY KEY (id, "tradingAccountId")'
+ANY_ID_POSITIONS = (
+    'CREATE TABLE lay.positions (id {id}, "tradingAccountId" text NOT NULL,'
+    ' "instrumentId" text NOT NULL, quantity numeric NOT NULL, "unrealizedPnL" numeric);'
+)
+
+KEYS_ACCEPTED = {
+    # the parent's key is each partition's, a partition partitioned in turn included
+    "partitioned-keyed": (
+        f"CREATE TABLE lay.positions ({POSITION_COLUMNS}, {KEYED})"
+        ' PARTITION BY HASH ("tradingAccountId");'
+        "CREATE TABLE lay.positions_0 PARTITION OF lay.positions"
+        " FOR VALUES WITH (MODULUS 2, REMAINDER 0) PARTITION BY HASH (id);"
+        "CREATE TABLE lay.positions_00 PARTITION OF lay.positions_0"
+        " FOR VALUES WITH (MODULUS 1, REMAINDER 0);"
+        "CREATE TABLE lay.positions_1 PARTITION OF lay.positions"
+        " FOR VALUES WITH (MODULUS 2, REMAINDER 1);"
+    ),
+    "uuid-id": ANY_ID_POSITIONS.format(id="uuid PRIMARY KEY DEFAULT gen_random_uuid()"),
+    "bigint-id": ANY_ID_POSITIONS.format(id="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    # a unique constraint, its columns in another order, a column it only includes
+    "unique-constraint": (
+        f"CREATE TABLE lay.positions ({POSITION_COLUMNS},"
+        ' UNIQUE ("tradingAccountId", id) INCLUDE (quantity));'
+    ),
+    # an inheritance child with its own key, and a grandchild with its own
+    "inherited-keyed": (
+        f"CREATE TABLE lay.positions ({POSITION_COLUMNS}, PRIMARY KEY (id));"
+        f"CREATE TABLE lay.positions_archive ({KEYED}) INHERITS (lay.positions);"
+        "CREATE TABLE lay.positions_archive_2025 () INHERITS (lay.positions_archive);"
+        "CREATE UNIQUE INDEX ON lay.positions_archive_2025 (id);"
+    ),
+}
+
+
+def key_refusal(table: str, nearest: str = "") -> str:
+    return (
+        f'[schema] position_id: "lay"."{table}" has no unique index on ("id") or'
+        f' ("id", "tradingAccountId"){nearest}: flatten could close a position twice'
+    )
+
+
+def migrate_cli(db: Db) -> Any:
+    return cli("migrate", dsn=db.dsn, env=MAPPING_ENV)
+
+
+@pytest.mark.parametrize("name", list(KEYS_ACCEPTED))
+def test_a_layout_keyed_on_id_or_id_and_account_is_accepted_and_flattened(
+    bare_db: Db, name: str
+) -> None:
+    make_platform(bare_db, KEYS_ACCEPTED[name])
+    done = migrate_cli(bare_db)
+    assert done.exit_code == 0, done.output
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 100), ('calm', 'u', 100000)")
+    # into the mapped table, whatever the id column makes of a missing id
+    insert = (
+        'INSERT INTO lay.positions ("tradingAccountId", "instrumentId", quantity,'
+        ' "unrealizedPnL"{id_column}) VALUES (%s, %s, %s, %s{id_value})'
+    )
+    generated = name in ("uuid-id", "bigint-id")
+    statement = insert.format(
+        id_column="" if generated else ", id", id_value="" if generated else ", %s"
+    )
+    for n, (account, pnl) in enumerate((("hot", -1), ("hot", -2), ("calm", -1)), 1):
+        conn.execute(statement, (account, "i1", 20, pnl) + (() if generated else (f"p{n}",)))  # type: ignore[arg-type]
+    settings = dataclasses.replace(bare_db.settings, schema=MAPPING)
+    result = Layout(bare_db, settings, name).check("hot")["hot"]
+    assert result.level == "critical" and result.close_request_id is not None
+    rows = conn.execute(
+        'SELECT "tradingAccountId", quantity FROM lay.positions ORDER BY 1, 2'
+    ).fetchall()
+    assert rows == [("calm", 20), ("hot", 0), ("hot", 0)]
+    detail = bare_db.scalar("SELECT detail FROM riskd.close_requests WHERE account_id = 'hot'")
+    assert len(detail["closed"]) == 2 and detail["realised_pnl"] == -3
+
+
+KEYS_REFUSED = {
+    "inherited-child-unkeyed": (
+        f"CREATE TABLE lay.positions ({POSITION_COLUMNS}, {KEYED});"
+        "CREATE TABLE lay.positions_archive () INHERITS (lay.positions);",
+        key_refusal("positions_archive"),
+    ),
+    "inherited-grandchild-unkeyed": (
+        f"CREATE TABLE lay.positions ({POSITION_COLUMNS}, {KEYED});"
+        f"CREATE TABLE lay.positions_archive ({KEYED}) INHERITS (lay.positions);"
+        "CREATE TABLE lay.positions_archive_2025 () INHERITS (lay.positions_archive);",
+        key_refusal("positions_archive_2025"),
+    ),
+    "partition-unkeyed": (
+        f'CREATE TABLE lay.positions ({POSITION_COLUMNS}) PARTITION BY LIST ("instrumentId");'
+        f"CREATE TABLE lay.positions_i1 PARTITION OF lay.positions ({KEYED})"
+        " FOR VALUES IN ('i1');"
+        "CREATE TABLE lay.positions_rest PARTITION OF lay.positions DEFAULT;",
+        key_refusal("positions_rest"),
+    ),
+    "partial-unique-index": (
+        f"CREATE TABLE lay.positions ({POSITION_COLUMNS});"
+        "CREATE UNIQUE INDEX positions_open ON lay.positions (id) WHERE quantity <> 0;",
+        key_refusal("positions", ' (its unique index "positions_open" is partial)'),
+    ),
+    "unique-on-another-column": (
+        f'CREATE TABLE lay.positions ({POSITION_COLUMNS}, UNIQUE (id, "instrumentId"));',
+        key_refusal("positions"),
+    ),
+    "unique-on-an-expression": (
+        f"CREATE TABLE lay.positions ({POSITION_COLUMNS});"
+        "CREATE UNIQUE INDEX positions_lower_id ON lay.positions (lower(id));",
+        key_refusal("positions", ' (its unique index "positions_lower_id" is on an expression)'),
+    ),
+    "no-index": (f"CREATE TABLE lay.positions ({POSITION_COLUMNS});", key_refusal("positions")),
+}
+
+
+@pytest.mark.parametrize("name", list(KEYS_REFUSED))
+def test_a_layout_whose_position_key_is_not_unique_is_refused_in_one_line(
+    bare_db: Db, name: str
+) -> None:
+    ddl, line = KEYS_REFUSED[name]
+    make_platform(bare_db, ddl)
+    refused = migrate_cli(bare_db)
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == f"riskd: {line}\n"
+    assert bare_db.scalar("SELECT to_regclass('riskd.alembic_version')") is None
+    with pytest.raises(SchemaMappingError, match="flatten could close a position twice"):
+        migrate.migrate(dataclasses.replace(bare_db.settings, schema=MAPPING))
+
+
+def test_an_inherited_child_is_accepted_once_it_has_its_own_key(bare_db: Db) -> None:
+    ddl, line = KEYS_REFUSED["inherited-child-unkeyed"]
+    make_platform(bare_db, ddl)
+    assert migrate_cli(bare_db).stderr == f"riskd: {line}\n"
+    bare_db.conn.execute(f"ALTER TABLE lay.positions_archive ADD {KEYED}")  # type: ignore[arg-type]
+    done = migrate_cli(bare_db)
+    assert done.exit_code == 0, done.output
+
+
+def test_a_unique_index_left_invalid_is_no_key(bare_db: Db) -> None:
+    """A CREATE UNIQUE INDEX CONCURRENTLY that failed leaves an index that enforces nothing."""
+    make_platform(bare_db, f"CREATE TABLE lay.positions ({POSITION_COLUMNS});")
+    conn = bare_db.conn
+    conn.execute(
+        "INSERT INTO lay.positions VALUES ('p1', 'a', 'i1', 1, 0), ('p1', 'a', 'i1', 2, 0)"
+    )
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("CREATE UNIQUE INDEX CONCURRENTLY positions_id ON lay.positions (id)")
+    conn.execute("DELETE FROM lay.positions")
+    refused = migrate_cli(bare_db)
+    assert refused.exit_code == 2, refused.output
+    line = key_refusal("positions", ' (its unique index "positions_id" is not valid)')
+    assert refused.stderr == f"riskd: {line}\n"
+    conn.execute("REINDEX INDEX CONCURRENTLY lay.positions_id")
+    assert migrate_cli(bare_db).exit_code == 0
 
 
 def test_a_generated_pnl_column_is_left_to_the_table(bare_db: Db) -> None:

@@ -291,6 +291,7 @@ def test_the_monitoring_role_reads_riskd_and_nothing_else(db: Db, roles: Roles) 
     assert status.stderr == "" and status.exit_code in (0, 1), status.output
     report = json.loads(status.stdout)  # unhealthy (no daemon runs), but every figure is there
     assert report["pending_close_requests"] == 1 and report["levels"]["critical"] == 1, report
+    assert report["dirty_instruments"] is not None, report  # counted, not unknown
     shown = CliRunner().invoke(main, ["events", "--json"], env=env)
     assert shown.exit_code == 0 and shown.stderr == "", shown.output
     assert [json.loads(line)["account_id"] for line in shown.stdout.splitlines()] == ["a1"]

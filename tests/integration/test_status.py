@@ -17,6 +17,8 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import Db
 from daemonproc import DaemonProcess
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from test_check import check_one, setup_account
 
 from riskd import __version__
@@ -231,17 +233,21 @@ def test_json_document_shape(db: Db) -> None:
         db, "live:1", lag=0.5, dirty=3, leader=True, last_sweep_at="2024-01-01T00:00:00+00:00"
     )
     db.conn.execute("DELETE FROM riskd.dirty_accounts")  # the marks setup_account made
+    db.conn.execute("DELETE FROM riskd.dirty_instruments")
     db.conn.execute("INSERT INTO riskd.dirty_accounts (account_id) VALUES ('a1'), ('a1'), ('a2')")
+    db.conn.execute("INSERT INTO riskd.dirty_instruments (instrument_id) VALUES ('i1'), ('i2')")
     code, doc = as_json(db, "--events", "5")
     assert code == 0
     assert set(doc) == {
         "healthy", "problems", "summary", "checked_at", "database", "installed", "revision",
         "head", "at_head", "limits", "instances", "stale_instances", "queue_usage",
-        "dirty_marks", "dirty_accounts", "levels", "pending_close_requests",
-        "oldest_close_request_age", "recent_events", "capture_problems",
+        "dirty_marks", "dirty_accounts", "dirty_instrument_marks", "dirty_instruments",
+        "levels", "pending_close_requests", "oldest_close_request_age", "recent_events",
+        "capture_problems",
     }  # fmt: skip
     assert doc["summary"].startswith("riskd OK: ")
     assert (doc["dirty_marks"], doc["dirty_accounts"]) == (3, 2)
+    assert (doc["dirty_instrument_marks"], doc["dirty_instruments"]) == (2, 2)
     assert doc["levels"] == {"ok": 0, "warning": 1, "critical": 0}
     assert doc["limits"] == {"stale_after": 10.0, "max_queue_usage": 0.5, "max_lag": 30.0}
     (instance,) = doc["instances"]
@@ -258,6 +264,55 @@ def test_json_document_shape(db: Db) -> None:
         "0.8500000000",
     )
     assert event["created_at"].endswith("+00:00") or "+" in event["created_at"]
+
+
+def test_the_dirty_set_counts_instrument_marks_too(db: Db) -> None:
+    """A price tick marks an instrument, not its holders (the drain fans it out): a backlog of
+    instrument marks is a backlog all the same, in the text and in --json."""
+    heartbeat(db, "live:1")
+    conn = db.conn
+    conn.execute("INSERT INTO instruments VALUES ('btc', 'BTC', 100, 0.1), ('eth', 'ETH', 10, 0.1)")
+    conn.execute("TRUNCATE riskd.dirty_accounts, riskd.dirty_instruments")
+    conn.execute("UPDATE instruments SET price = price + 1")  # the capture marks both
+    conn.execute("UPDATE instruments SET price = price + 1 WHERE id = 'btc'")
+    conn.execute("INSERT INTO riskd.dirty_accounts (account_id) VALUES ('a1')")
+    result = status(db)
+    assert result.exit_code == 0, result.output
+    assert "dirty set: 1 marks for 1 accounts, 3 marks for 2 instruments;" in result.stdout
+    code, doc = as_json(db)
+    assert (doc["dirty_marks"], doc["dirty_accounts"]) == (1, 1)
+    assert (doc["dirty_instrument_marks"], doc["dirty_instruments"]) == (3, 2)
+
+
+def test_instrument_marks_this_role_cannot_read_are_unknown_not_an_error(db: Db) -> None:
+    """A monitoring role granted before the instrument marks existed reads the rest."""
+    heartbeat(db, "live:1")
+    role = f"status_{db.name}"
+    conn = db.conn
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA riskd TO {}").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL(
+                "GRANT SELECT ON riskd.alembic_version, riskd.installation, riskd.daemons,"
+                " riskd.dirty_accounts, riskd.account_state, riskd.risk_events,"
+                " riskd.close_requests, riskd.account_limits TO {}"
+            ).format(sql.Identifier(role))
+        )
+        dsn = make_conninfo(db.dsn, user=role)
+        result = status(None, dsn=dsn)
+        assert result.exit_code == 0 and result.stderr == "", result.output
+        assert "instrument marks unknown" in result.stdout
+        doc = json.loads(status(None, "--json", dsn=dsn).stdout)
+        assert (doc["dirty_instrument_marks"], doc["dirty_instruments"]) == (None, None)
+        assert doc["healthy"] is True
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    # a schema from before the instrument marks (revision 0003 had none)
+    conn.execute("DROP TABLE riskd.dirty_instruments CASCADE")
+    code, doc = as_json(db)
+    assert doc["dirty_instruments"] is None and code == 0
 
 
 def test_health_rules_as_a_pure_function() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.debounce import Debouncer
+from riskd.debounce import Debouncer, busy_delay
 
 ACCOUNTS = [f"a{i}" for i in range(6)]
 
@@ -168,3 +168,122 @@ def test_an_older_change_seen_later_brings_the_deadline_forward() -> None:
     d.mark("a", now=0.0, changed_at=-1.0)
     assert d.pop_due(0.0, limit=10) == [("a", -1.0)]
     assert d.pop_due(10.0, limit=10) == [] and len(d) == 0
+
+
+def test_busy_delay_doubles_from_initial_up_to_the_cap() -> None:
+    delays = [busy_delay(n, initial=0.2, cap=5.0) for n in range(1, 9)]
+    assert delays == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
+    assert busy_delay(10_000, initial=0.2, cap=5.0) == 5.0  # no overflow however long it lasts
+    assert busy_delay(1, initial=0.2, cap=0.1) == 0.1  # a cap below initial wins
+    with pytest.raises(ValueError):
+        busy_delay(0, initial=0.2, cap=5.0)
+
+
+@given(attempts=st.integers(min_value=1, max_value=200), cap=st.floats(0.01, 60))
+def test_busy_delay_never_shrinks_and_never_passes_the_cap(attempts: int, cap: float) -> None:
+    here, after = busy_delay(attempts, 0.2, cap), busy_delay(attempts + 1, 0.2, cap)
+    assert 0 < here <= after <= cap
+
+
+def test_a_deferred_account_waits_until_then_and_keeps_its_first_change() -> None:
+    d = Debouncer(debounce=1.0, max_delay=5.0)
+    d.defer("a", now=10.0, changed_at=4.0, until=10.2)
+    assert d.pop_due(10.19, 10) == []
+    assert d.pop_due(10.2, 10) == [("a", 4.0)]  # not 1 s later: a failed check is no change
+
+
+def test_marks_never_bring_a_deferred_account_forward() -> None:
+    """Its rows are locked: checking it again sooner would only fail again."""
+    d = Debouncer(debounce=0.0, max_delay=1.0)
+    d.defer("a", now=10.0, changed_at=9.0, until=12.0)
+    d.mark("a", now=10.5, changed_at=3.0)  # even a change older than max_delay
+    assert d.pop_due(11.99, 10) == []
+    assert d.pop_due(12.0, 10) == [("a", 3.0)]
+
+
+def test_deferring_never_makes_a_held_account_due_earlier() -> None:
+    """Marked again while its check was in flight, then deferred for less than it already
+    waits: it stays due when it was, with the older change kept."""
+    d = Debouncer(debounce=1.0, max_delay=5.0)
+    d.mark("a", now=0.0)
+    d.defer("a", now=0.5, changed_at=-10.0, until=0.6)
+    assert d.pop_due(0.99, 10) == []
+    assert d.pop_due(1.0, 10) == [("a", -10.0)]
+
+
+def test_deferring_keeps_one_entry_per_account() -> None:
+    d = Debouncer(debounce=1.0, max_delay=5.0)
+    now = 0.0
+    for attempt in range(1, 2_001):  # a hot account, busy on every check, marked meanwhile
+        d.mark("hot", now=now)
+        d.defer("hot", now=now, changed_at=0.0, until=now + busy_delay(attempt, 0.2, 5.0))
+        d.mark("cool", now=now)
+        assert len(d) == 2 and len(d._heap) <= 4
+        now += 0.1
+        d.pop_due(now, limit=10)
+
+
+defer_steps = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=2, allow_nan=False),  # time advance
+        st.sampled_from(["mark", "defer", "pop"]),
+        st.sampled_from(ACCOUNTS[:3]),
+        st.floats(min_value=0, max_value=3, allow_nan=False),  # how long before: the change
+        st.floats(min_value=0, max_value=3, allow_nan=False),  # how long after: the hold
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    debounce=st.sampled_from([0.0, 0.2, 1.0]),
+    max_delay=st.sampled_from([0.5, 2.0, 5.0]),
+    script=defer_steps,
+)
+def test_defer_against_model(
+    debounce: float, max_delay: float, script: list[tuple[float, str, str, float, float]]
+) -> None:
+    """Marks and defers mixed: every account due exactly when the model says, never before a
+    hold it was given, with its first unchecked change; one entry per account."""
+    d = Debouncer(debounce=debounce, max_delay=max_delay)
+    spacing = max_delay if debounce > 0 else 0.0
+    model: dict[str, list[float]] = {}  # account -> [first, last, not before]
+    held: dict[str, float] = {}  # account -> the latest hold it was given
+    checked: dict[str, float] = {}
+    now = 0.0
+
+    def deadline(e: list[float]) -> float:
+        return max(min(e[1] + debounce, e[0] + max_delay), e[2])
+
+    for advance, action, account, age, hold in script:
+        now += advance
+        if action == "mark":
+            not_before = checked[account] + spacing if account in checked else float("-inf")
+            e = model.setdefault(account, [now - age, now, not_before])
+            e[0], e[1] = min(e[0], now - age), max(e[1], now)
+            d.mark(account, now=now, changed_at=now - age)
+        elif action == "defer":
+            until = now + hold
+            if account in model:
+                e = model[account]
+                e[2] = max(deadline(e), until)
+                e[0] = min(e[0], now - age)
+            else:
+                model[account] = [now - age, now - age, until]
+            held[account] = max(held.get(account, until), until)
+            d.defer(account, now=now, changed_at=now - age, until=until)
+        else:
+            due = {a for a, e in model.items() if deadline(e) <= now}
+            popped = d.pop_due(now, limit=len(ACCOUNTS))
+            assert {a for a, _ in popped} == due
+            for a, first in popped:
+                assert first == model.pop(a)[0]
+                assert now >= held.pop(a, now)
+                checked[a] = now
+            d.checked([a for a, _ in popped], now)
+            if model:  # each now due later than now, where the model's bounds are exact
+                next_due = d.next_deadline()
+                assert next_due is not None
+                assert next_due <= min(deadline(e) for e in model.values())
+        assert len(d) == len(model)
