@@ -92,7 +92,7 @@ class Run:
     sample: Sample = field(default_factory=Sample)
     latencies: list[float] = field(default_factory=list)
     sell_off_at: float | None = None
-    interrupted: bool = False
+    interrupted: str = ""  # the signal that stopped the market early, if one did
 
 
 def _query(name: str) -> sql.SQL:
@@ -103,13 +103,30 @@ def _query(name: str) -> sql.SQL:
 # --------------------------------------------------------------------------- entry point
 
 
+# What stops the demo cleanly, cluster removed: Ctrl-C, a `kill`, and the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _interrupt_on_stop_signals() -> None:
+    """Outside the event loop (starting the server, seeding, the summary, the clean-up), a stop
+    signal interrupts like Ctrl-C, so the cluster is removed; by default SIGTERM and SIGHUP
+    would end the process at once and leave the server running."""
+    for signum in STOP_SIGNALS[1:]:
+        signal.signal(signum, _interrupt)
+
+
 def run(options: DemoOptions, console: Console | None = None) -> int:
-    """The demo from start to summary; the exit code (0 also after Ctrl-C)."""
+    """The demo from start to summary; the exit code (0 also after Ctrl-C, SIGTERM, SIGHUP)."""
     console = console or Console()
     live = console.is_terminal if options.live is None else options.live
     _configure_logging(console, live)
     cluster: PgCluster | None = None
     keep = False
+    _interrupt_on_stop_signals()
     try:
         cluster = _new_cluster()
         settings = _set_up(cluster, options, console)
@@ -120,19 +137,22 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
             daemon=Daemon(settings, handle_signals=False),
         )
         code = asyncio.run(_main(run_, console, live))
+        _interrupt_on_stop_signals()  # the event loop left them at their defaults
         _summary(run_, console)
         keep = options.keep
         if keep:
             _print_kept(cluster, settings, console)
         return code
     except KeyboardInterrupt:
-        console.print("interrupted: stopping")
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            console.print("interrupted: stopping")
         return 0
     finally:
         if cluster is not None and not keep:
             with contextlib.suppress(KeyboardInterrupt):
                 cluster.cleanup()
-                console.print(f"removed the cluster in {cluster.root}")
+                with contextlib.suppress(OSError):
+                    console.print(f"removed the cluster in {cluster.root}")
 
 
 def _configure_logging(console: Console, live: bool) -> None:
@@ -197,16 +217,16 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
     main_task = asyncio.current_task()
     signals = 0
 
-    def on_signal() -> None:
+    def on_signal(signum: signal.Signals) -> None:
         nonlocal signals
         signals += 1
-        run_.interrupted = True
+        run_.interrupted = signum.name
         stop.set()
         if signals > 1 and main_task is not None:
             main_task.cancel()  # a second Ctrl-C: no more waiting; the cluster still goes
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
 
     daemon = run_.daemon
     daemon_task = asyncio.create_task(daemon.run(), name="daemon")
@@ -249,7 +269,7 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
                 await task
         return await _stop_daemon(daemon, daemon_task)
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         if not daemon_task.done():  # something failed, or a second Ctrl-C: stop it anyway
             if signals < 2:
@@ -410,6 +430,7 @@ async def _view(
     loop = asyncio.get_running_loop()
     duration = run_.options.duration
     printed = 0.0
+    news = ""
     with contextlib.ExitStack() as stack:
         screen = None
         if live:
@@ -421,11 +442,16 @@ async def _view(
             if run_.sell_off_at is None and elapsed >= duration * SELL_OFF_AT and run_.market:
                 run_.market.sell_off()
                 run_.sell_off_at = elapsed
+                news = (
+                    f"SELL-OFF: {run_.market.sell_off_instruments} instruments"
+                    f" {run_.market.config.sell_off_move * 100:+.0f} %"
+                )
             if screen is not None:
                 screen.update(_render(run_, console), refresh=True)
             elif run_.sample.elapsed > printed:
                 printed = run_.sample.elapsed
-                line = progress_line(run_.sample, run_.events, _market_stats(run_))
+                line = progress_line(run_.sample, run_.events, _market_stats(run_), news)
+                news = ""
                 console.print(line, highlight=False, soft_wrap=True)
             if elapsed >= duration or stop.is_set() or daemon.done():
                 return
@@ -449,6 +475,7 @@ def _frame(run_: Run) -> Frame:
         duration=opts.duration,
         warning_threshold=risk.warning_threshold,
         auto_close_threshold=risk.auto_close_threshold,
+        hysteresis=risk.hysteresis,
         debounce=DEBOUNCE,
         sample=run_.sample,
         events=run_.events,
@@ -492,7 +519,9 @@ def _summary(run_: Run, console: Console) -> None:
     checks = run_.daemon.stats.checks - run_.checks_at_open
     elapsed = run_.sample.elapsed
     latencies = sorted(run_.latencies)
-    how = "stopped by Ctrl-C" if run_.interrupted else "full duration"
+    how = {"": "full duration", "SIGINT": "stopped by Ctrl-C"}.get(
+        run_.interrupted, f"stopped by {run_.interrupted}"
+    )
     p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
     worst = latencies[-1] if latencies else None
     lines = [
@@ -500,10 +529,16 @@ def _summary(run_: Run, console: Console) -> None:
         f"  events     {market['warning']:,} to warning, {market['critical']:,} to critical,"
         f" {market['ok']:,} back to ok (the market's)",
         f"             first sweep: {run_.initial['warning']:,} seeded accounts in warning,"
-        f" {run_.initial['critical']:,} critical",
+        f" {run_.initial['critical']:,} critical and flattened"
+        f" ({run_.initial['ok']:,} of them back to ok once flattened)",
         f"  flattened  {by_market:,} accounts by the market, {accounts:,} in all",
         f"             {done:,} close requests done: {closed:,} positions closed,"
-        f" realised PnL {realised:,.2f}",
+        f" realised PnL {realised:,.2f}"
+        + (
+            " (an account still critical after a close is flattened again)"
+            if done > accounts
+            else ""
+        ),
         f"  checks     {checks:,} while the market ran"
         f" ({checks / max(elapsed, 1e-6):,.0f} a second)",
         f"  latency    change to check: p50 {ms(p50)}, p99 {ms(p99)}, max {ms(worst)}",

@@ -67,6 +67,7 @@ class Frame:
     duration: float  # seconds of market
     warning_threshold: Decimal
     auto_close_threshold: Decimal
+    hysteresis: Decimal
     debounce: float  # seconds
     sample: Sample
     events: Mapping[str, int]  # the market's, by level reached
@@ -94,15 +95,18 @@ def _levels(counts: Mapping[str, int], *names: str) -> str:
     return ", ".join(f"{counts.get(name, 0):,} {name}" for name in names)
 
 
-def progress_line(sample: Sample, events: Mapping[str, int], market: MarketStats) -> str:
-    """One line a second when stdout is not a terminal."""
+def progress_line(
+    sample: Sample, events: Mapping[str, int], market: MarketStats, news: str = ""
+) -> str:
+    """One line a second when stdout is not a terminal; ``news``: what the market did just now
+    (the sell-off), said once."""
     s, m = sample, market
     return (
         f"{s.elapsed:5.1f} s  accounts {_levels(s.levels, 'ok', 'warning', 'critical')}"
         f" | {s.checks_per_second:,.0f} checks/s, latency p50 {ms(s.p50)} p99 {ms(s.p99)}"
         f" | events {_levels(events, 'warning', 'critical', 'ok')}"
         f" | flattened {s.flattened_accounts:,} accounts"
-        f" | {m.fills:,} fills, {m.price_moves:,} price moves"
+        f" | {m.fills:,} fills, {m.price_moves:,} price moves" + (f" | {news}" if news else "")
     )
 
 
@@ -143,7 +147,13 @@ def render(frame: Frame, width: int, height: int) -> RenderableType:
             Panel(_market(f), title="market", border_style="blue"),
             _events_table(f.feed, rows),
         ]
-    parts.append(Text("Ctrl-C stops the demo (then the summary)", style="dim"))
+    parts.append(
+        Text(
+            f"a level is left only {f.hysteresis * 100:.0f} % below its threshold (hysteresis)"
+            " · Ctrl-C stops the demo (then the summary)",
+            style="dim",
+        )
+    )
     return Group(*parts)
 
 
@@ -158,7 +168,7 @@ def _accounts_panel(frame: Frame) -> Panel:
         share = 100 * count / frame.accounts if frame.accounts else 0.0
         table.add_row(Text(level, style=LEVEL_STYLE[level]), f"{count:,}", f"{share:.1f} %")
     table.add_row(Text("flattened", style="magenta"), f"{s.flattened_accounts:,}", "")
-    table.add_row(Text("trading", style="dim"), f"{frame.traders:,}", "")
+    table.add_row(Text("traded by the market", style="dim"), f"{frame.traders:,}", "")
     return Panel(table, title="accounts", border_style="blue")
 
 
@@ -169,7 +179,8 @@ def _daemon_panel(frame: Frame) -> Panel:
         ("latency", f"p50 {ms(s.p50)} · p99 {ms(s.p99)}"),
         ("events", _colored_levels(frame.events)),
         ("dirty", f"{frame.dirty:,} · lag {frame.lag:.1f} s"),
-        ("first sweep", _colored_levels(frame.initial)),
+        ("first sweep", first_sweep(frame.initial)[0]),
+        ("", first_sweep(frame.initial)[1]),
     )
     return Panel(table, title="riskd daemon (last second)", border_style="blue")
 
@@ -198,6 +209,16 @@ def _pairs(*pairs: tuple[str, str | Text]) -> Table:
     for key, value in pairs:
         table.add_row(key, value)
     return table
+
+
+def first_sweep(initial: Mapping[str, int]) -> tuple[Text, str]:
+    """What the first sweep found among the seeded accounts, and what became of those it took
+    to critical: flattened, and most of them back to ok at their next check (its ok events)."""
+    found = Text()
+    found.append(f"{initial.get('warning', 0):,} warning", style=LEVEL_STYLE["warning"])
+    found.append("  ")
+    found.append(f"{initial.get('critical', 0):,} critical", style=LEVEL_STYLE["critical"])
+    return found, f"flattened, {initial.get('ok', 0):,} back to ok"
 
 
 def _colored_levels(counts: Mapping[str, int]) -> Text:

@@ -128,7 +128,10 @@ def test_keep_leaves_a_database_with_real_events_and_flattened_accounts(
         assert scalar("SELECT count(*) FROM riskd.close_requests WHERE status = 'done'") > 0
 
 
-def test_ctrl_c_stops_cleanly_and_removes_the_cluster() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=str)
+def test_a_stop_signal_ends_cleanly_and_removes_the_cluster(stop: signal.Signals) -> None:
+    """Ctrl-C, a `kill` and the terminal closing (SIGHUP) all end the demo with its summary,
+    the server stopped and its directory removed."""
     args = ("--duration", "120", "--accounts", "500", "--positions", "5000")
     proc = subprocess.Popen(
         _demo(*args),
@@ -153,11 +156,12 @@ def test_ctrl_c_stops_cleanly_and_removes_the_cluster() -> None:
         assert cluster is not None
         root = Path(cluster.group(2))
         assert root.exists() and _processes_mentioning(str(root))
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(30) == 0, "".join(lines)
         reader.join(10)
         output = "".join(lines)
-        assert "Summary" in output and "stopped by Ctrl-C" in output, output
+        said = "stopped by Ctrl-C" if stop == signal.SIGINT else f"stopped by {stop.name}"
+        assert "Summary" in output and said in output, output
         assert not root.exists(), output
         assert _processes_mentioning(str(root)) == [], output
     finally:

@@ -34,10 +34,11 @@ FRAME = Frame(
     duration=30.0,
     warning_threshold=Decimal("0.80"),
     auto_close_threshold=Decimal("0.90"),
+    hysteresis=Decimal("0.02"),
     debounce=0.2,
     sample=SAMPLE,
     events=Counter({"warning": 21, "critical": 5, "ok": 2}),
-    initial=Counter({"warning": 400, "critical": 90}),
+    initial=Counter({"warning": 400, "critical": 90, "ok": 71}),
     feed=[
         FeedEvent(11.5, "acc-0000042", "warning", "critical", Decimal("0.95"), 7),
         FeedEvent(11.0, "acc-0000007", "ok", "warning", None, None),
@@ -64,7 +65,13 @@ def _text(frame: Frame, width: int, height: int = 45) -> str:
 def test_a_frame_shows_the_run_at_a_glance(width: int) -> None:
     text = _text(FRAME, width)
     assert "riskd demo · PostgreSQL 18 · 10,000 accounts · 100,000 positions" in text
-    assert "warning 80 %" in text and "flatten 90 % · debounce 200 ms" in text
+    assert "warning 80 %" in text and "flatten 90 %" in text and "debounce 200 ms" in text
+    # a level is left only below its threshold less the hysteresis: critical -> warning at
+    # 79.9 % is no contradiction, and the screen says why
+    assert "a level is left only 2 % below its threshold (hysteresis)" in text
+    assert "traded by the market" in text
+    # the first sweep's ok events are the flattened accounts coming back, said so
+    assert "400 warning  90 critical" in text and "flattened, 71 back to ok" in text
     assert "12 s of 30 s" in text
     assert "9,500" in text and "95.0 %" in text  # ok accounts and their share
     assert "1,234 / s" in text and "p50 250 ms · p99 800 ms" in text
@@ -97,6 +104,8 @@ def test_the_progress_line_without_a_terminal() -> None:
         " | events 21 warning, 5 critical, 0 ok"
         " | flattened 37 accounts | 480 fills, 96 price moves"
     )
+    news = progress_line(SAMPLE, Counter(), MARKET, "SELL-OFF: 20 instruments -10 %")
+    assert news.endswith(" | SELL-OFF: 20 instruments -10 %")
 
 
 def test_the_demo_queries_load_from_their_own_file() -> None:
