@@ -20,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "3102f72aa72602e57b26e806fa8c58c589e72b83e4142909ba7bd3f35171a634"
+FROZEN_SHA256 = "2d939b47f3ec9fac641fc67a5000f6d885d95e8dab00b21c069a6f635e6a47f5"
 
 
 def upgrade() -> None:

@@ -710,3 +710,62 @@ def test_a_close_request_opened_again_is_announced(bare_db: Db) -> None:
         assert again.event_id is None and again.close_request_id is not None
         (notice,) = list(listener.notifies(timeout=5, stop_after=1))
     assert json.loads(notice.payload)["close_request_id"] == again.close_request_id
+
+
+@pytest.mark.parametrize("hidden", ["lay.accounts", "lay.positions"])
+def test_a_flatten_the_platforms_policies_refuse_becomes_a_close_request(
+    bare_db: Db, hidden: str
+) -> None:
+    """A policy lets the daemon's role read every row (riskd accepts it) but update none: the
+    flatten cannot close or book, so it is undone for that account, and the account, still
+    recorded critical with its event, gets a pending close request saying why."""
+    lay = make_layout(bare_db, "plain")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 1000), ('calm', 'u', 1000)")
+    conn.execute("INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 95, -5)")
+    conn.execute("INSERT INTO lay.positions VALUES ('b', 'calm', 'i1', 10, 0)")
+    conn.execute("CREATE ROLE rls_flattener LOGIN")
+    try:
+        conn.execute("GRANT USAGE ON SCHEMA lay, riskd TO rls_flattener")
+        conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA lay, riskd TO rls_flattener")
+        conn.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA riskd TO rls_flattener")
+        conn.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA riskd TO rls_flattener")
+        conn.execute(f"ALTER TABLE {hidden} ENABLE ROW LEVEL SECURITY")  # type: ignore[arg-type]
+        conn.execute(
+            f"CREATE POLICY reads_all ON {hidden} FOR SELECT TO rls_flattener USING (true)"  # type: ignore[arg-type]
+        )
+        settings = dataclasses.replace(
+            lay.settings, risk=dataclasses.replace(lay.settings.risk, auto_close="flatten")
+        )
+        with _role_connection(bare_db, "rls_flattener") as daemon:
+            check_visibility(daemon, MAPPING)  # riskd sees every row: accepted
+            results = {r.account_id: r for r in check_accounts(daemon, settings, ["hot", "calm"])}
+        assert results["hot"].level == "critical" and results["hot"].event_id is not None
+        assert results["hot"].close_request_id is not None
+        assert results["calm"].close_request_id is None
+        status, detail = conn.execute(
+            "SELECT status, detail FROM riskd.close_requests WHERE account_id = 'hot'"
+        ).fetchone()  # type: ignore[misc]
+        assert status == "pending" and detail["mode"] == "flatten", detail
+        assert detail["flatten_failed"], detail
+        assert lay.rows()[("hot", "a")] == (Decimal(95), Decimal(-5))  # nothing closed
+        assert lay.balance("hot") == 1000  # nothing booked
+    finally:
+        conn.execute("DROP OWNED BY rls_flattener CASCADE")
+        conn.execute("DROP ROLE rls_flattener")
+
+
+def test_a_domain_balance_is_booked_as_the_column_holds_it_and_the_audit_says_so(
+    bare_db: Db,
+) -> None:
+    bare_db.conn.execute("CREATE DOMAIN public.money2 AS numeric(18, 2)")
+    lay = make_layout(bare_db, "plain", balance="public.money2")
+    conn = bare_db.conn
+    conn.execute("INSERT INTO lay.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    conn.execute("INSERT INTO lay.accounts VALUES ('hot', 'u', 100)")
+    conn.execute("INSERT INTO lay.positions VALUES ('a', 'hot', 'i1', 20, -10.505)")
+    lay.check("hot")
+    detail = bare_db.scalar("SELECT detail FROM riskd.close_requests")
+    assert Decimal(str(detail["realised_pnl"])) == Decimal("-10.505")
+    assert Decimal(str(detail["booked_pnl"])) == lay.balance("hot") - 100

@@ -232,33 +232,41 @@ BEGIN ATOMIC
     RETURNING c.table_oid, c.position_id, c.account_id;
 END;
 
--- Books realised PnL into the balance of one account; returns how many rows it updated. A
--- generated balance takes no UPDATE (check_accounts then asks for a close request instead of
--- flattening): the function books nothing, and says so.
+-- Books realised PnL into the balance of one account; returns the amount the balance really
+-- moved by (what the column could hold: rounded by its scale or its type, a domain's too), NULL
+-- when the account is not exactly one row it may update. A generated balance takes no UPDATE
+-- (check_accounts then asks for a close request instead of flattening): NULL.
 DO $do$
 BEGIN
     IF {balance_bookable} THEN
         EXECUTE $f$
         CREATE FUNCTION riskd.flatten_book(p_account {account_id_type}, p_amount numeric)
-        RETURNS bigint
+        RETURNS numeric
         LANGUAGE sql
         BEGIN ATOMIC
-            WITH booked AS (
+            WITH before AS (
+                SELECT a.{a_id} AS id, a.{a_balance} AS balance FROM {accounts} AS a
+                WHERE a.{a_id} OPERATOR(pg_catalog.=) p_account
+            ), booked AS (
                 UPDATE {accounts} AS a
                 SET {a_balance} = COALESCE(a.{a_balance}, 0) OPERATOR(pg_catalog.+) p_amount
-                WHERE a.{a_id} OPERATOR(pg_catalog.=) p_account
-                RETURNING 1
+                FROM before AS b
+                WHERE a.{a_id} OPERATOR(pg_catalog.=) b.id
+                RETURNING CAST(a.{a_balance} AS numeric) OPERATOR(pg_catalog.-)
+                          CAST(COALESCE(b.balance, 0) AS numeric) AS amount
             )
-            SELECT pg_catalog.count(*) FROM booked;
+            SELECT CASE WHEN pg_catalog.count(*) OPERATOR(pg_catalog.=) 1
+                        THEN pg_catalog.max(booked.amount) END
+            FROM booked;
         END
         $f$;
     ELSE
         EXECUTE $f$
         CREATE FUNCTION riskd.flatten_book(p_account {account_id_type}, p_amount numeric)
-        RETURNS bigint
+        RETURNS numeric
         LANGUAGE sql
         BEGIN ATOMIC
-            SELECT CAST(0 AS bigint);
+            SELECT CAST(NULL AS numeric);
         END
         $f$;
     END IF;
@@ -267,8 +275,9 @@ $do$;
 
 -- Auto-close mode `flatten`: for every account found critical, close its open positions at the
 -- current price, largest loss first, until it is back under its warning threshold (all of them
--- when equity <= 0), realising their PnL into the balance (rounded to the balance column's
--- scale); record what was closed in a close request with status `done`. Every check of a
+-- when equity <= 0), realising their PnL into the balance (what the balance column holds:
+-- rounded to its scale); record what was closed and what was booked in a close request with
+-- status `done`. Every check of a
 -- critical account flattens again, so none is left critical with positions open; an account
 -- with data riskd cannot trust is never flattened (DESIGN §1).
 --
@@ -279,7 +288,9 @@ $do$;
 -- lock_not_available, rolls back whole, and the daemon retries the account alone a moment
 -- later. The closing set is then read from a new snapshot, so a fill that raced the check is
 -- seen, and locked in the same statement, NOWAIT too. A close that does not touch exactly the
--- rows it chose rolls the whole check back rather than book a figure it did not realise.
+-- rows it chose, or whose balance cannot be booked, is undone (that account alone) and the
+-- account gets a pending close request saying why, as does a critical account whose positions
+-- the daemon's role may read but not update: the check and its event stand.
 CREATE OR REPLACE FUNCTION riskd.flatten(
     p_results riskd.check_result[], p_warning numeric, p_auto_close numeric
 )
@@ -291,8 +302,11 @@ DECLARE
     v_accounts {account_id_type}[] := '{{}}';
     v_requests bigint[] := '{{}}';
     v_closed bigint;
+    v_booked numeric;
     v_request bigint;
     v_acct record;
+    v_failed {account_id_type}[] := '{{}}';
+    v_reasons text[] := '{{}}';
 BEGIN
     SELECT array_agg(r.account_id ORDER BY r.account_id) INTO v_ids
     FROM unnest(p_results) AS r
@@ -354,28 +368,70 @@ BEGIN
         GROUP BY c.account_id, c.equity, c.used
         ORDER BY c.account_id
     LOOP
-        SELECT count(*) INTO v_closed FROM riskd.flatten_close(v_acct.refs);
-        IF v_closed <> cardinality(v_acct.refs) THEN
-            RAISE EXCEPTION USING MESSAGE = concat(
-                'riskd: flatten of account ', v_acct.account_id, ' closed ', v_closed, ' rows for ',
-                cardinality(v_acct.refs), ' positions');
+        -- each account in a subtransaction (the daemon's, never a trade's): a close the
+        -- platform's table refuses or hides (an UPDATE policy, a trigger that skips the row)
+        -- undoes that account's close and books nothing; it gets a close request instead
+        v_request := NULL;
+        BEGIN
+            SELECT count(*) INTO v_closed FROM riskd.flatten_close(v_acct.refs);
+            IF v_closed <> cardinality(v_acct.refs) THEN
+                RAISE EXCEPTION USING MESSAGE = concat(
+                    'closed ', v_closed, ' rows for ', cardinality(v_acct.refs), ' positions');
+            END IF;
+            v_booked := riskd.flatten_book(v_acct.account_id, v_acct.booked);
+            IF v_booked IS NULL THEN
+                RAISE EXCEPTION USING MESSAGE = 'found no single balance row it may update';
+            END IF;
+            INSERT INTO riskd.close_requests
+                (account_id, status, utilization, completed_at, detail)
+            VALUES (v_acct.account_id, 'done',
+                    riskd.utilization(1, v_acct.equity, v_acct.used), now(),
+                    jsonb_build_object(
+                        'mode', 'flatten', 'equity', v_acct.equity,
+                        'used_margin_before', v_acct.used,
+                        'used_margin_after', v_acct.used - v_acct.closed_margin,
+                        'realised_pnl', v_acct.realised, 'booked_pnl', v_booked,
+                        'closed', v_acct.closed))
+            RETURNING id INTO v_request;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                RAISE;  -- a trade holds a row: the daemon retries the account later
+            WHEN OTHERS THEN
+                v_failed := v_failed || v_acct.account_id;
+                v_reasons := v_reasons || SQLERRM;
+        END;
+        IF v_request IS NOT NULL THEN
+            v_accounts := v_accounts || v_acct.account_id;
+            v_requests := v_requests || v_request;
         END IF;
-        IF riskd.flatten_book(v_acct.account_id, v_acct.booked) <> 1 THEN
-            RAISE EXCEPTION USING MESSAGE = concat(
-                'riskd: flatten of account ', v_acct.account_id, ' found no single balance to book');
-        END IF;
-        INSERT INTO riskd.close_requests (account_id, status, utilization, completed_at, detail)
-        VALUES (v_acct.account_id, 'done', riskd.utilization(1, v_acct.equity, v_acct.used), now(),
-                jsonb_build_object(
-                    'mode', 'flatten', 'equity', v_acct.equity,
-                    'used_margin_before', v_acct.used,
-                    'used_margin_after', v_acct.used - v_acct.closed_margin,
-                    'realised_pnl', v_acct.realised, 'booked_pnl', v_acct.booked,
-                    'closed', v_acct.closed))
-        RETURNING id INTO v_request;
-        v_accounts := v_accounts || v_acct.account_id;
-        v_requests := v_requests || v_request;
     END LOOP;
+
+    -- A critical account with positions open and trustworthy data that flatten did not
+    -- close (refused above, or none of its positions visible to the daemon's updates) is not
+    -- left so: a close request for the platform, saying why (DESIGN §1).
+    WITH fallback AS (
+        INSERT INTO riskd.close_requests (account_id, status, utilization, detail)
+        SELECT r.account_id, 'pending', r.utilization,
+               jsonb_build_object(
+                   'mode', 'flatten', 'equity', r.equity, 'used_margin', r.used_margin,
+                   'flatten_failed', COALESCE(f.reason, 'no open position it may close'))
+        FROM unnest(p_results) AS r
+        LEFT JOIN unnest(v_failed, v_reasons) AS f (account_id, reason)
+            ON f.account_id = r.account_id
+        WHERE r.level = 'critical' AND r.account_id <> ALL (v_accounts)
+          AND EXISTS (SELECT 1 FROM riskd.platform_positions AS p
+                      WHERE p.account_id = r.account_id)
+          AND NOT EXISTS (SELECT 1 FROM riskd.platform_positions AS p
+                          WHERE p.account_id = r.account_id AND p.data_error IS NOT NULL)
+          AND NOT EXISTS (SELECT 1 FROM riskd.platform_accounts AS a
+                          WHERE a.account_id = r.account_id AND a.data_error IS NOT NULL)
+        ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
+        RETURNING id, account_id
+    )
+    SELECT v_accounts || COALESCE(array_agg(account_id), '{{}}'),
+           v_requests || COALESCE(array_agg(id), '{{}}')
+    INTO v_accounts, v_requests
+    FROM fallback;
 
     SELECT array_agg(ROW(r.account_id, r.user_id, r.level, r.previous_level, r.utilization,
                          r.equity, r.used_margin, r.event_id,
