@@ -3,7 +3,8 @@
 riskd.migrate hands over the settings (and, online, an open connection) in
 ``config.attributes``; the version table lives in schema riskd, apart from the platform's.
 With ``install`` set (an empty database going to head), the command is a stamp and head's SQL
-from ``sql/`` runs first, in the same transaction.
+from ``sql/`` runs first, in the same transaction. Offline (``--sql``), ``template_params``
+may come from riskd.migrate too: the types read from the database when it could be reached.
 """
 
 from alembic import context
@@ -23,7 +24,10 @@ settings = config.attributes["settings"]
 
 
 def run_offline() -> None:
-    config.attributes["template_params"] = prepare_templates(None, settings)
+    # `riskd migrate --sql` hands over the parameters it read from the database when it could
+    # reach one; else the reference schema's types
+    if "template_params" not in config.attributes:
+        config.attributes["template_params"] = prepare_templates(None, settings)
     context.configure(
         dialect_name="postgresql",
         literal_binds=True,

@@ -1,28 +1,43 @@
 -- riskd with least privilege: the roles the daemon and the on-call engineers use, and exactly
--- what they are granted. Found by experiment, starting from nothing, and proven by
--- tests/integration/test_least_privilege.py, which runs this very file and then the daemon as
--- the role it creates, in a database that grants PUBLIC nothing.
+-- what they are granted, as `riskd grants --flatten` prints them for this [schema] mapping:
+--   accounts_table = "public.trading_accounts"
+--   account_id = "id"
+--   account_user = "userId"
+--   account_balance = "balance"
+--   positions_table = "public.positions"
+--   position_id = "id"
+--   position_account = "tradingAccountId"
+--   position_instrument = "instrumentId"
+--   position_quantity = "quantity"
+--   position_pnl = "unrealizedPnL"
+--   instruments_table = "public.instruments"
+--   instrument_id = "id"
+--   instrument_price = "price"
+--   instrument_margin_rate = "marginRate"
 --
--- Run it after every `riskd migrate`, with psql, as a role that may grant on everything named
--- here: a GRANT takes the object's owner, so the owner of schema riskd and of the platform's
--- tables (the role that ran the migration) for most lines, and the database's owner for the
--- CONNECT and USAGE ON SCHEMA public lines — or a superuser (the test runs it as one). It
--- creates the two group roles when they do not exist yet, which takes CREATEROLE, and granting
--- their membership takes ADMIN on them; without those, have a role administrator create them
+-- Found by experiment, starting from nothing, and proven by
+-- tests/integration/test_least_privilege.py, which runs this output — on the reference schema
+-- and on one of another shape — and then the daemon as the role it creates, in a database that
+-- grants PUBLIC nothing.
+--
+-- Run it after every `riskd migrate`, and after a change of [schema] or of auto_close, with
+-- psql, as a role that may grant on everything named here: a GRANT takes the object's owner,
+-- so the owner of schema riskd and of the platform's tables (the role that ran the migration)
+-- for most lines, and the database's owner for the CONNECT lines — or a superuser. It creates
+-- the two group roles when they do not exist yet, which takes CREATEROLE, and granting their
+-- membership takes ADMIN on them; without those, have a role administrator create them
 -- (CREATE ROLE riskd_daemon NOLOGIN; CREATE ROLE riskd_monitor NOLOGIN) and grant the
 -- memberships, and leave out login= / monitor_login=. Running it again changes nothing.
 --
---   psql -X -v ON_ERROR_STOP=1 -d trading -f docs/grants.sql -v login=riskd
---   psql -X -v ON_ERROR_STOP=1 -d trading -f docs/grants.sql -v login=riskd -v flatten=on
---   psql -X -v ON_ERROR_STOP=1 -d trading -f docs/grants.sql -v monitor_login=oncall
+--   riskd grants | psql -X -v ON_ERROR_STOP=1 -d trading -v login=riskd -f -
+--   riskd grants --flatten | psql -X -v ON_ERROR_STOP=1 -d trading -v login=riskd -f -
+--   riskd grants | psql -X -v ON_ERROR_STOP=1 -d trading -v monitor_login=oncall -f -
 --
--- Variables (all optional):
+-- psql variables (all optional):
 --   daemon_role    the group role holding the daemon's privileges   (default riskd_daemon)
 --   monitor_role   the read-only group role for `riskd status` / `riskd events` (riskd_monitor)
 --   login          an existing LOGIN role the daemon connects as, made a member of daemon_role
 --   monitor_login  an existing LOGIN role made a member of monitor_role
---   flatten        on when [risk] auto_close = "flatten": riskd then writes the platform's
---                  positions and balances (the block marked FLATTEN below)    (default off)
 --
 -- Why a NOLOGIN group role and a separate LOGIN role: the privileges are written down once,
 -- against a role nobody can log in as, while each login role (one per host or per instance if
@@ -31,9 +46,8 @@
 -- new host) without touching a single GRANT. The login role must INHERIT (the default): the
 -- daemon never runs SET ROLE.
 --
--- The platform's tables below are the reference schema's. Yours follow your [schema] mapping:
--- replace each table and column with the one its key names (the comments give the keys), and
--- the schema in USAGE ON SCHEMA with the schema(s) of those tables.
+-- The platform's tables and columns below are those [schema] maps (the comments give the
+-- keys); riskd quotes every name itself.
 --
 -- What the daemon does NOT get: no privilege at all on a platform table or column outside the
 -- mapping, no write on the platform's data unless flatten is on, no DELETE or TRUNCATE on
@@ -48,10 +62,6 @@
 \if :{?monitor_role}
 \else
 \set monitor_role riskd_monitor
-\endif
-\if :{?flatten}
-\else
-\set flatten off
 \endif
 
 SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = :'daemon_role')
@@ -74,8 +84,9 @@ BEGIN;
 -- PUBLIC has USAGE on schema public unless revoked. Granted here so that the daemon does not
 -- depend on either.
 GRANT CONNECT ON DATABASE :"DBNAME" TO :"daemon_role";
-GRANT USAGE ON SCHEMA riskd TO :"daemon_role";
-GRANT USAGE ON SCHEMA public TO :"daemon_role";      -- the schema(s) of the mapped tables
+GRANT USAGE ON SCHEMA "riskd" TO :"daemon_role";
+-- the schema(s) of the mapped tables
+GRANT USAGE ON SCHEMA "public" TO :"daemon_role";
 
 -- At start: the revision and the mapping riskd was installed with.
 GRANT SELECT ON riskd.alembic_version, riskd.installation TO :"daemon_role";
@@ -109,9 +120,9 @@ GRANT SELECT, INSERT ON riskd.risk_events TO :"daemon_role";
 GRANT SELECT, INSERT, UPDATE ON riskd.close_requests TO :"daemon_role";
 GRANT SELECT ON riskd.account_limits TO :"daemon_role";
 
--- The functions the daemon calls, and the two SQL functions they call in turn (a function
--- called from a function is checked against the caller too). PostgreSQL grants EXECUTE to
--- PUBLIC by default; these grants make the daemon independent of that default.
+-- The functions the daemon calls, and the SQL functions they call in turn (a function called
+-- from a function is checked against the caller too). PostgreSQL grants EXECUTE to PUBLIC by
+-- default; `riskd migrate` revokes that, and these grants give it back to the daemon alone.
 GRANT EXECUTE ON FUNCTION
     riskd.check_accounts(text[], text, numeric, numeric, numeric, text),
     riskd.sweep(numeric, numeric, numeric),
@@ -129,61 +140,67 @@ GRANT SELECT ON riskd.platform_positions, riskd.platform_accounts TO :"daemon_ro
 
 -- The platform's data, read only, and only the mapped columns.
 GRANT SELECT (
-    id,                 -- [schema] account_id
+    "id",               -- [schema] account_id
     "userId",           -- [schema] account_user
-    balance             -- [schema] account_balance
-) ON public.trading_accounts TO :"daemon_role";          -- [schema] accounts_table
+    "balance"           -- [schema] account_balance
+) ON "public"."trading_accounts" TO :"daemon_role";   -- [schema] accounts_table
 GRANT SELECT (
-    id,                 -- [schema] position_id
+    "id",               -- [schema] position_id
     "tradingAccountId", -- [schema] position_account
     "instrumentId",     -- [schema] position_instrument
-    quantity,           -- [schema] position_quantity
+    "quantity",         -- [schema] position_quantity
     "unrealizedPnL"     -- [schema] position_pnl
-) ON public.positions TO :"daemon_role";                 -- [schema] positions_table
+) ON "public"."positions" TO :"daemon_role";   -- [schema] positions_table
 GRANT SELECT (
-    id,                 -- [schema] instrument_id
-    price,              -- [schema] instrument_price
+    "id",               -- [schema] instrument_id
+    "price",            -- [schema] instrument_price
     "marginRate"        -- [schema] instrument_margin_rate
-) ON public.instruments TO :"daemon_role";               -- [schema] instruments_table
+) ON "public"."instruments" TO :"daemon_role";   -- [schema] instruments_table
 
--- ================================================================= FLATTEN (only with on)
+-- ==================================================================== FLATTEN (--flatten)
 -- [risk] auto_close = "flatten": riskd closes positions itself. check_accounts then calls
 -- riskd.flatten on every check (so without this block every check fails), which locks the
 -- accounts' positions and balances (SELECT … FOR UPDATE, which needs UPDATE on a column),
--- zeroes the closed positions and realises their PnL into the balance. It addresses a position
--- by its key, its account and the table holding the row (tableoid: partitions and inheritance
--- children), a system column that only a table-wide SELECT covers: hence SELECT on the whole
--- positions table, not on the mapped columns alone.
+-- zeroes the closed positions and realises their PnL into the balance. It reads and writes the platform's tables through
+-- functions PostgreSQL tracks (a RENAME of a mapped column carries them along); their argument
+-- types follow the mapping, so they go by name. It addresses a position by its key, its
+-- account and the table holding the row (tableoid: partitions and inheritance children), a
+-- system column that only a table-wide SELECT covers: hence SELECT on the whole positions
+-- table, not on the mapped columns alone.
 -- Your own triggers on these tables run as the daemon's role when it flattens: grant what
 -- they need too. GRANTs only add: switching flatten off later, revoke this block's privileges
--- (REVOKE EXECUTE ON FUNCTION riskd.flatten … ; REVOKE SELECT, UPDATE ON public.positions … ;
--- REVOKE UPDATE (balance) ON public.trading_accounts …) and run this file again.
-\if :flatten
+-- (REVOKE EXECUTE ON FUNCTION riskd.flatten … ; REVOKE SELECT, UPDATE ON <positions> … ;
+-- REVOKE UPDATE (<balance>) ON <accounts> …) and run `riskd grants` again.
 GRANT EXECUTE ON FUNCTION
     riskd.flatten(riskd.check_result[], numeric, numeric),
-    riskd.flatten_positions,            -- what flatten reads and writes of the platform's
-    riskd.flatten_lock_accounts,        -- tables, through functions PostgreSQL tracks (a
-    riskd.flatten_close,                -- RENAME of a mapped column carries them along)
+    riskd.flatten_positions,
+    riskd.flatten_lock_accounts,
+    riskd.flatten_close,
     riskd.flatten_book
 TO :"daemon_role";
-GRANT SELECT ON public.positions TO :"daemon_role";      -- [schema] positions_table
+GRANT SELECT ON "public"."positions" TO :"daemon_role";   -- [schema] positions_table
 GRANT UPDATE (
-    quantity,           -- [schema] position_quantity
+    "quantity",         -- [schema] position_quantity
     "unrealizedPnL"     -- [schema] position_pnl
-) ON public.positions TO :"daemon_role";                 -- [schema] positions_table
+) ON "public"."positions" TO :"daemon_role";   -- [schema] positions_table
 GRANT UPDATE (
-    balance             -- [schema] account_balance
-) ON public.trading_accounts TO :"daemon_role";          -- [schema] accounts_table
-\endif
+    "balance"           -- [schema] account_balance
+) ON "public"."trading_accounts" TO :"daemon_role";   -- [schema] accounts_table
 
 -- ====================================================================== the monitoring role
 -- `riskd status` and `riskd events` (--follow LISTENs, which needs no privilege; neither does
 -- pg_notification_queue_usage()): riskd's tables, read only, and nothing of the platform's.
 GRANT CONNECT ON DATABASE :"DBNAME" TO :"monitor_role";
-GRANT USAGE ON SCHEMA riskd TO :"monitor_role";
+GRANT USAGE ON SCHEMA "riskd" TO :"monitor_role";
 GRANT SELECT ON
-    riskd.alembic_version, riskd.installation, riskd.daemons, riskd.dirty_accounts,
-    riskd.dirty_instruments, riskd.account_state, riskd.risk_events, riskd.close_requests,
+    riskd.alembic_version,
+    riskd.installation,
+    riskd.daemons,
+    riskd.dirty_accounts,
+    riskd.dirty_instruments,
+    riskd.account_state,
+    riskd.risk_events,
+    riskd.close_requests,
     riskd.account_limits
 TO :"monitor_role";
 

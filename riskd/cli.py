@@ -6,6 +6,7 @@ Errors riskd raises on purpose (riskd.errors) become one line on stderr and thei
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,15 +19,18 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from riskd import __version__, daemon, logs, mapping
+from riskd import __version__, daemon, logs, mapping, pipes, removal
+from riskd import accounts as account_views
 from riskd import check as checks
 from riskd import demo as demos
 from riskd import events as event_log
+from riskd import grants as grant_scripts
 from riskd import migrate as migrations
 from riskd import status as status_report
+from riskd import units as systemd_units
 from riskd.config import Settings, load_settings, mask_dsn
 from riskd.db import connect
-from riskd.errors import ConfigError, RiskdError
+from riskd.errors import DatabaseUnavailable, RiskdError, SchemaMappingError
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -34,10 +38,21 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+# What a query meets when one of riskd's own objects is not there: riskd not installed, or at
+# another revision than this riskd's (told apart by asking the database, _riskd_missing).
+_MISSING_OBJECT = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.InvalidSchemaName,
+)
+
+
 class _Group(click.Group):
     """Turns riskd's own errors into one line and an exit code, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        pipes.guard_stdout()  # `riskd … | head -1`: a reader gone is no error (riskd.pipes)
         try:
             return super().invoke(ctx)
         except RiskdError as exc:
@@ -45,7 +60,25 @@ class _Group(click.Group):
         except psycopg.OperationalError as exc:
             _fail(f"database unavailable: {' '.join(str(exc).split())}", 2)
         except psycopg.Error as exc:
+            reason = _riskd_missing(ctx, exc)
+            if reason is not None:
+                _fail(str(reason), reason.exit_code)
             _fail(f"database error: {' '.join(str(exc).split())}", 1)
+
+
+def _riskd_missing(ctx: click.Context, exc: psycopg.Error) -> RiskdError | None:
+    """A relation or function not found, when riskd itself is missing or at another revision:
+    every command that needs riskd says so in the same line (the demo brings its own
+    database)."""
+    if not isinstance(exc, _MISSING_OBJECT) or ctx.invoked_subcommand == "demo":
+        return None
+    if not isinstance(ctx.obj, _Options):
+        return None
+    try:
+        settings = ctx.obj.settings()
+    except RiskdError:
+        return None
+    return migrations.why_missing(settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,30 +150,49 @@ def main(ctx: click.Context, config: Path | None, dsn: str | None) -> None:
     "--revision",
     default="head",
     show_default=True,
-    help="Target revision, up or down; 'base' removes everything riskd installed.",
+    help="Target revision, up or down; 'base' removes everything riskd installed: it first "
+    "says how many events, close requests and account limits it drops, and refuses (exit 1) "
+    "while a riskd instance is alive (a heartbeat as recent as riskd status's live ones).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --revision base: remove riskd even while instances are alive (they stop, exit 2).",
 )
 @click.option(
     "--sql",
     "as_sql",
     is_flag=True,
     help="Print the SQL instead of running it: from nothing to --revision, or between two "
-    "revisions given as FROM:TO (up or down).",
+    "revisions given as FROM:TO (up or down). Column types are read from the database when "
+    "one is given and reachable, else they are the reference schema's (the header says which).",
 )
 @click.option(
     "--check",
     "check_only",
     is_flag=True,
     help="Say which revision the database holds and which this riskd needs; exit 1 when "
-    "they differ.",
+    "they differ, or when [schema] names a table or column the database lacks.",
 )
 @click.pass_obj
-def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> None:
-    """Install or upgrade riskd's schema and triggers (exit 1 with --check when behind)."""
+def migrate(opts: _Options, revision: str, force: bool, as_sql: bool, check_only: bool) -> None:
+    """Install or upgrade riskd's schema and triggers.
+
+    Exit 1: --check found the schema behind (or [schema] wrong), a migration failed, or a
+    removal was refused while riskd instances are alive.
+    """
     settings = opts.settings()
     if as_sql:
-        click.echo(migrations.sql_script(settings, revision), nl=False)
+        script = migrations.sql_script(settings, revision)
+        click.echo(script.text, nl=False)
+        if script.note:
+            click.echo(script.note, err=True)
         return
     if check_only:
+        try:
+            mapping.verify(settings)
+        except SchemaMappingError as exc:
+            _fail(str(exc), 1)  # the check's verdict, as for a schema behind
         line, ok = migrations.compare(migrations.current(settings))
         if ok and not migrations.mapping_matches(settings):
             line, ok = (
@@ -151,7 +203,12 @@ def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> No
         if not ok:
             sys.exit(1)
         return
-    done = migrations.run(settings, revision)
+    guard = removal.Guard(
+        live_within=status_report.STALE_AFTER,
+        say=lambda line: click.echo(line, err=True),
+        force=force,
+    )
+    done = migrations.run(settings, revision, guard=guard)
     if done.action is migrations.Action.REMAP:
         click.echo(
             f"riskd schema at {done.after}: capture, check and sweep installed again for this "
@@ -172,31 +229,38 @@ def migrate(opts: _Options, revision: str, as_sql: bool, check_only: bool) -> No
 def run(opts: _Options, verbose: bool) -> None:
     """The daemon: listen, debounce, check, sweep; stops cleanly on SIGTERM / SIGINT."""
     settings = opts.settings()
+    _refuse_a_wrong_mapping(settings)
     logs.configure(settings.daemon.log_format, logging.DEBUG if verbose else logging.INFO)
     sys.exit(daemon.run(settings))
 
 
+def _refuse_a_wrong_mapping(settings: Settings) -> None:
+    """DESIGN §4: a mapped table or column that does not exist is refused at start, in one
+    line naming the key (exit 2). A database not reachable yet is the daemon's to wait for."""
+    with contextlib.suppress(DatabaseUnavailable):
+        mapping.verify(settings, connect_timeout=daemon.CONNECT_TIMEOUT)
+
+
 def _require_schema(settings: Settings) -> None:
-    """A check or a sweep runs only on the schema revision this riskd was built for."""
-    line, ok = migrations.compare(migrations.current(settings))
-    if not ok:
-        raise ConfigError(line)
+    """A check or a sweep runs only with a mapping that matches the database, on the schema
+    revision this riskd was built for, seeing every row."""
     with connect(settings) as conn:
+        mapping.resolve(conn, settings.schema)
+        migrations.require_head(settings)
         mapping.check_visibility(conn, settings.schema)
 
 
+def _mapping_problems(settings: Settings) -> list[str]:
+    """[schema] naming a table or column the database lacks, as a reason to be unhealthy."""
+    try:
+        mapping.verify(settings)
+    except SchemaMappingError as exc:
+        return [str(exc)]
+    return []
+
+
 def _level_line(r: checks.CheckResult) -> str:
-    util = "n/a (equity <= 0)" if r.utilization is None else f"{r.utilization * 100:.2f} %"
-    moved = f"{r.previous_level} -> {r.level}" if r.transition else r.level
-    extra = ""
-    if r.event_id is not None:
-        extra += f"  event {r.event_id}"
-    if r.close_request_id is not None:
-        extra += f"  close request {r.close_request_id}"
-    return (
-        f"{r.account_id}  {moved}  utilisation {util}  equity {r.equity}  "
-        f"used margin {r.used_margin}{extra}"
-    )
+    return checks.result_line(r)
 
 
 @main.command()
@@ -204,22 +268,30 @@ def _level_line(r: checks.CheckResult) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 @click.pass_obj
 def check(opts: _Options, accounts: tuple[str, ...], as_json: bool) -> None:
-    """Check ACCOUNTS now: record their state, write events, act; print the result."""
+    """Check ACCOUNTS now: record their state, write events, act; print each result with the
+    action taken (close request opened, already pending, flattened, cancelled, or none and
+    why — auto_close = off, data riskd cannot trust).
+
+    Exit 0 when every account was checked; 1 when an id names no account or cannot be an
+    account id here (one line each on stderr; the others are still checked and printed), or
+    on a database error; 2 when the configuration is wrong or the database cannot be reached.
+    """
     settings = opts.settings()
     _require_schema(settings)
     with connect(settings) as conn:
-        try:
-            results = checks.check_accounts(conn, settings, accounts)
-        except psycopg.errors.InvalidTextRepresentation as exc:
-            raise ConfigError(f"check: not an account id: {' '.join(str(exc).split())}") from exc
-    unknown = sorted(set(accounts) - {r.account_id for r in results})
+        report = checks.check_now(conn, settings, accounts)
     if as_json:
-        _print_json({"results": results, "unknown": unknown})
-        return
-    for r in results:
-        click.echo(_level_line(r))
-    for account in unknown:
-        click.echo(f"{account}  unknown account")
+        _print_json(report.as_json())
+    else:
+        for checked in report.checked:
+            click.echo(checked.line())
+    kind = f" (account ids here are {report.id_type})" if report.id_type else ""
+    for account in report.invalid:
+        click.echo(f"riskd: check: {account!r} is not an account id{kind}", err=True)
+    for account in report.unknown:
+        click.echo(f"riskd: check: {account!r}: no such account", err=True)
+    if report.invalid or report.unknown:
+        sys.exit(1)
 
 
 @main.command()
@@ -291,7 +363,10 @@ def status(
     database cannot be reached.
     """
     limits = status_report.limits_from_options(stale_after, max_queue_usage, max_lag)
-    report = status_report.collect(opts.settings(), recent)
+    settings = opts.settings()
+    report = status_report.collect(settings, recent)
+    if report.installed:
+        report.capture_problems[:0] = _mapping_problems(settings)
     if as_json:
         _print_json(report.as_json(limits))
     else:
@@ -398,3 +473,165 @@ def demo(accounts: int, positions: int, duration: float, keep: bool) -> None:
         accounts=accounts, positions=positions, duration=duration, keep=keep
     )
     sys.exit(demos.run(options))
+
+
+# --- accounts, close-requests (owned by the operator's-views work) --------------------------
+
+
+@main.command()
+@click.option(
+    "--level",
+    "levels",
+    type=click.Choice(account_views.LEVELS),
+    multiple=True,
+    help="Only accounts at this level (repeat for several; default: warning and critical).",
+)
+@click.option(
+    "--nearest",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Instead, the N accounts below critical nearest the next threshold up (ok: warning; "
+    "warning: auto-close), by the utilisation of their latest check.",
+)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=account_views.DEFAULT_LIMIT,
+    show_default=True,
+    help="Show at most this many accounts by level (the rest are counted).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.pass_obj
+def accounts(
+    opts: _Options, levels: tuple[str, ...], nearest: int | None, limit: int, as_json: bool
+) -> None:
+    """The accounts in warning or critical (or at --level), riskiest first, or the --nearest
+    N to a threshold: utilisation, equity, used margin, the age of their latest check, and the
+    thresholds that apply (riskd.account_limits over the configured ones).
+
+    Figures are those of each account's latest check (a sweep checks every account). Reads
+    riskd's tables only, so the monitoring role runs it. Exit 0; 1 on a database error (a
+    missing grant); 2 when the configuration is wrong or the database cannot be reached.
+    """
+    if nearest is not None and levels:
+        raise click.UsageError("--level and --nearest: give one or the other")
+    settings = opts.settings()
+    if nearest is not None:
+        found = account_views.nearest(settings, nearest)
+        empty = "no account below critical has been checked"
+    else:
+        chosen = levels or account_views.AT_RISK
+        found = account_views.by_level(settings, chosen, limit)
+        empty = f"no account in {' or '.join(chosen)}"
+    if as_json:
+        _print_json(
+            {
+                "accounts": [row.as_json() for row in found.rows],
+                "total": found.total,
+                "warning_threshold": str(settings.risk.warning_threshold),
+                "auto_close_threshold": str(settings.risk.auto_close_threshold),
+            }
+        )
+        return
+    for row in found.rows:
+        click.echo(row.line())
+    if not found.rows:
+        click.echo(empty)
+    elif found.more and nearest is None:
+        click.echo(f"... and {found.more} more (--limit to show them)")
+
+
+@main.command("close-requests")
+@click.option(
+    "--status",
+    type=click.Choice([*account_views.STATUSES, "all"]),
+    default="pending",
+    show_default=True,
+    help="Which close requests.",
+)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=account_views.DEFAULT_LIMIT,
+    show_default=True,
+    help="Show at most this many (the rest are counted).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.pass_obj
+def close_requests(opts: _Options, status: str, limit: int, as_json: bool) -> None:
+    """Close requests, pending ones oldest first with their age (what the platform has not
+    closed yet), then the others newest first; with utilisation and what each asked for or
+    what a flatten closed.
+
+    Reads riskd's tables only, so the monitoring role runs it. Exit 0; 1 on a database error
+    (a missing grant); 2 when the configuration is wrong or the database cannot be reached.
+    """
+    found = account_views.close_requests(
+        opts.settings(), None if status == "all" else status, limit
+    )
+    if as_json:
+        _print_json({"close_requests": [row.as_json() for row in found.rows], "total": found.total})
+        return
+    for row in found.rows:
+        click.echo(row.line())
+    if not found.rows:
+        click.echo("no close request" if status == "all" else f"no {status} close request")
+    elif found.more:
+        click.echo(f"... and {found.more} more (--limit to show them)")
+
+
+# --- grants and systemd units (owned by the operator set-up work) ------------------------
+
+
+@main.command()
+@click.option(
+    "--flatten",
+    is_flag=True,
+    help='Grant the writes of auto_close = "flatten" too (implied when the configuration '
+    "says flatten).",
+)
+@click.pass_obj
+def grants(opts: _Options, flatten: bool) -> None:
+    """Print the psql script that grants riskd's roles what this [schema] mapping needs.
+
+    It creates, if missing, the NOLOGIN roles riskd_daemon and riskd_monitor and grants them
+    exactly what the daemon and `riskd status` / `riskd events` use; connects to nothing. Run
+    it with psql, as the owner of the tables, after every `riskd migrate`:
+
+    \b
+      riskd grants | psql -X -v ON_ERROR_STOP=1 -d trading -v login=riskd -f -
+
+    psql variables: login= / monitor_login= (existing LOGIN roles made members of the two),
+    daemon_role= / monitor_role= (other names for the two roles).
+    """
+    click.echo(grant_scripts.script(opts.settings(), flatten=flatten), nl=False)
+
+
+@main.command()
+@click.argument("name", required=False, type=click.Choice(systemd_units.NAMES))
+@click.option(
+    "--pgpassfile",
+    metavar="PATH",
+    help="riskd.env: set PGPASSFILE to this pgpass file (the password, kept out of the DSN).",
+)
+@click.pass_obj
+def systemd(opts: _Options, name: str | None, pgpassfile: str | None) -> None:
+    """Print a systemd unit of this release, or its environment file; without NAME, list them.
+
+    \b
+      riskd systemd riskd.service > /etc/systemd/system/riskd.service
+      riskd systemd riskd.env | install -m 0600 /dev/stdin /etc/riskd/riskd.env
+
+    riskd.env is printed with the DSN riskd is configured with (--dsn, RISKD_DSN, DATABASE_URL
+    or the config file), which must hold no password: keep that in a pgpass file.
+    """
+    if pgpassfile is not None and name != "riskd.env":
+        raise click.UsageError("--pgpassfile goes with riskd.env only")
+    if name is None:
+        click.echo(systemd_units.listing(), nl=False)
+    elif name == "riskd.env":
+        click.echo(systemd_units.env_file(opts.settings(), pgpassfile), nl=False)
+    else:
+        click.echo(systemd_units.text(name), nl=False)

@@ -7,6 +7,11 @@ environment or a raw dict. Sources, lowest first: the defaults of DESIGN §4, th
 ``RISKD_<SECTION>_<KEY>`` environment variables; the DSN has its own chain (``load_settings``).
 Ratios are ``Decimal`` made from the text of the number (TOML ``0.8`` is ``Decimal("0.8")``,
 not the nearest binary float); durations are seconds as ``float``.
+
+Plain mistakes are refused at load, not left to the loop: a threshold written as a percentage
+(``80``: "did you mean 0.80?"), a hysteresis that does not fit inside the gap it separates,
+a DSN that libpq cannot read or would split in the wrong places (riskd.dsn; the message names
+the DSN's source and quotes none of it).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from riskd.dsn import dsn_problem
+from riskd.dsn import mask_dsn as mask_dsn  # re-exported: wherever a DSN is shown, masked
 from riskd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/riskd/riskd.toml")
@@ -77,6 +84,9 @@ class TableName:
 @dataclass(frozen=True, slots=True, repr=False)
 class DatabaseSettings:
     dsn: str | None = None
+    # where the DSN came from, as an error names it: --dsn, RISKD_DSN, DATABASE_URL,
+    # RISKD_DATABASE_DSN or "[database] dsn (from file PATH)"
+    source: str = field(default="", compare=False)
 
     def __repr__(self) -> str:  # settings get logged; the password must not be
         return f"DatabaseSettings(dsn={None if self.dsn is None else mask_dsn(self.dsn)!r})"
@@ -204,6 +214,31 @@ def _bounded(parse: Converter, low: Any, high: Any = None, *, above: bool = Fals
     return convert
 
 
+def _fraction(*, zero_ok: bool = False) -> Converter:
+    """A share of equity: above 0 (or at 0 when ``zero_ok``), at most 1. A percentage written
+    where a fraction belongs (80, "80%") is the mistake this catches: every account would look
+    ``ok``."""
+
+    def convert(value: object) -> Decimal:
+        percent = isinstance(value, str) and value.strip().endswith("%")
+        number = _decimal(value.strip()[:-1] if percent and isinstance(value, str) else value)
+        if percent or number > 1:
+            written = f"{number}%" if percent else str(number)
+            hint = f" (did you mean {_as_fraction(number)}?)" if 0 < number <= 100 else ""
+            raise ValueError(f"{written} is not a fraction between 0 and 1{hint}")
+        if number < 0 or (number == 0 and not zero_ok):
+            raise ValueError(f"must be {'>=' if zero_ok else '>'} 0, got {_show(value)}")
+        return number
+
+    return convert
+
+
+def _as_fraction(percent: Decimal) -> str:
+    """80 -> "0.80", 85.5 -> "0.855": at least two decimals, as thresholds are written."""
+    fraction = percent / 100
+    return f"{fraction:.2f}" if fraction == round(fraction, 2) else str(fraction.normalize())
+
+
 def _choice(*options: str) -> Converter:
     def convert(value: object) -> str:
         text = _string(value).strip()
@@ -217,10 +252,10 @@ def _choice(*options: str) -> Converter:
 _SECTIONS: dict[str, dict[str, Converter]] = {
     "database": {"dsn": _string},
     "risk": {
-        "warning_threshold": _bounded(_decimal, 0, above=True),
-        "auto_close_threshold": _bounded(_decimal, 0, above=True),
+        "warning_threshold": _fraction(),
+        "auto_close_threshold": _fraction(),
         "auto_close": _choice("request", "flatten", "off"),
-        "hysteresis": _bounded(_decimal, 0),
+        "hysteresis": _fraction(zero_ok=True),
     },
     "daemon": {
         "debounce": parse_duration,  # parse_duration refuses negative values itself
@@ -296,18 +331,28 @@ def _convert(section: str, raw: _Raw) -> dict[str, Any]:
     return values
 
 
+def _described(raw: _Raw, section: str, key: str, value: object) -> str:
+    where = raw[section, key][1] if (section, key) in raw else "default"
+    return f"[{section}] {key} ({value}, {where})"
+
+
 def _order_error(
     raw: _Raw, section: str, low: tuple[str, object], relation: str, high: tuple[str, object]
 ) -> ConfigError:
-    def describe(key: str, value: object) -> str:
-        where = raw[section, key][1] if (section, key) in raw else "default"
-        return f"[{section}] {key} ({value}, {where})"
-
-    return ConfigError(f"{describe(*low)} must be {relation} {describe(*high)}")
+    return ConfigError(
+        f"{_described(raw, section, *low)} must be {relation} {_described(raw, section, *high)}"
+    )
 
 
 def _validate(risk: RiskSettings, daemon: DaemonSettings, raw: _Raw) -> None:
-    """Rules that involve two keys; single-key rules live in the converters."""
+    """Rules that involve two keys; single-key rules live in the converters.
+
+    Hysteresis holds an account at a level until it is ``hysteresis`` below that level's
+    threshold (DESIGN §1), so it must fit inside the band under each threshold: below
+    ``warning_threshold`` (else a warning never ends), and below the gap between the two
+    thresholds (else a critical account stays critical under the warning threshold, where a
+    fresh check would call it ok).
+    """
     warning, auto_close = risk.warning_threshold, risk.auto_close_threshold
     low: tuple[str, object]
     high: tuple[str, object]
@@ -317,6 +362,14 @@ def _validate(risk: RiskSettings, daemon: DaemonSettings, raw: _Raw) -> None:
     if risk.hysteresis >= warning:
         low, high = ("hysteresis", risk.hysteresis), ("warning_threshold", warning)
         raise _order_error(raw, "risk", low, "below", high)
+    if risk.hysteresis >= auto_close - warning:
+        raise ConfigError(
+            f"{_described(raw, 'risk', 'hysteresis', risk.hysteresis)} must be below the gap "
+            f"between {_described(raw, 'risk', 'warning_threshold', warning)} and "
+            f"{_described(raw, 'risk', 'auto_close_threshold', auto_close)}, "
+            f"{auto_close - warning}: a wider one keeps a critical account critical under the "
+            "warning threshold"
+        )
     if daemon.debounce > daemon.max_delay:
         low, high = ("debounce", f"{daemon.debounce:g}s"), ("max_delay", f"{daemon.max_delay:g}s")
         raise _order_error(raw, "daemon", low, "at most", high)
@@ -341,7 +394,9 @@ def load_settings(
 
     The file is ``config_path``, else ``$RISKD_CONFIG``, else ``/etc/riskd/riskd.toml`` when
     it exists. The DSN is ``dsn`` (the --dsn flag), else ``RISKD_DSN``, else ``DATABASE_URL``,
-    else ``RISKD_DATABASE_DSN``, else ``[database] dsn``; empty values are skipped.
+    else ``RISKD_DATABASE_DSN``, else ``[database] dsn``; empty values are skipped. The DSN
+    chosen must be one libpq reads as written (riskd.dsn.dsn_problem), else ConfigError naming
+    its source and quoting none of it.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
     path = _config_file(config_path, environ)
@@ -353,10 +408,8 @@ def load_settings(
     risk = RiskSettings(**values["risk"])
     daemon = DaemonSettings(**values["daemon"])
     _validate(risk, daemon, raw)
-    file_or_env = values["database"].get("dsn")  # RISKD_DATABASE_DSN already beat the file
-    chain = (dsn, environ.get("RISKD_DSN"), environ.get("DATABASE_URL"), file_or_env)
     return Settings(
-        database=DatabaseSettings(dsn=next((d for d in chain if d), None)),
+        database=_database(dsn, environ, values["database"].get("dsn"), raw),
         risk=risk,
         daemon=daemon,
         schema=SchemaMapping(**values["schema"]),
@@ -364,16 +417,47 @@ def load_settings(
     )
 
 
-_URL_PASSWORD = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*:)[^?#]*@")
-_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*")
-_KEYWORD_PASSWORD = re.compile(
-    r"(?:(?<=\s)|^)((?:ssl)?password)\s*=\s*"  # libpq allows spaces around '='
-    r"(?:'(?:[^'\\]|\\.)*(?:'|$)|\S*)"  # a quoted value (to the end if unterminated) or a word
-)
+def _database(
+    flag: str | None, env: Mapping[str, str], file_or_env: str | None, raw: _Raw
+) -> DatabaseSettings:
+    """The first DSN given, checked; RISKD_DATABASE_DSN has already beaten the file."""
+    where = raw["database", "dsn"][1] if ("database", "dsn") in raw else ""
+    if where.startswith("from env "):
+        last = where.removeprefix("from env ")  # RISKD_DATABASE_DSN
+    else:
+        last = f"[database] dsn ({where})"
+    chain = (
+        (flag, "--dsn"),
+        (env.get("RISKD_DSN"), "RISKD_DSN"),
+        (env.get("DATABASE_URL"), "DATABASE_URL"),
+        (file_or_env, last),
+    )
+    for dsn, source in chain:
+        if dsn:
+            problem = dsn_problem(dsn)
+            if problem is not None:
+                raise ConfigError(f"{source}: invalid DSN: {problem}")
+            return DatabaseSettings(dsn=dsn, source=source)
+    return DatabaseSettings()
 
 
-def mask_dsn(dsn: str) -> str:
-    """The DSN with every password replaced by ``***``, for logs and ``riskd status``."""
-    masked = _URL_PASSWORD.sub(r"\1***@", dsn)
-    masked = _QUERY_PASSWORD.sub(r"\1***", masked)
-    return _KEYWORD_PASSWORD.sub(r"\1=***", masked)
+RISK_KEYS = ("warning_threshold", "auto_close_threshold", "hysteresis", "auto_close")
+
+
+def risk_fingerprint(risk: RiskSettings) -> dict[str, str]:
+    """The risk settings that decide levels and actions, as the heartbeat carries them
+    (numbers as written, compared as numbers): instances that differ fight each other."""
+    return {key: str(getattr(risk, key)) for key in RISK_KEYS}
+
+
+def effective(settings: Settings) -> dict[str, object]:
+    """What a daemon runs with, for its start line: never the DSN's password."""
+    risk, daemon = settings.risk, settings.daemon
+    return {
+        "database": mask_dsn(settings.database.dsn or ""),
+        **risk_fingerprint(risk),
+        "debounce": f"{daemon.debounce:g}s",
+        "max_delay": f"{daemon.max_delay:g}s",
+        "sweep_interval": f"{daemon.sweep_interval:g}s",
+        "batch_size": daemon.batch_size,
+    }

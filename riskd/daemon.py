@@ -55,7 +55,7 @@ from tenacity import (
 
 from riskd import __version__, capture, migrate, privileges
 from riskd import check as checks
-from riskd.config import Settings, mask_dsn
+from riskd.config import Settings, effective, risk_fingerprint
 from riskd.db import APPLICATION_NAME, require_dsn
 from riskd.debounce import Debouncer, busy_delay
 from riskd.errors import ConfigError
@@ -92,15 +92,6 @@ KEEPALIVES: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 15000,
 }
-
-# Connection failures that no retry can mend: one line and exit 2, at start.
-REFUSALS = (
-    "permission denied for database",
-    "password authentication failed",
-    "does not exist",  # role or database
-    "no pg_hba.conf entry",
-    "is not permitted to log in",
-)
 
 # Errors a daemon rides out: connection loss, server restart, timeouts, a stalled listener.
 TRANSIENT: tuple[type[Exception], ...] = (
@@ -168,6 +159,8 @@ class Stats:
     schema_revision: str = ""
     capture_problems: list[str] = field(default_factory=list)  # I8, riskd/capture.py
     events_by_level: dict[str, int] = field(default_factory=dict)
+    # warning, auto-close, hysteresis, auto_close mode: `riskd status` compares instances
+    risk: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -192,7 +185,7 @@ class Daemon:
         self.notifier = notifier or SdNotifier()
         self.clock = clock
         self.handle_signals = handle_signals
-        self.stats = Stats(schema_revision=migrate.head())
+        self.stats = Stats(schema_revision=migrate.head(), risk=risk_fingerprint(settings.risk))
         # change-to-check latencies of the latest checks (seconds), for live views and metrics
         self.latencies: deque[float] = deque(maxlen=10_000)
         self.metrics = Metrics(self.current_stats, self.probe_ok)
@@ -205,6 +198,7 @@ class Daemon:
         self._listening = False
         self._malformed_logged_at = -MALFORMED_LOG_EVERY
         self._malformed_since_log = 0
+        self._malformed_latest = (0, 0)  # the latest dropped payload: backend pid, bytes
         self._in_flight: list[tuple[str, float]] = []
         # account -> checks in a row that met a trade's row lock; emptied as each is checked
         self._busy: dict[str, int] = {}
@@ -279,12 +273,9 @@ class Daemon:
         try:
             return await self._connect()
         except psycopg.OperationalError as exc:
-            text = " ".join(str(exc).split())
-            if any(refusal in text for refusal in REFUSALS):
-                raise ConfigError(
-                    f"the database refused this role: {text.split('FATAL: ')[-1]} "
-                    f"(docs/grants.sql has the grants)"
-                ) from exc
+            refused = privileges.refusal(str(exc))
+            if refused is not None:
+                raise ConfigError(refused) from exc
             raise
 
     async def _missing_privileges(
@@ -309,7 +300,7 @@ class Daemon:
             missing = await self._missing_privileges(conn, [n for n in needs if n.kind != "schema"])
         if missing:
             raise ConfigError(
-                f"the daemon's role lacks {', '.join(missing)} (docs/grants.sql has the grants)"
+                f"the daemon's role lacks {', '.join(missing)} ({privileges.GRANTS_HINT})"
             )
 
     async def _preflight(self) -> None:
@@ -335,7 +326,7 @@ class Daemon:
             except psycopg.errors.InsufficientPrivilege as exc:
                 raise ConfigError(
                     f"the daemon's role lacks a privilege it needs: "
-                    f"{exc.diag.message_primary or _reason(exc)} (docs/grants.sql has the grants)"
+                    f"{exc.diag.message_primary or _reason(exc)} ({privileges.GRANTS_HINT})"
                 ) from exc
             self._check_revision(row[0] if row else None)
             wanted = mapping_json(self.settings.schema)
@@ -399,12 +390,20 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, on_signal, signum)
 
+        running = effective(self.settings)  # the DSN in it is masked
         log.info(
-            "riskd %s (schema revision %s) starting as %s on %s",
+            "riskd %s (schema revision %s) starting as %s on %s: %s",
             __version__,
             self.stats.schema_revision,
             self.instance,
-            mask_dsn(self.dsn),
+            running["database"],
+            " ".join(f"{k}={v}" for k, v in running.items() if k != "database"),
+            extra={
+                "version": __version__,
+                "schema_revision": self.stats.schema_revision,
+                "instance": self.instance,
+                **running,
+            },
         )
         self.notifier.status("starting: connecting to the database")
         preflight = asyncio.create_task(self._preflight())
@@ -466,10 +465,10 @@ class Daemon:
                 # a grant revoked while running: not an outage to ride out, nor a bug
                 code = 2
                 log.error(
-                    "%s: the daemon's role lost a privilege: %s (docs/grants.sql has the "
-                    "grants); stopping",
+                    "%s: the daemon's role lost a privilege: %s (%s); stopping",
                     task.get_name(),
                     exc.diag.message_primary or _reason(exc),
+                    privileges.GRANTS_HINT,
                 )
             else:
                 log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
@@ -619,12 +618,18 @@ class Daemon:
                 await self._listen(conn)
             except LISTENER_FAULTS as exc:
                 self.stats.errors += 1
-                log.warning("listener lost: %s; reconnecting", _reason(exc))
+                log.warning(
+                    "listener lost: %s; retrying in %.1f s",
+                    _reason(exc),
+                    BACKOFF_INITIAL,
+                    extra={"what": "listener", "reason": _reason(exc), "retry_in": BACKOFF_INITIAL},
+                )
             finally:
                 self._listening = False
                 self._ping = None
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 1.0)
+            await self._pause(BACKOFF_INITIAL)  # then _retry's own backoff, said as above
 
     async def _listen_connection(self) -> psycopg.AsyncConnection[Any]:
         self._listener_progress = self.clock()
@@ -640,6 +645,7 @@ class Daemon:
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         next_ping = self.clock() + PING_INTERVAL
         while True:
+            self._log_dropped()
             now = self.clock()
             if self._ping is not None:
                 if now >= self._ping.sent_at + PING_TIMEOUT:
@@ -687,18 +693,27 @@ class Daemon:
             return False
         self.stats.malformed_payloads += 1
         self._malformed_since_log += 1
-        now = self.clock()
-        if now - self._malformed_logged_at >= MALFORMED_LOG_EVERY:
-            log.warning(
-                "dropped %d unexpected payload(s) on %s (latest from backend pid %d, %d bytes)",
-                self._malformed_since_log,
-                CHANGES_CHANNEL,
-                notify.pid,
-                len(notify.payload.encode("utf-8", "replace")),
-            )
-            self._malformed_logged_at = now
-            self._malformed_since_log = 0
+        self._malformed_latest = (notify.pid, len(notify.payload.encode("utf-8", "replace")))
         return False
+
+    def _log_dropped(self) -> None:
+        """Say how many payloads were dropped since the last time it was said: after each
+        wait for notifications, so that a burst is counted whole, and at most once every
+        MALFORMED_LOG_EVERY seconds, so that a flood costs one line a minute."""
+        now = self.clock()
+        if not self._malformed_since_log or now - self._malformed_logged_at < MALFORMED_LOG_EVERY:
+            return
+        dropped, (pid, size) = self._malformed_since_log, self._malformed_latest
+        log.warning(
+            "dropped %d unexpected payload(s) on %s (latest from backend pid %d, %d bytes)",
+            dropped,
+            CHANGES_CHANNEL,
+            pid,
+            size,
+            extra={"dropped": dropped, "channel": CHANGES_CHANNEL, "pid": pid, "bytes": size},
+        )
+        self._malformed_logged_at = now
+        self._malformed_since_log = 0
 
     # ----------------------------------------------------------------- drainer
 
@@ -882,23 +897,37 @@ class Daemon:
                 self.stats.events += 1
                 by_level = self.stats.events_by_level
                 by_level[r.level] = by_level.get(r.level, 0) + 1
+                action, said = self._action(r)
                 log.info(
-                    "account %s: %s -> %s (utilisation %s)",
+                    "account %s: %s -> %s (utilisation %s)%s",
                     r.account_id,
                     r.previous_level,
                     r.level,
                     r.utilization,
+                    f"; action: {said}" if said else "",
                     extra={
                         "account": r.account_id,
                         "from_level": r.previous_level,
                         "to_level": r.level,
                         "utilization": str(r.utilization),
                         "event_id": r.event_id,
+                        "action": action,
                         "close_request_id": r.close_request_id,
                     },
                 )
             if r.close_request_id is not None:
                 self.stats.close_requests += 1
+
+    def _action(self, r: checks.CheckResult) -> tuple[str, str | None]:
+        """The action a check took with its event, as the result tells it: the close request
+        it made, or none for a critical account (auto_close = off, data riskd cannot trust,
+        a request already pending). In flatten mode the request may be a fallback (a generated
+        balance cannot be booked, sql/check.sql): ``riskd events`` says which it was."""
+        if r.close_request_id is not None:
+            if self.settings.risk.auto_close == "flatten":
+                return "flatten", f"flatten, close request {r.close_request_id}"
+            return checks.REQUEST_OPENED, f"close request {r.close_request_id} opened"
+        return checks.NO_ACTION, "none" if r.level == "critical" else None
 
     # ----------------------------------------------------------------- sweeper
 

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from riskd.config import Settings, mask_dsn
+from riskd.dsn import dsn_problem
 from riskd.errors import ConfigError, DatabaseUnavailable
 
 APPLICATION_NAME = "riskd"
@@ -29,16 +30,15 @@ def connect(
 ) -> psycopg.Connection[Any]:
     """A connection to the platform's database, or DatabaseUnavailable with a one-line reason."""
     dsn = require_dsn(settings)
+    kwargs.setdefault("connect_timeout", 10)
     try:
         return psycopg.connect(
-            dsn,
-            autocommit=autocommit,
-            application_name=APPLICATION_NAME,
-            connect_timeout=10,
-            **kwargs,
+            dsn, autocommit=autocommit, application_name=APPLICATION_NAME, **kwargs
         )
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DatabaseUnavailable(f"cannot connect to {mask_dsn(dsn)}: {reason}") from exc
-    except psycopg.ProgrammingError as exc:  # malformed DSN
-        raise ConfigError(f"[database] dsn: {' '.join(str(exc).split())}") from exc
+    except psycopg.ProgrammingError as exc:  # malformed DSN: libpq's message quotes it
+        problem = dsn_problem(dsn) or "cannot be read as a connection string"
+        source = settings.database.source or "[database] dsn"
+        raise ConfigError(f"{source}: invalid DSN: {problem}") from exc

@@ -20,6 +20,13 @@ class SchemaMappingError(ConfigError):
     """The ``[schema]`` mapping names a table or column that does not exist."""
 
 
+class NotInstalled(ConfigError):
+    """A command that needs riskd's schema met a database without it."""
+
+    def __init__(self) -> None:
+        super().__init__("riskd is not installed in this database (run `riskd migrate`)")
+
+
 class DatabaseUnavailable(RiskdError):
     """The database cannot be reached (refused, timed out, authentication failed)."""
 

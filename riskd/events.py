@@ -6,14 +6,24 @@ by its notification. A notification is only a hint (I4): its ``event_id`` is rea
 ``riskd.risk_events``, never printed from the payload, and every wake-up also reads whatever
 came after the last event read, so an event whose NOTIFY the check skipped (notification queue
 over ``riskd.notify_queue_limit``) is found by the next wake-up or the poll timer.
+
+A lost connection (a server restart, a killed backend) does not end ``--follow``: like ``tail
+-F`` it says so on stderr in one line, reconnects with a growing delay, LISTENs again and
+catches up from the last event it read — nothing lost, nothing printed twice. It ends, as
+``tail -f`` does, when its reader has gone (``riskd events -f | head -1``, riskd.pipes).
+
+Each event shows the action its check took (the close request it opened, flattened into or
+cancelled, or none), read from ``riskd.close_requests``: the check writes both in one
+transaction, so they share its ``now()``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -22,8 +32,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from riskd.check import FLATTENED, NO_ACTION, REQUEST_CANCELLED, REQUEST_OPENED
 from riskd.config import parse_duration
 from riskd.errors import ConfigError
+from riskd.pipes import reader_gone
 from riskd.sqlfiles import query
 
 EVENTS_CHANNEL = "riskd_events"
@@ -31,6 +43,14 @@ LEVELS = ("ok", "warning", "critical")
 POLL_INTERVAL = 5.0  # --follow reads new rows at least this often, notified or not
 MAX_PAYLOAD_HINTS = 1000  # ids taken from one burst of notifications; the rest: by id order
 MAX_SEEN = 100_000  # ids remembered to drop duplicate notifications; the oldest half goes
+RECONNECT_INITIAL = 1.0  # --follow: the first wait after a lost connection; doubled each time
+RECONNECT_MAX = 10.0
+# After a reconnect, --follow reads again this many ids back from the last one it read: an event
+# whose transaction took its id before and committed during the gap had its notification lost
+# with the connection (those already printed are remembered, not printed again).
+RECONNECT_LOOKBACK = 1000
+# What a lost connection raises: a server restart or crash, a killed backend, a network cut.
+LOST = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +68,14 @@ class Event:
     detail: Any
     created_at: datetime
     instance: str
+    # the action the check took with this event (riskd.check's names), and the close request
+    # it concerns, with that request's status now
+    action: str = NO_ACTION
+    close_request_id: int | None = None
+    close_request_status: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """Every column; Decimal as a string, timestamps in ISO 8601."""
+        """Every column and the action; Decimal as a string, timestamps in ISO 8601."""
         return {
             "id": self.id,
             "account_id": self.account_id,
@@ -63,16 +88,38 @@ class Event:
             "detail": self.detail,
             "created_at": self.created_at.isoformat(),
             "instance": self.instance,
+            "action": self.action,
+            "close_request_id": self.close_request_id,
+            "close_request_status": self.close_request_status,
         }
+
+    def action_text(self) -> str | None:
+        """The action in words, as ``riskd check`` says it; None when there is nothing to say
+        (no action, and the event does not reach critical)."""
+        rid, now = self.close_request_id, self.close_request_status
+        if self.action == REQUEST_OPENED:
+            return f"close request {rid} opened (now {now})"
+        if self.action == FLATTENED:
+            return f"flattened (close request {rid}, {now})"
+        if self.action == REQUEST_CANCELLED:
+            return f"close request {rid} cancelled (no longer critical)"
+        if self.to_level != "critical":
+            return None
+        if isinstance(self.detail, dict) and self.detail.get("data_errors"):
+            return "none (close held: data riskd cannot trust)"
+        return "none"
 
     def line(self) -> str:
         """One human line."""
         util = "n/a" if self.utilization is None else f"{self.utilization * 100:.2f} %"
         user = f"  user {self.user_id}" if self.user_id is not None else ""
+        said = self.action_text()
+        action = f"  action: {said}" if said else ""
         return (
             f"{self.created_at.isoformat(timespec='seconds')}  event {self.id}  "
             f"{self.account_id}  {self.from_level} -> {self.to_level}  utilisation {util}  "
-            f"equity {self.equity}  used margin {self.used_margin}{user}  by {self.instance}"
+            f"equity {self.equity}  used margin {self.used_margin}{action}{user}  "
+            f"by {self.instance}"
         )
 
 
@@ -114,6 +161,33 @@ def _event(row: dict[str, Any]) -> Event:
     return Event(**{k: v for k, v in row.items() if k != "wanted"})
 
 
+def _action(opened: bool, mode: str | None) -> str:
+    if not opened:
+        return REQUEST_CANCELLED
+    return FLATTENED if mode == "flatten" else REQUEST_OPENED
+
+
+def with_actions(conn: psycopg.Connection[Any], events: list[Event]) -> list[Event]:
+    """``events`` with the action each one's check took. Only an event that reaches or leaves
+    critical can have one: the others cost no query."""
+    ids = [e.id for e in events if "critical" in (e.from_level, e.to_level)]
+    if not ids:
+        return events
+    rows = conn.cursor(row_factory=dict_row).execute(query("event_actions"), {"ids": ids})
+    found = {row["event_id"]: row for row in rows.fetchall()}
+    return [
+        replace(
+            e,
+            action=_action(row["opened"], row["mode"]),
+            close_request_id=row["close_request_id"],
+            close_request_status=row["status"],
+        )
+        if (row := found.get(e.id)) is not None
+        else e
+        for e in events
+    ]
+
+
 def _execute(
     conn: psycopg.Connection[Any], name: str, params: dict[str, Any]
 ) -> psycopg.Cursor[dict[str, Any]]:
@@ -128,7 +202,7 @@ def recent(conn: psycopg.Connection[Any], filt: EventFilter, limit: int) -> list
     if limit <= 0:
         return []
     cur = _execute(conn, "recent_events", filt.params() | {"limit": limit})
-    return [_event(row) for row in reversed(cur.fetchall())]
+    return with_actions(conn, [_event(row) for row in reversed(cur.fetchall())])
 
 
 def hinted_id(payload: str) -> int | None:
@@ -145,21 +219,55 @@ def hinted_id(payload: str) -> int | None:
     return None
 
 
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _say(line: str) -> None:
+    print(f"riskd: {line}", file=sys.stderr, flush=True)
+
+
+def same_server(conn: psycopg.Connection[Any]) -> Callable[[], psycopg.Connection[Any]]:
+    """A new autocommit connection made as ``conn`` was (its parameters, read now: a closed
+    connection no longer tells them). The password is only kept in memory, as the DSN it
+    came from is."""
+    params: dict[str, Any] = dict(conn.info.get_parameters())
+    if conn.info.password:
+        params["password"] = conn.info.password
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.Connection.connect(**params, autocommit=True)
+
+    return connect
+
+
 class EventTail:
     """``--follow``, in steps a test can interleave with commits: listen, backlog, wait.
 
     ``conn`` must be in autocommit mode (a LISTEN counts from its commit) and used by nothing
-    else while following.
+    else while following. When it is lost, :meth:`follow` goes on with connections from
+    ``reconnect`` (by default: made as ``conn`` was), which it closes itself.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], filt: EventFilter) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        filt: EventFilter,
+        *,
+        reconnect: Callable[[], psycopg.Connection[Any]] | None = None,
+        say: Callable[[str], None] = _say,
+    ) -> None:
         if not conn.autocommit:
             raise ValueError("EventTail needs an autocommit connection")
         self.conn = conn
         self.filt = filt
+        self.reconnect = reconnect or same_server(conn)
+        self.say = say
         self.after = 0  # every event with a larger id is still to be read
         self.floor = 0  # ids at or below were history the backlog chose not to show
         self.seen: set[int] = set()
+        self._own: psycopg.Connection[Any] | None = None  # a connection of ours, to close
 
     def listen(self) -> None:
         self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_CHANNEL)))
@@ -196,9 +304,11 @@ class EventTail:
             if new or time.monotonic() >= deadline:
                 return new
 
-    def _read(self, hints: set[int]) -> list[Event]:
+    def _read(self, hints: set[int], after: int | None = None) -> list[Event]:
+        """The events after ``after`` (by default the last one read) and those ``hints``
+        names, each once."""
         params = self.filt.params() | {
-            "after": self.after,
+            "after": self.after if after is None else after,
             "ids": sorted(i for i in hints if i not in self.seen),
         }
         rows = _execute(self.conn, "events_after", params).fetchall()
@@ -214,11 +324,51 @@ class EventTail:
             ordered = sorted(self.seen)
             self.floor = max(self.floor, ordered[MAX_SEEN // 2 - 1])
             self.seen = set(ordered[MAX_SEEN // 2 :])
-        return new
+        return with_actions(self.conn, new)
+
+    def recover(self, lost: BaseException) -> list[Event]:
+        """After ``lost``: reconnect (waiting longer after each failure, each said in one
+        line), LISTEN, and read what came during the gap."""
+        delay, reason = RECONNECT_INITIAL, lost
+        while True:
+            self.say(f"lost the connection ({_reason(reason)}), reconnecting in {delay:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+            try:
+                conn = self.reconnect()
+            except LOST as exc:
+                reason = exc
+                continue
+            self._close_own()
+            self.conn = self._own = conn
+            try:
+                self.listen()  # first LISTEN, then read (DESIGN §6)
+                caught = self._read(set(), after=max(self.floor, self.after - RECONNECT_LOOKBACK))
+            except LOST as exc:
+                reason = exc
+                continue
+            self.say(f"reconnected; caught up after event {self.after}")
+            return caught
+
+    def _close_own(self) -> None:
+        if self._own is not None:
+            own, self._own = self._own, None
+            own.close()
 
     def follow(self, limit: int, poll_interval: float = POLL_INTERVAL) -> Iterator[Event]:
-        """The backlog, then every new event, for ever (end it with KeyboardInterrupt)."""
-        self.listen()
-        yield from self.backlog(limit)
-        while True:
-            yield from self.wait(poll_interval)
+        """The backlog, then every new event, until the reader of standard output has gone
+        (or KeyboardInterrupt); a lost connection is recovered, not fatal."""
+        try:
+            self.listen()
+            events = self.backlog(limit)
+            while True:
+                for event in events:
+                    yield event
+                    if reader_gone():
+                        return
+                try:
+                    events = self.wait(poll_interval)
+                except LOST as exc:
+                    events = self.recover(exc)
+        finally:
+            self._close_own()

@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from riskd.config import SchemaMapping, TableName
+from riskd.config import SchemaMapping, Settings, TableName
+from riskd.db import connect
 from riskd.errors import SchemaMappingError
 from riskd.sqlfiles import query
 
@@ -124,6 +125,13 @@ def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedM
         balance_scale=types["account_balance"].numeric_scale,
         column_types=tuple((key, column.type) for key, column in types.items()),
     )
+
+
+def verify(settings: Settings, **connect_options: Any) -> ResolvedMapping:
+    """:func:`resolve` on a connection of its own: what a command checks before it relies on
+    the mapping (DatabaseUnavailable when the database cannot be reached)."""
+    with connect(settings, **connect_options) as conn:
+        return resolve(conn, settings.schema)
 
 
 def check_position_key(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> None:

@@ -15,6 +15,10 @@ DDL on the platform's tables runs under a short ``lock_timeout``: a migration th
 its lock at once gives up, rolls back, waits and tries again, instead of queueing trading
 traffic behind it (I1). Two migrations never run at once: each takes riskd's migration lock
 (a session advisory lock) before it reads the version, and a second one waits for the first.
+
+A removal (``--revision base``) drops riskd's records for good: with a guard (riskd.removal; the
+CLI always passes one), it says how many events, close requests and account limits it drops
+before dropping them, and refuses while a riskd instance is alive unless forced.
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ from riskd import __version__, capture
 from riskd import mapping as schema_mapping
 from riskd.config import Settings
 from riskd.db import connect
-from riskd.errors import RiskdError
+from riskd.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    NotInstalled,
+    RiskdError,
+    SchemaMappingError,
+)
+from riskd.removal import Guard
 from riskd.resources import resource_dir
 from riskd.sqlfiles import queries, render, template_params
 
@@ -54,7 +65,7 @@ VERSION_TABLE = "alembic_version"
 SCHEMA = "riskd"
 LOCK_TIMEOUT = "2s"
 LOCK_ATTEMPTS = 10
-# --sql has no database to ask for the account id's type: it assumes the reference schema's
+# --sql without a database to ask for the account id's type assumes the reference schema's
 OFFLINE_ACCOUNT_ID_TYPE = "text"
 # What an empty database gets for head, in this order (sql/).
 HEAD_INSTALL = (
@@ -101,6 +112,17 @@ def plan(before: str | None, target: str, head: str, below_before: set[str]) -> 
     if before is None:
         return Action.INSTALL if target == head else Action.UPGRADE
     return Action.DOWNGRADE if target in below_before else Action.UPGRADE
+
+
+def drops_records(action: Action) -> bool:
+    """Whether a move loses riskd's records: events, close requests, account limits.
+
+    Only a removal does. Their tables date from 0001, and no downgrade to a revision drops
+    them: the tables a downgrade drops hold marks, not records (0004's dirty_instruments, whose
+    marks it hands to the dirty set first, and sweep_requests, which the next start's sweep
+    covers). A revision that adds a table of records must extend this.
+    """
+    return action is Action.REMOVE
 
 
 def _alembic_config(settings: Settings | None, **attributes: Any) -> Config:
@@ -169,15 +191,34 @@ def _is_lock_timeout(exc: BaseException) -> bool:
     return isinstance(orig, psycopg.errors.LockNotAvailable)
 
 
-def _retrying() -> tenacity.Retrying:
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(_is_lock_timeout),
-        stop=tenacity.stop_after_attempt(LOCK_ATTEMPTS),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
-        before_sleep=lambda state: log.warning(
+def _is_deadlock(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", exc)
+    return isinstance(orig, psycopg.errors.DeadlockDetected)
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    """A lock not granted within lock_timeout, or a deadlock (a removal's DROP against a
+    running daemon's drain, under --force): the attempt rolled back, it is made again."""
+    return _is_lock_timeout(exc) or _is_deadlock(exc)
+
+
+def _before_retry(state: tenacity.RetryCallState) -> None:
+    failed = state.outcome.exception() if state.outcome is not None else None
+    if failed is not None and _is_deadlock(failed):
+        log.warning("migrate.deadlock", extra={"attempt": state.attempt_number})
+    else:
+        log.warning(
             "migrate.lock_timeout",
             extra={"attempt": state.attempt_number, "lock_timeout": LOCK_TIMEOUT},
-        ),
+        )
+
+
+def _retrying() -> tenacity.Retrying:
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_is_lock_conflict),
+        stop=tenacity.stop_after_attempt(LOCK_ATTEMPTS),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
+        before_sleep=_before_retry,
         reraise=True,
     )
 
@@ -226,7 +267,7 @@ def _current(conn: sa.Connection) -> str | None:
     return None if value is None else str(value)
 
 
-def _apply(settings: Settings, target: str) -> Outcome:
+def _apply(settings: Settings, target: str, guard: Guard | None = None) -> Outcome:
     """One attempt, under the migration lock: read the version, move, commit."""
     with _connection(settings) as conn:
         _take_migrate_lock(conn)
@@ -236,10 +277,30 @@ def _apply(settings: Settings, target: str) -> Outcome:
         action = plan(before, target, head(), _below(before) if before else set())
         if action is Action.NONE and before == head() and _capture_astray(conn, settings):
             action = Action.REMAP
+        remapped = (
+            action is not Action.INSTALL and before is not None and _remapped_keys(conn, settings)
+        )
+        if remapped and (
+            action is Action.DOWNGRADE or (action is Action.UPGRADE and target != head())
+        ):
+            raise MigrationError(
+                f"[schema] differs from the mapping riskd was installed with ({remapped}): a"
+                " changed mapping is installed at head only; move to another revision with the"
+                " installed mapping, or run `riskd migrate` (to head) with the new one"
+            )
+        notes: list[str] = []
         if action in (Action.INSTALL, Action.UPGRADE, Action.REMAP):
             # what flatten needs of the layout; a downgrade or a removal stays possible
             driver = conn.connection.driver_connection
-            schema_mapping.check_position_key(driver, settings.schema)  # type: ignore[arg-type]
+            schema_mapping.resolve(driver, settings.schema)  # type: ignore[arg-type]
+            try:
+                schema_mapping.check_position_key(driver, settings.schema)  # type: ignore[arg-type]
+            except SchemaMappingError as exc:
+                if settings.risk.auto_close == "flatten":
+                    raise
+                notes.append(f"{exc} (refused with auto_close = flatten)")
+        if guard is not None and drops_records(action):
+            guard.check(conn, target)
         cfg = _alembic_config(settings, connection=conn)
         if action is Action.REMAP:
             _remap(conn, settings)
@@ -247,7 +308,13 @@ def _apply(settings: Settings, target: str) -> Outcome:
             cfg.attributes["install"] = True
             command.stamp(cfg, target)
         elif action is Action.UPGRADE:
+            if remapped:
+                conn.exec_driver_sql(render("drop_capture.sql", {}))
             command.upgrade(cfg, target)
+            if remapped:
+                # the revisions rendered what they install from the new mapping; what earlier
+                # ones left on the old tables goes, in the same transaction (I1)
+                _remap(conn, settings)
         elif action in (Action.DOWNGRADE, Action.REMOVE):
             command.downgrade(cfg, target)
         if action is Action.REMOVE:
@@ -258,11 +325,11 @@ def _apply(settings: Settings, target: str) -> Outcome:
         conn.commit()
         if action is not Action.NONE:
             log.info("migrate.done", extra={"before": before, "after": _current(conn)})
-        note = None
         if action in (Action.INSTALL, Action.UPGRADE, Action.REMAP):
             prepared = conn.exec_driver_sql("SHOW max_prepared_transactions").scalar()
             note = prepared_transactions_note(int(prepared or 0))
-        return Outcome(before, _current(conn), action, (note,) if note else ())
+            notes += [note] if note else []
+        return Outcome(before, _current(conn), action, tuple(notes))
 
 
 def mapping_matches(settings: Settings) -> bool:
@@ -270,6 +337,21 @@ def mapping_matches(settings: Settings) -> bool:
     with connect(settings) as conn:
         row = conn.execute(f"SELECT mapping FROM {SCHEMA}.installation").fetchone()
     return row is not None and row[0] == schema_mapping.as_json(settings.schema)
+
+
+def _remapped_keys(conn: sa.Connection, settings: Settings) -> str:
+    """The [schema] keys whose value differs from the installed mapping's, as ``key: old ->
+    new`` (names of tables and columns, never a secret); "" when none does. A key the
+    installed release did not know (``position_id`` before 0.2.0) is no change."""
+    installed = conn.exec_driver_sql(f"SELECT mapping FROM {SCHEMA}.installation").scalar()
+    if not isinstance(installed, dict):
+        return ""
+    configured = schema_mapping.as_json(settings.schema)
+    return "; ".join(
+        f"{key}: {installed[key]} -> {value}"
+        for key, value in configured.items()
+        if key in installed and installed[key] != value
+    )
 
 
 def _capture_astray(conn: sa.Connection, settings: Settings) -> bool:
@@ -321,6 +403,30 @@ def _remap(conn: sa.Connection, settings: Settings) -> None:
     log.warning("migrate.remapped", extra={"revision": head()})
 
 
+def require_head(settings: Settings) -> None:
+    """For a command that needs riskd at the revision this riskd runs: NotInstalled, or a
+    ConfigError with ``compare``'s line."""
+    revision = current(settings)
+    if revision is None:
+        raise NotInstalled()
+    line, ok = compare(revision)
+    if not ok:
+        raise ConfigError(line)
+
+
+def why_missing(settings: Settings) -> RiskdError | None:
+    """Why one of riskd's objects was not found, when riskd is the reason: not installed
+    (NotInstalled), or at another revision (a ConfigError with ``compare``'s line); None when
+    riskd is in place at head, or when the database cannot say."""
+    try:
+        require_head(settings)
+    except RiskdError as exc:
+        return None if isinstance(exc, DatabaseUnavailable) else exc
+    except psycopg.Error:
+        return None
+    return None
+
+
 def current(settings: Settings) -> str | None:
     """The revision the database is at, None when riskd is not installed."""
     with connect(settings) as conn:
@@ -366,28 +472,90 @@ def migrate(settings: Settings, revision: str = "head") -> tuple[str | None, str
     return outcome.before, outcome.after
 
 
-def run(settings: Settings, revision: str = "head") -> Outcome:
-    """Move riskd's schema to ``revision``, or install head again for a changed mapping."""
+def run(settings: Settings, revision: str = "head", *, guard: Guard | None = None) -> Outcome:
+    """Move riskd's schema to ``revision``, or install head again for a changed mapping.
+
+    With a ``guard`` (the CLI's), a move that drops riskd's records says what it drops and is
+    refused while an instance is alive unless forced; without one (tests, the demo), it runs.
+    """
     target = _target(revision)
     try:
-        return _retrying()(_apply, settings, target)
+        return _retrying()(_apply, settings, target, guard)
     except sa.exc.DBAPIError as exc:
         orig = exc.orig if exc.orig is not None else exc
         what = "could not get a lock in time" if _is_lock_timeout(exc) else "failed"
         raise MigrationError(f"migrate {revision}: {what}: {' '.join(str(orig).split())}") from exc
 
 
-def sql_script(settings: Settings, revision: str = "head") -> str:
-    """The SQL ``migrate`` would run, without connecting: from nothing to ``revision``, or
-    between two revisions given as ``FROM:TO`` (up or down)."""
+@dataclass(frozen=True, slots=True)
+class Script:
+    """What ``migrate --sql`` prints, and a note when its types were assumed."""
+
+    text: str
+    note: str | None = None
+
+
+def _reference_types(why: str) -> str:
+    return (
+        f"-- column types: the reference schema's (account id {OFFLINE_ACCOUNT_ID_TYPE}, "
+        f"instrument id text), as {why}; for your schema's, give its DSN (--dsn, RISKD_DSN)\n"
+    )
+
+
+def _script_params(settings: Settings) -> tuple[dict[str, Any], str, str | None]:
+    """The templates' parameters for ``--sql``, a header saying where the column types come
+    from, and a note for the operator when they were assumed although a DSN was given.
+
+    With a database to ask (a DSN given and reachable), the types and layout are read from it
+    as ``riskd migrate`` reads them (a mapping it would refuse is refused here too); without
+    one, they are the reference schema's.
+    """
+    offline = prepare_templates(None, settings)
+    if not settings.database.dsn:
+        return offline, _reference_types("no database was given"), None
+    try:
+        conn = connect(settings)
+    except DatabaseUnavailable as exc:
+        note = (
+            f"note: {exc}: the script's column types are the reference schema's (account id "
+            f"{OFFLINE_ACCOUNT_ID_TYPE}), not necessarily your schema's"
+        )
+        return offline, _reference_types("the database could not be reached"), note
+    with conn:
+        resolved = schema_mapping.resolve(conn, settings.schema)
+        where = f"{conn.info.dbname} on {conn.info.host}"
+    header = (
+        f"-- column types read from database {where} (account id {resolved.account_id_type}, "
+        f"instrument id {resolved.instrument_id_type})\n"
+    )
+    return template_params_of(resolved), header, None
+
+
+def sql_script(settings: Settings, revision: str = "head") -> Script:
+    """The SQL ``migrate`` would run, without running it: from nothing to ``revision``, or
+    between two revisions given as ``FROM:TO`` (up or down).
+
+    The column types are read from the database when a DSN is given and it can be reached;
+    else they are the reference schema's (the script's header and the note say which).
+    """
+    if ":" in revision:
+        start, end = (_target(part) for part in revision.split(":", 1))
+        if start == "base":
+            raise MigrationError("migrate --sql: FROM must be a revision, not base")
+    else:
+        start, end = "", _target(revision)
+        if end == "base":
+            raise MigrationError(
+                "migrate --sql --revision base: base installs nothing; the removal is "
+                "--revision <installed>:base"
+            )
+    params, header, note = _script_params(settings)
     buffer = io.StringIO()
-    cfg = _alembic_config(settings, output_buffer=buffer)
+    buffer.write(f"-- riskd {__version__}: riskd migrate --sql --revision {revision}\n{header}")
+    cfg = _alembic_config(settings, output_buffer=buffer, template_params=params)
     cfg.output_buffer = buffer
     try:
-        if ":" in revision:
-            start, end = (_target(part) for part in revision.split(":", 1))
-            if start == "base":
-                raise MigrationError("migrate --sql: FROM must be a revision, not base")
+        if start:
             down = end == "base" or end in _below(start)
             (command.downgrade if down else command.upgrade)(cfg, f"{start}:{end}", sql=True)
             if end == "base":
@@ -396,19 +564,14 @@ def sql_script(settings: Settings, revision: str = "head") -> str:
                     f"DROP TABLE IF EXISTS {SCHEMA}.{VERSION_TABLE};\n"
                     f"DROP SCHEMA IF EXISTS {SCHEMA};\n"
                 )
-        elif (target := _target(revision)) == head():
+        elif end == head():
             cfg.attributes["install"] = True
-            command.stamp(cfg, target, sql=True)
-        elif target != "base":
-            command.upgrade(cfg, target, sql=True)
+            command.stamp(cfg, end, sql=True)
         else:
-            raise MigrationError(
-                "migrate --sql --revision base: base installs nothing; the removal is "
-                "--revision <installed>:base"
-            )
+            command.upgrade(cfg, end, sql=True)
     except alembic_util.CommandError as exc:
         raise MigrationError(f"migrate --sql: {' '.join(str(exc).split())}") from exc
-    return buffer.getvalue()
+    return Script(buffer.getvalue(), note)
 
 
 # --- used by alembic/env.py and the revisions in alembic/versions ---------------------------
@@ -479,9 +642,15 @@ def prepare_templates(conn: sa.Connection | None, settings: Settings) -> dict[st
     if conn is None:
         return template_params(settings.schema, OFFLINE_ACCOUNT_ID_TYPE)
     driver = conn.connection.driver_connection
-    resolved = schema_mapping.resolve(driver, settings.schema)  # type: ignore[arg-type]
+    return template_params_of(
+        schema_mapping.resolve(driver, settings.schema)  # type: ignore[arg-type]
+    )
+
+
+def template_params_of(resolved: schema_mapping.ResolvedMapping) -> dict[str, Any]:
+    """The templates' parameters for a mapping resolved against the database."""
     return template_params(
-        settings.schema,
+        resolved.mapping,
         resolved.account_id_type,
         instrument_id_type=resolved.instrument_id_type,
         pnl_generated=resolved.pnl_generated,

@@ -11,7 +11,10 @@ Health rules, each failing one a line in ``problems``:
 * no stale instance: a heartbeat row older than that (an instance killed, hung or cut off
   from the database; a clean stop removes its row);
 * ``pg_notification_queue_usage()`` at most ``max_queue_usage``;
-* the lag of every live instance (its oldest change not yet checked) at most ``max_lag``.
+* the lag of every live instance (its oldest change not yet checked) at most ``max_lag``;
+* every live instance runs with the same risk settings (warning and auto-close thresholds,
+  hysteresis, auto_close mode, as its heartbeat carries them): two instances that disagree
+  undo each other's events and close requests.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import psycopg
@@ -29,7 +33,7 @@ from rich.table import Table
 
 from riskd import __version__, capture, migrate
 from riskd import events as risk_events
-from riskd.config import Settings, mask_dsn, parse_duration
+from riskd.config import RISK_KEYS, Settings, mask_dsn, parse_duration
 from riskd.daemon import HEARTBEAT_INTERVAL
 from riskd.db import connect
 from riskd.errors import ConfigError
@@ -94,6 +98,14 @@ class Instance:
     def lag(self) -> float | None:
         return self.number("lag")
 
+    @property
+    def risk(self) -> dict[str, str] | None:
+        """The risk settings it runs with; None from an older riskd, which does not say."""
+        value = self.stats.get("risk")
+        if not isinstance(value, dict):
+            return None
+        return {k: str(value[k]) for k in RISK_KEYS if value.get(k) is not None}
+
     def as_json(self, stale: bool) -> dict[str, Any]:
         return {
             "instance": self.instance,
@@ -112,6 +124,7 @@ class Instance:
             "last_sweep_at": self.stats.get("last_sweep_at"),
             "last_sweep_duration": self.stats.get("last_sweep_duration"),
             "counters": {k: self.stats.get(k) for k in COUNTERS},
+            "risk": self.risk,
             "stats": self.stats,
         }
 
@@ -259,7 +272,50 @@ def assess(status: Status, limits: Limits) -> list[str]:
                 f"instance {i.instance}: lag {_secs(i.lag)}, over {_secs(limits.max_lag)} "
                 "(checks fall behind the changes)"
             )
+    disagreement = _risk_disagreement(live)
+    if disagreement:
+        problems.append(disagreement)
     return [" ".join(p.split()) for p in problems]  # one line each, whatever a row held
+
+
+def _risk_disagreement(live: list[Instance]) -> str | None:
+    """One line naming each risk setting the live instances disagree on, and who runs which
+    value; numbers compare as numbers (0.8 is 0.80). An instance that does not say is left
+    out: it cannot be compared."""
+    differing: list[str] = []
+    for key in RISK_KEYS:
+        holders: dict[object, tuple[str, list[str]]] = {}  # value -> (as written, instances)
+        for i in sorted(live, key=lambda i: i.instance):
+            value = (i.risk or {}).get(key)
+            if value is not None:
+                holders.setdefault(_comparable(value), (value, []))[1].append(i.instance)
+        if len(holders) > 1:
+            runs = ", ".join(
+                f"{value} on {' and '.join(names)}" for value, names in holders.values()
+            )
+            differing.append(f"[risk] {key}: {runs}")
+    if not differing:
+        return None
+    return (
+        f"live instances run different risk settings: {'; '.join(differing)} (each undoes the "
+        "other's events and close requests: give every instance the same configuration)"
+    )
+
+
+def _comparable(value: str) -> object:
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return value
+    return number if number.is_finite() else value
+
+
+def risk_settings_line(live: list[Instance]) -> str | None:
+    """The risk settings every live instance runs with, when they agree and say."""
+    known = [i.risk for i in live if i.risk]
+    if not known or _risk_disagreement(live):
+        return None
+    return "risk settings: " + ", ".join(f"{k} {v}" for k, v in known[0].items())
 
 
 def summary(status: Status, limits: Limits, problems: list[str]) -> str:
@@ -416,6 +472,8 @@ def render(status: Status, limits: Limits, console: Console) -> None:
     live, stale = status.live(limits), status.stale(limits)
     if live:
         console.print(_instances_table("live instances", live, status.checked_at))
+        if line := risk_settings_line(live):
+            console.print(line)
     if stale:
         title = f"stale instances (heartbeat older than {_secs(limits.stale_after)})"
         console.print(_instances_table(title, stale, status.checked_at))

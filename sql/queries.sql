@@ -350,3 +350,172 @@ SELECT coalesce(pg_catalog.has_table_privilege(
 -- they name.
 SELECT count(*) AS dirty_instrument_marks, count(DISTINCT instrument_id) AS dirty_instruments
 FROM riskd.dirty_instruments
+
+-- name: check_pending_requests
+-- riskd check, in the check's transaction, before it: the pending close requests of these
+-- accounts (given as [{"account_id": text}]: text ids become the account id type through the
+-- table's row type, so the partial index on pending requests serves whatever that type is).
+SELECT c.id
+FROM riskd.close_requests AS c
+WHERE c.status = 'pending'
+  AND c.account_id = ANY (ARRAY(
+      SELECT r.account_id
+      FROM pg_catalog.jsonb_populate_recordset(NULL::riskd.close_requests,
+                                               %(accounts)s::jsonb) AS r))
+
+-- name: check_close_requests
+-- riskd check, in the check's transaction, after it: the close requests it names (the one the
+-- check opened or flattened into, those pending before it) and those pending now, each with
+-- whether this transaction opened or completed it (created_at, completed_at: its now()).
+SELECT c.id, c.account_id::text AS account_id, c.status, c.detail ->> 'mode' AS mode,
+       c.detail ->> 'flatten_failed' AS flatten_failed,
+       c.created_at = pg_catalog.now() AS opened_now,
+       coalesce(c.completed_at = pg_catalog.now(), false) AS completed_now
+FROM riskd.close_requests AS c
+WHERE c.id IN (
+    SELECT pg_catalog.unnest(%(ids)s::bigint[])
+    UNION
+    SELECT p.id
+    FROM riskd.close_requests AS p
+    WHERE p.status = 'pending'
+      AND p.account_id = ANY (ARRAY(
+          SELECT r.account_id
+          FROM pg_catalog.jsonb_populate_recordset(NULL::riskd.close_requests,
+                                                   %(accounts)s::jsonb) AS r)))
+ORDER BY c.id
+
+-- name: check_data_errors
+-- riskd check: which of these accounts hold data riskd cannot trust (a NaN or infinite figure,
+-- a NULL price), on which no close is made (DESIGN §1), as the check reads them.
+WITH ids AS (
+    SELECT r.account_id
+    FROM pg_catalog.jsonb_populate_recordset(NULL::riskd.account_state, %(accounts)s::jsonb) AS r
+)
+SELECT p.account_id::text AS account_id
+FROM riskd.platform_positions AS p JOIN ids USING (account_id)
+WHERE p.data_error IS NOT NULL
+UNION
+SELECT a.account_id::text
+FROM riskd.platform_accounts AS a JOIN ids USING (account_id)
+WHERE a.data_error IS NOT NULL
+
+-- name: canonical_account_ids
+-- riskd check: each text as an account id of this installation would print it (a uuid in
+-- lower case, a number without leading zeros), or a data exception (class 22: not a uuid, out
+-- of range, too long) when one of them cannot be an account id.
+SELECT i.given,
+       (pg_catalog.jsonb_populate_record(
+            NULL::riskd.account_state,
+            pg_catalog.jsonb_build_object('account_id', i.given))).account_id::text AS canonical
+FROM pg_catalog.unnest(%(ids)s::text[]) AS i (given)
+
+-- name: account_id_type
+-- The SQL type of account ids in this installation (the platform's, copied by riskd migrate).
+SELECT pg_catalog.format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_attribute AS a
+WHERE a.attrelid = 'riskd.account_state'::pg_catalog.regclass AND a.attname = 'account_id'
+
+-- name: accounts_by_level
+-- riskd accounts: the accounts at these levels as their latest check recorded them, the
+-- riskiest first (critical, equity gone, then by utilisation), each with the thresholds that
+-- apply to it (riskd.account_limits over the configured ones, combined as riskd.check_accounts
+-- combines them), the age of its check on the server's clock, and how many match in all.
+-- riskd's own tables only: the monitoring role runs it.
+SELECT s.account_id::text AS account_id, s.level, s.utilization, s.equity, s.used_margin,
+       s.checked_at,
+       greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - s.checked_at))::float8
+           AS checked_age,
+       least(coalesce(l.warning_threshold, %(warning)s::numeric),
+             coalesce(l.auto_close_threshold, %(auto_close)s::numeric)) AS warning_threshold,
+       coalesce(l.auto_close_threshold, %(auto_close)s::numeric) AS auto_close_threshold,
+       count(*) OVER () AS total
+FROM riskd.account_state AS s
+LEFT JOIN riskd.account_limits AS l ON l.account_id = s.account_id
+WHERE s.level = ANY (%(levels)s::text[])
+ORDER BY CASE s.level WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
+         s.utilization DESC NULLS FIRST, s.account_id
+LIMIT %(limit)s
+
+-- name: accounts_nearest
+-- riskd accounts --nearest N: the accounts below critical nearest the next threshold up (ok:
+-- warning; warning: auto-close), by the utilisation their latest check recorded, with that
+-- threshold, the level it leads to, the distance (negative: already over it, for the next check
+-- to record), and how many accounts were ranked. riskd's own tables only.
+WITH t AS (
+    SELECT s.account_id, s.level, s.utilization, s.equity, s.used_margin, s.checked_at,
+           least(coalesce(l.warning_threshold, %(warning)s::numeric),
+                 coalesce(l.auto_close_threshold, %(auto_close)s::numeric)) AS w,
+           coalesce(l.auto_close_threshold, %(auto_close)s::numeric) AS ac
+    FROM riskd.account_state AS s
+    LEFT JOIN riskd.account_limits AS l ON l.account_id = s.account_id
+    WHERE s.level <> 'critical' AND s.utilization IS NOT NULL
+), n AS (
+    SELECT t.*,
+           CASE WHEN t.level = 'ok' THEN 'warning' ELSE 'critical' END AS next_level,
+           CASE WHEN t.level = 'ok' THEN t.w ELSE t.ac END AS next_threshold
+    FROM t
+)
+SELECT n.account_id::text AS account_id, n.level, n.utilization, n.equity, n.used_margin,
+       n.checked_at,
+       greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - n.checked_at))::float8
+           AS checked_age,
+       n.w AS warning_threshold, n.ac AS auto_close_threshold,
+       n.next_level, n.next_threshold, n.next_threshold - n.utilization AS distance,
+       count(*) OVER () AS total
+FROM n
+ORDER BY n.next_threshold - n.utilization, n.account_id
+LIMIT %(limit)s
+
+-- name: close_requests_list
+-- riskd close-requests: the close requests with this status (NULL: every one), pending ones
+-- oldest first, the others newest first, with their ages on the server's clock and how many
+-- match in all. riskd's own tables only: the monitoring role runs it.
+SELECT c.id, c.account_id::text AS account_id, c.status, c.utilization, c.created_at,
+       c.completed_at, c.detail,
+       greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - c.created_at))::float8
+           AS age,
+       CASE WHEN c.completed_at IS NOT NULL THEN greatest(
+           0, extract(epoch FROM pg_catalog.clock_timestamp() - c.completed_at))::float8
+       END AS completed_age,
+       count(*) OVER () AS total
+FROM riskd.close_requests AS c
+WHERE %(status)s::text IS NULL OR c.status = %(status)s::text
+ORDER BY c.status <> 'pending', CASE WHEN c.status = 'pending' THEN c.created_at END,
+         CASE WHEN c.status = 'pending' THEN c.id END, c.id DESC
+LIMIT %(limit)s
+
+-- name: live_instances
+-- riskd migrate's guard: the instances whose heartbeat is at most %(within)s seconds old
+-- (riskd status's rule for a live instance), ages measured on the server's clock.
+SELECT instance, host, pid,
+       greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - heartbeat_at))::float8
+           AS heartbeat_age
+FROM riskd.daemons
+WHERE pg_catalog.clock_timestamp() - heartbeat_at
+      <= pg_catalog.make_interval(secs => %(within)s)
+ORDER BY heartbeat_at DESC, instance
+
+-- name: riskd_records
+-- riskd migrate's guard: the records a removal drops for good.
+SELECT (SELECT count(*) FROM riskd.risk_events) AS events,
+       (SELECT count(*) FROM riskd.close_requests) AS close_requests,
+       (SELECT count(*) FROM riskd.close_requests WHERE status = 'pending')
+           AS pending_close_requests,
+       (SELECT count(*) FROM riskd.account_limits) AS account_limits
+
+-- name: event_actions
+-- riskd events: the close request each event's check opened, flattened into or cancelled. The
+-- check writes the event and acts in one transaction, so the request's created_at (opened,
+-- flattened) or, for one it cancelled, its completed_at is the event's created_at: that
+-- transaction's now(). One pass over close_requests (no index serves a request by account
+-- once it is no longer pending), and only for the events asked about.
+SELECT DISTINCT ON (e.id)
+       e.id AS event_id, c.id AS close_request_id, c.status, c.detail ->> 'mode' AS mode,
+       c.created_at = e.created_at AS opened
+FROM riskd.risk_events AS e
+JOIN riskd.close_requests AS c
+  ON c.account_id = e.account_id
+ AND (c.created_at = e.created_at
+      OR (c.status = 'cancelled' AND c.completed_at = e.created_at))
+WHERE e.id = ANY (%(ids)s::bigint[])
+ORDER BY e.id, (c.created_at = e.created_at) DESC, c.id DESC

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner, Result
 from conftest import Db, settings_for
 
 from riskd.check import CheckResult, check_accounts, sweep
+from riskd.cli import main
 
 
 def setup_account(
@@ -308,3 +311,155 @@ def test_a_malformed_notify_queue_limit_never_stops_the_check(db: Db) -> None:
     setup_account(db, quantity="95")
     db.conn.execute("SET riskd.notify_queue_limit = 'off'")
     assert check_one(db).level == "critical"
+
+
+# --- `riskd check` on the command line: the action taken, unknown and invalid ids (issue 10) ---
+
+
+def cli(*args: str, dsn: str, env: dict[str, str] | None = None) -> Result:
+    environment = {"RISKD_CONFIG": "", "DATABASE_URL": "", "RISKD_DSN": dsn}
+    return CliRunner().invoke(main, list(args), env=environment | (env or {}))
+
+
+def request_id(db: Db, account: str, status: str) -> int:
+    return int(
+        db.scalar(
+            "SELECT id FROM riskd.close_requests WHERE account_id = %s AND status = %s",
+            (account, status),
+        )
+    )
+
+
+def test_check_names_the_pending_request_and_the_action_taken(db: Db) -> None:
+    """Finding 4: a critical account whose request is pending showed close_request_id null and
+    no action; each check now says what it did, in text and JSON."""
+    setup_account(db, "hot", quantity="95")
+    first = cli("check", "hot", dsn=db.dsn)
+    assert first.exit_code == 0, first.output
+    pending = request_id(db, "hot", "pending")
+    event = db.scalar("SELECT id FROM riskd.risk_events WHERE account_id = 'hot'")
+    assert first.stdout == (
+        "hot  ok -> critical  utilisation 95.00 %  equity 1000.00  used margin 950.00  "
+        f"event {event}  action: close request {pending} opened\n"
+    )
+
+    again = cli("check", "hot", dsn=db.dsn)
+    assert again.stdout.endswith(f"action: close request {pending} already pending\n")
+    (row,) = json.loads(cli("check", "--json", "hot", dsn=db.dsn).stdout)["results"]
+    assert (row["close_request_id"], row["action"], row["action_note"]) == (
+        pending,
+        "request_pending",
+        None,
+    )
+    assert (row["utilization"], row["equity"], row["used_margin"]) == (
+        "0.9500000000",
+        "1000",
+        "950.0",
+    )
+
+    set_quantity(db, "50", "hot")
+    down = cli("check", "--json", "hot", dsn=db.dsn)
+    (row,) = json.loads(down.stdout)["results"]
+    assert (row["level"], row["action"], row["close_request_id"]) == (
+        "ok",
+        "request_cancelled",
+        pending,
+    )
+    assert close_requests(db, "hot")[0][0] == "cancelled"
+    assert "action" not in cli("check", "hot", dsn=db.dsn).stdout  # ok, nothing to say
+
+    setup_account(db, "off", quantity="95")
+    off = cli("check", "off", dsn=db.dsn, env={"RISKD_RISK_AUTO_CLOSE": "off"})
+    assert off.stdout.endswith("action: none (auto_close = off)\n"), off.output
+    assert close_requests(db, "off") == []
+
+    setup_account(db, "nan", quantity="95")
+    db.conn.execute("""UPDATE positions SET "unrealizedPnL" = 'NaN' WHERE id = 'p-nan'""")
+    held = cli("check", "nan", dsn=db.dsn)
+    assert held.stdout.endswith(
+        "action: none (close held: data riskd cannot trust (a NaN, infinite or NULL figure))\n"
+    ), held.output
+    assert close_requests(db, "nan") == []
+
+    setup_account(db, "flat", quantity="95")
+    flatten = {"RISKD_RISK_AUTO_CLOSE": "flatten"}
+    flat = cli("check", "flat", dsn=db.dsn, env=flatten)
+    done = request_id(db, "flat", "done")
+    assert flat.stdout.endswith(f"action: flattened (close request {done}, done)\n"), flat.output
+
+    # a flatten the platform's table refuses (a trigger skipping the row) becomes a request
+    db.conn.execute(
+        "CREATE FUNCTION public.keep() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RETURN NULL; END $$"
+    )
+    db.conn.execute(
+        "CREATE TRIGGER keep BEFORE UPDATE ON positions FOR EACH ROW"
+        """ WHEN (OLD."tradingAccountId" = 'stuck') EXECUTE FUNCTION public.keep()"""
+    )
+    setup_account(db, "stuck", quantity="95")
+    stuck = cli("check", "stuck", dsn=db.dsn, env=flatten)
+    asked = request_id(db, "stuck", "pending")
+    assert stuck.stdout.endswith(
+        f"action: close request {asked} opened (flatten failed: closed 0 rows for 1 positions)\n"
+    ), stuck.output
+    listed = cli("close-requests", dsn=db.dsn).stdout
+    assert "stuck  pending" in listed and "flatten failed: closed 0 rows for 1 positions" in listed
+
+
+def test_check_of_an_unknown_account_exits_1_with_a_line_for_each(db: Db) -> None:
+    setup_account(db, "a1", quantity="50")
+    result = cli("check", "ghost", "a1", "spectre", dsn=db.dsn)
+    assert result.exit_code == 1
+    assert result.stdout.startswith("a1  ok  utilisation 50.00 %  equity 1000.00"), result.output
+    assert result.stderr.splitlines() == [
+        "riskd: check: 'ghost': no such account",
+        "riskd: check: 'spectre': no such account",
+    ]
+    assert json.loads(cli("check", "--json", "ghost", dsn=db.dsn).stdout)["unknown"] == ["ghost"]
+    assert "1 when an id names no account" in " ".join(
+        cli("check", "--help", dsn="").stdout.split()
+    )
+
+
+UUID_PLATFORM = """
+CREATE SCHEMA prisma;
+CREATE TABLE prisma.accounts (id uuid PRIMARY KEY, "userId" text, balance numeric);
+CREATE TABLE prisma.instruments (id text PRIMARY KEY, symbol text, price numeric,
+                                 "marginRate" numeric);
+CREATE TABLE prisma.positions (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    "tradingAccountId" uuid NOT NULL REFERENCES prisma.accounts,
+    "instrumentId" text NOT NULL REFERENCES prisma.instruments,
+    quantity numeric NOT NULL, "unrealizedPnL" numeric);
+"""
+UUID_ENV = {
+    "RISKD_SCHEMA_ACCOUNTS_TABLE": "prisma.accounts",
+    "RISKD_SCHEMA_POSITIONS_TABLE": "prisma.positions",
+    "RISKD_SCHEMA_INSTRUMENTS_TABLE": "prisma.instruments",
+}
+
+
+def test_check_of_a_text_that_is_no_uuid_is_one_line_and_the_rest_is_checked(bare_db: Db) -> None:
+    """On a uuid-keyed schema `riskd check not-a-uuid` printed a PL/pgSQL CONTEXT; a uuid in
+    capitals named a real account and was still called unknown."""
+    bare_db.conn.execute(UUID_PLATFORM)  # type: ignore[arg-type]
+    migrated = cli("migrate", dsn=bare_db.dsn, env=UUID_ENV)
+    assert migrated.exit_code == 0, migrated.output
+    account = uuid.uuid4()
+    bare_db.conn.execute("INSERT INTO prisma.instruments VALUES ('i1', 'I1', 100, 0.1)")
+    bare_db.conn.execute("INSERT INTO prisma.accounts VALUES (%s, 'u', 1000)", (account,))
+    bare_db.conn.execute(
+        'INSERT INTO prisma.positions ("tradingAccountId", "instrumentId", quantity,'
+        " \"unrealizedPnL\") VALUES (%s, 'i1', 95, 0)",
+        (account,),
+    )
+    result = cli("check", "not-a-uuid", str(account).upper(), dsn=bare_db.dsn, env=UUID_ENV)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "riskd: check: 'not-a-uuid' is not an account id (account ids here are uuid)\n"
+    )
+    assert result.stdout.startswith(f"{account}  ok -> critical  utilisation 95.00 %")
+    assert "action: close request" in result.stdout
+    alone = cli("check", "not-a-uuid", dsn=bare_db.dsn, env=UUID_ENV)
+    assert (alone.exit_code, alone.stdout, alone.stderr.count("\n")) == (1, "", 1)
+    assert "CONTEXT" not in alone.stderr

@@ -20,9 +20,9 @@ def cli(*args: str, dsn: str | None = None, env: dict[str, str] | None = None) -
 def test_check_prints_levels_and_reports_unknown_accounts(db: Db) -> None:
     setup_account(db, "a1", quantity="95")
     result = cli("check", "a1", "ghost", dsn=db.dsn)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # an unknown account: one line each, exit 1
     assert "a1  ok -> critical  utilisation 95.00 %" in result.stdout
-    assert "ghost  unknown account" in result.stdout
+    assert "riskd: check: 'ghost': no such account" in result.stderr
     as_json = json.loads(cli("check", "--json", "a1", dsn=db.dsn).stdout)
     assert as_json["unknown"] == []
     (row,) = as_json["results"]

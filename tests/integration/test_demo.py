@@ -128,7 +128,9 @@ def test_keep_leaves_a_database_with_real_events_and_flattened_accounts(
         assert scalar("SELECT count(*) FROM riskd.close_requests WHERE status = 'done'") > 0
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=str)
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name
+)
 def test_a_stop_signal_ends_cleanly_and_removes_the_cluster(stop: signal.Signals) -> None:
     """Ctrl-C, a `kill` and the terminal closing (SIGHUP) all end the demo with its summary,
     the server stopped and its directory removed."""

@@ -1,7 +1,9 @@
-"""``riskd events`` against a real PostgreSQL: filters, --json lines, --follow as a subprocess
-(a live event arrives, Ctrl-C exits 0), and the follow steps interleaved with commits: an
-event committed between LISTEN and the backlog query is shown once, a notification is only a
-hint, an event committed after a larger id was read is still shown.
+"""``riskd events`` against a real PostgreSQL: filters, --json lines, the action each event's
+check took, --follow as a subprocess (a live event arrives, Ctrl-C exits 0 whatever SIGINT
+disposition the suite inherited, a server restart is ridden out like ``tail -F``), and the
+follow steps interleaved with commits: an event committed between LISTEN and the backlog query
+is shown once, a notification is only a hint, an event committed after a larger id was read is
+still shown.
 
 Events come from the real check (riskd.check_accounts, which also NOTIFYs riskd_events), or,
 where a test needs a commit order the check cannot give, from rows written by hand.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from typing import IO, Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Db
+from conftest import Db, settings_for
 from test_check import set_quantity, setup_account
 
 from riskd.check import check_accounts
@@ -87,7 +90,8 @@ def test_json_lines_carry_every_column(three_events: Db) -> None:
     first = docs[0]
     assert set(first) == {
         "id", "account_id", "user_id", "from_level", "to_level", "utilization", "equity",
-        "used_margin", "detail", "created_at", "instance",
+        "used_margin", "detail", "created_at", "instance", "action", "close_request_id",
+        "close_request_status",
     }  # fmt: skip
     assert (first["account_id"], first["user_id"], first["to_level"]) == (
         "a1",
@@ -98,6 +102,42 @@ def test_json_lines_carry_every_column(three_events: Db) -> None:
     assert isinstance(first["used_margin"], str) and isinstance(first["detail"], dict)
     assert datetime.fromisoformat(first["created_at"]).tzinfo is not None
     assert [d["id"] for d in docs] == sorted(d["id"] for d in docs)
+
+
+def test_each_event_shows_the_action_its_check_took(three_events: Db) -> None:
+    """a1 ok -> critical opened a close request, a2's warning took none, a1 critical -> ok
+    cancelled that request; in flatten mode, a1 critical again is flattened."""
+    db = three_events
+    request = db.scalar("SELECT id FROM riskd.close_requests")
+    docs = [json.loads(line) for line in cli(db, "--json").stdout.splitlines()]
+    assert [(d["action"], d["close_request_id"], d["close_request_status"]) for d in docs] == [
+        ("request_opened", request, "cancelled"),
+        ("none", None, None),
+        ("request_cancelled", request, "cancelled"),
+    ]
+    set_quantity(db, "95", account="a1")
+    check_accounts(db.conn, settings_for(db.dsn, risk={"auto_close": "flatten"}), ["a1"])
+    flattened = db.scalar("SELECT id FROM riskd.close_requests WHERE status = 'done'")
+    assert [action_said(line) for line in cli(db).stdout.splitlines()] == [
+        f"close request {request} opened (now cancelled)",
+        None,  # a warning: no action to tell
+        f"close request {request} cancelled (no longer critical)",
+        f"flattened (close request {flattened}, done)",
+    ]
+    last = json.loads(cli(db, "--json", "--limit", "1").stdout)
+    assert (last["action"], last["close_request_id"]) == ("flattened", flattened)
+    # a critical event with no close (auto_close = off) says so
+    set_quantity(db, "50", account="a2")
+    check(db, "a2")
+    set_quantity(db, "95", account="a2")
+    check_accounts(db.conn, settings_for(db.dsn, risk={"auto_close": "off"}), ["a2"])
+    (line,) = cli(db, "--limit", "1").stdout.splitlines()
+    assert " a2  ok -> critical " in line and "  action: none  " in line
+
+
+def action_said(line: str) -> str | None:
+    found = re.search(r"  action: (.+?)  user ", line)
+    return found[1] if found else None
 
 
 # --- --follow as a user runs it -------------------------------------------------------------
@@ -132,20 +172,35 @@ class Lines:
         return lines
 
 
-def test_follow_prints_the_backlog_then_live_events_and_ctrl_c_exits_0(db: Db) -> None:
-    setup_account(db, "a1", quantity="95")
-    setup_account(db, "a2", quantity="50")
-    setup_account(db, "a3", quantity="50")
-    check(db, "a1")
+# `python -m riskd`, with SIGINT first set back to Python's own handler: a suite run with SIGINT
+# ignored (`nohup pytest &`, a CI wrapper: a shell without job control ignores SIGINT in what it
+# starts in the background) passes the disposition on, and a Python started with SIGINT ignored
+# keeps ignoring it, so the test's Ctrl-C would never arrive. The user's shell does not ignore it.
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('riskd', run_name='__main__', alter_sys=True)"
+)
+
+
+def riskd_process(db: Db, *args: str) -> subprocess.Popen[str]:
+    """``riskd ARGS`` as a user runs it from a terminal, stdout and stderr piped to the test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISKD_")}
     env.update(RISKD_DSN=db.dsn, RISKD_CONFIG="", DATABASE_URL="")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "riskd", "events", "--follow", "--json", "--level", "critical"],
+    return subprocess.Popen(
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_follow_prints_the_backlog_then_live_events_and_ctrl_c_exits_0(db: Db) -> None:
+    setup_account(db, "a1", quantity="95")
+    setup_account(db, "a2", quantity="50")
+    setup_account(db, "a3", quantity="50")
+    check(db, "a1")
+    proc = riskd_process(db, "events", "--follow", "--json", "--level", "critical")
     try:
         assert proc.stdout is not None and proc.stderr is not None
         lines = Lines(proc.stdout)
@@ -169,6 +224,73 @@ def test_follow_prints_the_backlog_then_live_events_and_ctrl_c_exits_0(db: Db) -
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.slow
+def test_follow_rides_out_a_server_restart_like_tail_F(db: Db) -> None:
+    """The server restarts under --follow: it says so on stderr in one line, reconnects, and
+    prints the event committed while it was away and the ones after, each once."""
+    cluster = db.server.cluster
+    if cluster is None:
+        pytest.skip("RISKD_TEST_DSN: the suite does not own the server")
+    for account in ("a1", "a2", "a3"):
+        setup_account(db, account, quantity="95" if account == "a1" else "50")
+    check(db, "a1")
+    proc = riskd_process(db, "events", "--follow", "--json")
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        assert json.loads(out.next(15, "the backlog event"))["account_id"] == "a1"
+        db.conn.close()
+        cluster.restart()
+        db.conn = psycopg.connect(db.dsn, autocommit=True)
+        lost = err.next(15, "the lost connection said")
+        assert re.fullmatch(r"riskd: lost the connection \(.+\), reconnecting in \d+ s", lost), lost
+        set_quantity(db, "95", account="a2")  # while it waits to reconnect: no NOTIFY reaches it
+        check(db, "a2")
+        gap = json.loads(out.next(30, "the event committed during the gap"))
+        assert (gap["account_id"], gap["to_level"]) == ("a2", "critical")
+        said = [lost]
+        while not (line := err.next(15, "the reconnect said")).startswith("riskd: reconnected"):
+            said.append(line)  # the server may still be starting: tried again, each said
+        assert all(line.startswith("riskd: lost the connection (") for line in said)
+        set_quantity(db, "95", account="a3")
+        check(db, "a3")
+        live = json.loads(out.next(10, "a live event after the reconnect"))
+        assert (live["account_id"], live["to_level"]) == ("a3", "critical")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert out.rest(5) == []  # nothing printed twice
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_follow_reconnects_and_catches_up_from_the_last_event_read(db: Db) -> None:
+    """The steps: the follower's backend is killed; an event committed meanwhile, and one that
+    took its id before the last one read but commits during the gap, are both read once."""
+    said: list[str] = []
+    with db.connect() as conn, db.connect(autocommit=False) as slow:
+        tail = EventTail(conn, EventFilter(), say=said.append)
+        followed = tail.follow(20, poll_interval=0.3)
+        shown = insert_event(db.conn, "x0")
+        assert next(followed).id == shown
+        early = insert_event(slow, "x1")  # takes the smaller id, commits in the gap
+        read = insert_event(db.conn, "x2")
+        assert next(followed).id == read
+        db.conn.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        slow.commit()
+        during = insert_event(db.conn, "x3")
+        caught = [next(followed).id, next(followed).id]
+        assert sorted(caught) == [early, during]
+        after = insert_event(db.conn, "x4")
+        assert next(followed).id == after
+        followed.close()
+    assert len(said) == 2 and said[0].startswith("lost the connection (")
+    assert said[0].endswith(", reconnecting in 1 s")
+    assert said[1].startswith("reconnected")
+    assert tail.conn.closed  # the connection follow opened, closed with it
 
 
 # --- the follow steps, interleaved with commits ---------------------------------------------

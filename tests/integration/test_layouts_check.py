@@ -234,8 +234,9 @@ def key_refusal(table: str, nearest: str = "") -> str:
     )
 
 
-def migrate_cli(db: Db) -> Any:
-    return cli("migrate", dsn=db.dsn, env=MAPPING_ENV)
+def migrate_cli(db: Db, mode: str = "flatten") -> Any:
+    """`riskd migrate` on the lay mapping; the position key is required where flatten runs."""
+    return cli("migrate", dsn=db.dsn, env={**MAPPING_ENV, "RISKD_RISK_AUTO_CLOSE": mode})
 
 
 @pytest.mark.parametrize("name", list(KEYS_ACCEPTED))
@@ -317,8 +318,17 @@ def test_a_layout_whose_position_key_is_not_unique_is_refused_in_one_line(
     assert refused.exit_code == 2, refused.output
     assert refused.stderr == f"riskd: {line}\n"
     assert bare_db.scalar("SELECT to_regclass('riskd.alembic_version')") is None
+    flatten = dataclasses.replace(
+        bare_db.settings,
+        schema=MAPPING,
+        risk=dataclasses.replace(bare_db.settings.risk, auto_close="flatten"),
+    )
     with pytest.raises(SchemaMappingError, match="flatten could close a position twice"):
-        migrate.migrate(dataclasses.replace(bare_db.settings, schema=MAPPING))
+        migrate.migrate(flatten)
+    # where flatten does not run, the layout is installed and the operator told
+    done = migrate_cli(bare_db, mode="request")
+    assert done.exit_code == 0, done.output
+    assert f"{line} (refused with auto_close = flatten)" in done.stderr
 
 
 def test_an_inherited_child_is_accepted_once_it_has_its_own_key(bare_db: Db) -> None:

@@ -1,9 +1,11 @@
-"""Least privilege (issue 4, point 5): the daemon runs as a role that holds exactly what
-docs/grants.sql grants — the file itself is run here, with psql, as an operator runs it — and a
-role without those grants gets one clear line and exit 2, never a traceback.
+"""Least privilege (issue 4, point 5; issue 10, point 5): the daemon runs as a role that holds
+exactly what `riskd grants` prints for its [schema] mapping — the output is run here, with psql,
+as an operator runs it, on the reference schema and on a schema of another shape — and a role
+without those grants gets one clear line and exit 2, never a traceback; so does a wrong
+password, which is no missing grant.
 
 The database is hardened first: PUBLIC loses CONNECT on it, everything on schema public, and
-EXECUTE on riskd's functions, so that every privilege the daemon uses must come from the file.
+EXECUTE on riskd's functions, so that every privilege the daemon uses must come from the script.
 Accounts hold one position on an instrument priced 100 with a 10 % margin rate and a balance of
 1 000: a quantity of 50 is 50 % utilisation, 95 is critical.
 """
@@ -33,14 +35,12 @@ from riskd.check import check_accounts
 from riskd.cli import main
 from riskd.sqlfiles import query
 
-GRANTS = Path(__file__).resolve().parents[2] / "docs" / "grants.sql"
-
 
 @dataclass(frozen=True)
 class Roles:
     """Role names unique to one test (roles are cluster-wide; the cluster is shared)."""
 
-    daemon: str  # the NOLOGIN group role docs/grants.sql creates and grants to
+    daemon: str  # the NOLOGIN group role `riskd grants` creates and grants to
     monitor: str
     login: str  # the LOGIN role the daemon connects as
     monitor_login: str
@@ -49,21 +49,30 @@ class Roles:
         return psycopg.conninfo.make_conninfo(db.dsn, user=user)
 
 
-@pytest.fixture
-def roles(db: Db) -> Iterator[Roles]:
+@contextlib.contextmanager
+def make_roles(db: Db) -> Iterator[Roles]:
+    """Two LOGIN roles of the test's own; everything the roles got in ``db`` is dropped after."""
     tag = uuid.uuid4().hex[:8]
     r = Roles(f"lp{tag}_daemon", f"lp{tag}_monitor", f"lp{tag}_login", f"lp{tag}_oncall")
     for login in (r.login, r.monitor_login):
         db.conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(login)))
-    yield r
-    rows = db.conn.execute(
-        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
-        ([r.daemon, r.monitor, r.login, r.monitor_login],),
-    ).fetchall()
-    names = [name for (name,) in rows]
-    idents = sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    db.conn.execute(sql.SQL("DROP OWNED BY {}").format(idents))
-    db.conn.execute(sql.SQL("DROP ROLE {}").format(idents))
+    try:
+        yield r
+    finally:
+        rows = db.conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
+            ([r.daemon, r.monitor, r.login, r.monitor_login],),
+        ).fetchall()
+        names = [name for (name,) in rows]
+        idents = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+        db.conn.execute(sql.SQL("DROP OWNED BY {}").format(idents))
+        db.conn.execute(sql.SQL("DROP ROLE {}").format(idents))
+
+
+@pytest.fixture
+def roles(db: Db) -> Iterator[Roles]:
+    with make_roles(db) as r:
+        yield r
 
 
 def harden(db: Db) -> None:
@@ -82,26 +91,45 @@ def _psql(server: Server) -> str:
         return str(server.cluster.bindir / "psql")
     found = shutil.which("psql")
     if found is None:
-        pytest.skip("psql not found: docs/grants.sql is a psql script")
+        pytest.skip("psql not found: `riskd grants` prints a psql script")
     return found
 
 
-def apply_grants(db: Db, roles: Roles, *, flatten: bool = False) -> None:
-    """Run docs/grants.sql as the operator would (here as the superuser owning everything)."""
+def riskd_env(**schema: str) -> dict[str, str | None]:
+    """The environment of a riskd command run in-process: no config file, no DSN, and the
+    [schema] mapping given (as RISKD_SCHEMA_<KEY>)."""
+    return {
+        "RISKD_CONFIG": "",
+        "RISKD_DSN": "",
+        "DATABASE_URL": "",
+        **{f"RISKD_SCHEMA_{key.upper()}": value for key, value in schema.items()},
+    }
+
+
+def apply_grants(
+    db: Db, roles: Roles, *, flatten: bool = False, schema: dict[str, str] | None = None
+) -> str:
+    """Print the grants with `riskd grants` for this mapping and run them with psql, as the
+    operator would (here as the superuser owning everything); the script."""
+    printed = CliRunner().invoke(
+        main, ["grants", *(["--flatten"] if flatten else [])], env=riskd_env(**(schema or {}))
+    )
+    assert printed.exit_code == 0 and printed.stderr == "", printed.output
     variables = {
         "daemon_role": roles.daemon,
         "monitor_role": roles.monitor,
         "login": roles.login,
         "monitor_login": roles.monitor_login,
-        "flatten": "on" if flatten else "off",
     }
-    command = [_psql(db.server), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.dsn]
-    command += ["-f", str(GRANTS)]
+    command = [_psql(db.server), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db.dsn, "-f", "-"]
     for name, value in variables.items():
         command += ["-v", f"{name}={value}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+    result = subprocess.run(
+        command, input=printed.stdout, capture_output=True, text=True, timeout=30, env=env
+    )
     assert result.returncode == 0, result.stderr
+    return printed.stdout
 
 
 def add_accounts(db: Db, quantities: dict[str, str]) -> None:
@@ -155,8 +183,10 @@ def problems(log: str) -> list[str]:
 Start = Callable[..., DaemonProcess]
 
 
-@pytest.fixture
-def start(db: Db, roles: Roles, tmp_path: Path) -> Iterator[Start]:
+@contextlib.contextmanager
+def starter(
+    db: Db, roles: Roles, tmp_path: Path, env: dict[str, str] | None = None
+) -> Iterator[Start]:
     """Start ``riskd run`` connecting as the test's login role (stopped before roles go)."""
     started: list[DaemonProcess] = []
 
@@ -164,15 +194,23 @@ def start(db: Db, roles: Roles, tmp_path: Path) -> Iterator[Start]:
         proc = DaemonProcess(
             roles.dsn(db, roles.login),
             tmp_path / f"riskd-{len(started)}.log",
-            extra_env={"RISKD_RISK_AUTO_CLOSE": auto_close},
+            extra_env={"RISKD_RISK_AUTO_CLOSE": auto_close, **(env or {})},
             **({"debounce": "0s", "max_delay": "200ms"} | daemon),
         )
         started.append(proc)
         return proc.start()
 
-    yield start
-    for proc in started:
-        proc.close()
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.close()
+
+
+@pytest.fixture
+def start(db: Db, roles: Roles, tmp_path: Path) -> Iterator[Start]:
+    with starter(db, roles, tmp_path) as start:
+        yield start
 
 
 def wait_ready(daemon: DaemonProcess) -> None:
@@ -225,7 +263,7 @@ def test_the_granted_role_can_hand_accounts_back(db: Db, roles: Roles) -> None:
     assert db.scalar("SELECT count(*) FROM riskd.dirty_accounts WHERE account_id = 'a1'") == 1
 
 
-def test_flatten_mode_with_the_flatten_block(db: Db, roles: Roles, start: Start) -> None:
+def test_flatten_mode_with_grants_flatten(db: Db, roles: Roles, start: Start) -> None:
     harden(db)
     apply_grants(db, roles, flatten=True)
     add_accounts(db, {"a1": "50"})
@@ -361,15 +399,22 @@ def run_daemon(db: Db, user: str, tmp_path: Path, **env: str) -> Outcome:
     return Outcome(code, err.read_text(errors="replace"))
 
 
-def assert_one_line(outcome: Outcome, *names: str) -> None:
-    """Exit 2 and one line on stderr, naming what is missing and where the grants are."""
+def the_line(outcome: Outcome) -> str:
+    """Exit 2 and one line on stderr: that line."""
     assert "Traceback" not in outcome.stderr, outcome.stderr
     assert outcome.code == 2, outcome.stderr
     lines = outcome.error_lines()
     assert len(lines) == 1, outcome.stderr
     (line,) = lines
     assert line.startswith("riskd: "), line
-    assert "grants" in line and "docs/" in line, line
+    return line
+
+
+def assert_one_line(outcome: Outcome, *names: str) -> None:
+    """Exit 2 and one line on stderr, naming what is missing and the command that prints the
+    grants (an installed riskd has no docs/ folder to point at)."""
+    line = the_line(outcome)
+    assert "`riskd grants`" in line and "docs/" not in line, line
     for name in names:
         assert name in line, line
 
@@ -411,7 +456,7 @@ MISSING = [
 def test_a_role_missing_one_grant_is_refused_at_start_with_one_line(
     db: Db, roles: Roles, tmp_path: Path, revoke: str, env: dict[str, str], names: list[str]
 ) -> None:
-    """Everything docs/grants.sql grants but one thing: refused at start, not found out later
+    """Everything `riskd grants` grants but one thing: refused at start, not found out later
     by a worker (a crash with a traceback, or a daemon that looks healthy and checks nothing)."""
     harden(db)
     apply_grants(db, roles)
@@ -422,3 +467,160 @@ def test_a_role_missing_one_grant_is_refused_at_start_with_one_line(
             )
         )
     assert_one_line(run_daemon(db, roles.login, tmp_path, **env), *names)
+
+
+# ------------------------------------------------------- another schema: grants from [schema]
+
+# A platform of another shape (Prisma-style): its own schema, quoted mixed-case names, uuid
+# keys, other column names, and columns riskd must never read.
+APP_SCHEMA = """
+CREATE SCHEMA app;
+CREATE TABLE app."Account" (
+    "accountId" uuid PRIMARY KEY,
+    "ownerRef" text NOT NULL,
+    "cashBalance" numeric(20, 2) NOT NULL,
+    "apiSecret" text
+);
+CREATE TABLE app."Instrument" (
+    "instrumentKey" uuid PRIMARY KEY,
+    "ticker" text NOT NULL,
+    "lastPrice" numeric NOT NULL,
+    "initialMargin" numeric NOT NULL
+);
+CREATE TABLE app."Position" (
+    "positionId" uuid PRIMARY KEY,
+    "accountRef" uuid NOT NULL REFERENCES app."Account",
+    "instrumentRef" uuid NOT NULL REFERENCES app."Instrument",
+    "netQty" numeric NOT NULL,
+    "openPnl" numeric NOT NULL DEFAULT 0,
+    "note" text
+);
+"""
+APP_MAPPING = {
+    "accounts_table": "app.Account",
+    "account_id": "accountId",
+    "account_user": "ownerRef",
+    "account_balance": "cashBalance",
+    "positions_table": "app.Position",
+    "position_id": "positionId",
+    "position_account": "accountRef",
+    "position_instrument": "instrumentRef",
+    "position_quantity": "netQty",
+    "position_pnl": "openPnl",
+    "instruments_table": "app.Instrument",
+    "instrument_id": "instrumentKey",
+    "instrument_price": "lastPrice",
+    "instrument_margin_rate": "initialMargin",
+}
+APP_ENV = {f"RISKD_SCHEMA_{key.upper()}": value for key, value in APP_MAPPING.items()}
+
+
+@pytest.fixture
+def app_db(bare_db: Db) -> Db:
+    """The app schema beside the reference one, riskd installed for the app mapping only."""
+    bare_db.conn.execute(APP_SCHEMA)
+    env = riskd_env(**APP_MAPPING) | {"RISKD_DSN": bare_db.dsn}
+    migrated = CliRunner().invoke(main, ["migrate"], env=env)
+    assert migrated.exit_code == 0, migrated.output
+    return bare_db
+
+
+@pytest.mark.parametrize("auto_close", ["request", "flatten"])
+def test_grants_printed_for_another_schema_run_the_daemon_as_least_privilege(
+    app_db: Db, tmp_path: Path, auto_close: str
+) -> None:
+    db, flatten = app_db, auto_close == "flatten"
+    with make_roles(db) as roles, starter(db, roles, tmp_path, APP_ENV) as start:
+        harden(db)
+        script = apply_grants(db, roles, flatten=flatten, schema=APP_MAPPING)
+        assert apply_grants(db, roles, flatten=flatten, schema=APP_MAPPING) == script  # again
+        assert "trading_accounts" not in script and '"app"."Position"' in script
+        role = roles.login
+        # the mapping's columns and nothing else of the platform's
+        assert _has(db, role, "has_column_privilege", 'app."Account"', "cashBalance", "SELECT")
+        assert not _has(db, role, "has_column_privilege", 'app."Account"', "apiSecret", "SELECT")
+        assert not _has(db, role, "has_any_column_privilege", "public.positions", "SELECT")
+        assert not _has(db, role, "has_any_column_privilege", "public.trading_accounts", "SELECT")
+        note = _has(db, role, "has_column_privilege", 'app."Position"', "note", "SELECT")
+        assert note == flatten  # flatten reads the whole row's table (tableoid)
+        balance = _has(db, role, "has_column_privilege", 'app."Account"', "cashBalance", "UPDATE")
+        assert balance == flatten
+
+        account, instrument = uuid.uuid4(), uuid.uuid4()
+        db.conn.execute("INSERT INTO app.\"Instrument\" VALUES (%s, 'I1', 100, 0.1)", (instrument,))
+        db.conn.execute("INSERT INTO app.\"Account\" VALUES (%s, 'u', 1000, 's3cret')", (account,))
+        db.conn.execute(
+            'INSERT INTO app."Position" VALUES (%s, %s, %s, 50, -10, NULL)',
+            (uuid.uuid4(), account, instrument),
+        )
+        daemon = start(auto_close=auto_close)
+        wait_ready(daemon)
+        db.conn.execute(
+            'UPDATE app."Position" SET "netQty" = 95 WHERE "accountRef" = %s', (account,)
+        )
+        want = "done" if flatten else "pending"
+        wait_until(lambda: requests(db, str(account)) == [want], 10, f"a {want} close request")
+        if flatten:
+            wait_until(lambda: len(events(db, str(account))) == 2, 5, "the recheck")
+            assert events(db, str(account)) == [("ok", "critical"), ("critical", "ok")]
+            assert db.scalar('SELECT "netQty" FROM app."Position"') == 0
+            assert db.scalar('SELECT "cashBalance" FROM app."Account"') == Decimal("990.00")
+        else:
+            assert events(db, str(account)) == [("ok", "critical")]
+        assert daemon.wait_stats(lambda s: s["checks"] >= 1, 10, "a check")["errors"] == 0
+        assert daemon.stop() == 0
+        assert problems(daemon.log()) == []
+
+
+# ------------------------------------------------------ a wrong password is not a missing grant
+
+
+@contextlib.contextmanager
+def password_auth(db: Db, role: str) -> Iterator[None]:
+    """The server asks ``role`` (and only it) for a password over TCP; restored after."""
+    if db.server.cluster is None:
+        pytest.skip("needs a server of the suite's own: pg_hba.conf is edited")
+    hba = Path(db.scalar("SHOW hba_file"))
+    before = hba.read_text()
+    lines = [
+        f"host all {role} 127.0.0.1/32 scram-sha-256",
+        f"host all {role} ::1/128 scram-sha-256",
+    ]
+    hba.write_text("\n".join(lines) + "\n" + before)
+    try:
+        db.conn.execute("SELECT pg_reload_conf()")
+
+        def asks() -> bool:
+            try:
+                psycopg.connect(psycopg.conninfo.make_conninfo(db.dsn, user=role)).close()
+            except psycopg.OperationalError:
+                return True
+            return False
+
+        wait_until(asks, 10, "the server to ask for a password")
+        yield
+    finally:
+        hba.write_text(before)
+        db.conn.execute("SELECT pg_reload_conf()")
+
+
+@pytest.mark.parametrize(
+    ("password", "says"),
+    [("Wr0ng-pw", "refused the password"), (None, "wants a password")],
+    ids=["wrong", "missing"],
+)
+def test_a_failed_authentication_says_so_in_one_line(
+    db: Db, roles: Roles, tmp_path: Path, password: str | None, says: str
+) -> None:
+    """Not a hint about grants (the role has them all), nor retried as an outage."""
+    harden(db)
+    apply_grants(db, roles)
+    db.conn.execute(sql.SQL("ALTER ROLE {} PASSWORD 'right'").format(sql.Identifier(roles.login)))
+    with password_auth(db, roles.login):
+        dsn = psycopg.conninfo.make_conninfo(
+            db.dsn, user=roles.login, **({"password": password} if password else {})
+        )
+        line = the_line(run_daemon(db, roles.login, tmp_path, RISKD_DSN=dsn))
+    assert says in line and "PGPASSFILE" in line, line
+    assert "grant" not in line, line
+    assert "Wr0ng" not in line, line  # the password itself is never printed

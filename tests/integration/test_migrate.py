@@ -85,6 +85,51 @@ def test_sql_prints_a_script_without_connecting_that_installs_riskd(bare_db: Db)
     assert cli("migrate", "--check", dsn=bare_db.dsn).exit_code == 0
 
 
+# A Prisma-style schema keyed by uuid (issue 10): what `migrate --sql` must declare.
+UUID_SCHEMA = """
+CREATE SCHEMA app;
+CREATE TABLE app."TradingAccount" (
+    id uuid PRIMARY KEY, "userId" text NOT NULL, balance numeric(65, 30) NOT NULL DEFAULT 0);
+CREATE TABLE app."Instrument" (id uuid PRIMARY KEY, price numeric, "marginRate" numeric);
+CREATE TABLE app."Position" (
+    id uuid PRIMARY KEY,
+    "tradingAccountId" uuid NOT NULL REFERENCES app."TradingAccount",
+    "instrumentId" uuid NOT NULL REFERENCES app."Instrument",
+    quantity numeric NOT NULL, "unrealizedPnL" numeric);
+"""
+UUID_MAPPING = {
+    "RISKD_SCHEMA_ACCOUNTS_TABLE": "app.TradingAccount",
+    "RISKD_SCHEMA_POSITIONS_TABLE": "app.Position",
+    "RISKD_SCHEMA_INSTRUMENTS_TABLE": "app.Instrument",
+}
+
+
+def test_sql_declares_the_types_of_the_database_it_can_reach(bare_db: Db) -> None:
+    """With a reachable database, --sql prints what `riskd migrate` would install there (uuid
+    ids); without one, the reference schema's types, and the script and a note say so."""
+    bare_db.conn.execute(UUID_SCHEMA)  # type: ignore[arg-type]
+    online = cli("migrate", "--sql", dsn=bare_db.dsn, env=UUID_MAPPING)
+    assert online.exit_code == 0, online.output
+    assert "account_id  uuid PRIMARY KEY" in online.stdout
+    assert "account_id  text" not in online.stdout
+    assert "-- column types read from database" in online.stdout and online.stderr == ""
+    bare_db.conn.execute(online.stdout)  # type: ignore[arg-type]
+    assert (
+        bare_db.scalar(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'riskd.account_state'::regclass AND attname = 'account_id'"
+        )
+        == "uuid"
+    )
+    assert cli("migrate", "--check", dsn=bare_db.dsn, env=UUID_MAPPING).exit_code == 0
+    unreachable = "postgresql://nobody@127.0.0.1:1/none"
+    offline = cli("migrate", "--sql", dsn=unreachable, env=UUID_MAPPING)
+    assert offline.exit_code == 0, offline.output
+    assert "account_id  text PRIMARY KEY" in offline.stdout
+    assert "-- column types: the reference schema's (account id text" in offline.stdout
+    assert offline.stderr.count("\n") == 1 and "reference schema's" in offline.stderr
+
+
 def test_migrate_runs_as_the_non_superuser_owner_of_the_platform_tables(bare_db: Db) -> None:
     conn = bare_db.conn
     conn.execute("CREATE ROLE platform_owner LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")

@@ -55,6 +55,14 @@ def heartbeat(db: Db, instance: str, age: str = "0 s", **stats: Any) -> None:
     )
 
 
+DEFAULT_RISK = {
+    "warning_threshold": "0.80",
+    "auto_close_threshold": "0.90",
+    "hysteresis": "0.02",
+    "auto_close": "request",
+}
+
+
 def unhealthy_lines(result: Result) -> list[str]:
     return [line for line in result.stdout.splitlines() if line.startswith("UNHEALTHY: ")]
 
@@ -94,6 +102,27 @@ def test_healthy_with_a_running_daemon_then_unhealthy_once_it_stops(
     assert doc["levels"] == {"ok": 0, "warning": 0, "critical": 1}
     assert doc["pending_close_requests"] == 1 and doc["oldest_close_request_age"] >= 0
     assert [e["account_id"] for e in doc["recent_events"]] == ["a1"]
+
+    # issue 10: the start line says what the daemon runs with, the heartbeat carries the risk
+    # settings, and a live instance configured otherwise is named with the setting
+    (start,) = [line for line in daemon.log().splitlines() if "starting as" in line]
+    assert start.endswith(
+        ": warning_threshold=0.80 auto_close_threshold=0.90 hysteresis=0.02 auto_close=request "
+        "debounce=0.2s max_delay=1s sweep_interval=60s batch_size=500"
+    ), start
+    assert instance["risk"] == instance["stats"]["risk"] == DEFAULT_RISK
+    heartbeat(db, "other:2", risk=DEFAULT_RISK | {"hysteresis": "0.05"})
+    code, doc = as_json(db)
+    assert code == 1
+    (problem,) = doc["problems"]
+    holders = sorted([(instance["instance"], "0.02"), ("other:2", "0.05")])  # by instance
+    runs = [f"{value} on {name}" for name, value in holders]
+    assert problem == (
+        f"live instances run different risk settings: [risk] hysteresis: {', '.join(runs)} "
+        "(each undoes the other's events and close requests: give every instance the same "
+        "configuration)"
+    )
+    db.conn.execute("DELETE FROM riskd.daemons WHERE instance = 'other:2'")
 
     assert daemon.stop() == 0
     result = status(db)
@@ -313,6 +342,45 @@ def test_instrument_marks_this_role_cannot_read_are_unknown_not_an_error(db: Db)
     conn.execute("DROP TABLE riskd.dirty_instruments CASCADE")
     code, doc = as_json(db)
     assert doc["dirty_instruments"] is None and code == 0
+
+
+def test_live_instances_that_disagree_on_risk_settings_are_unhealthy(db: Db) -> None:
+    """Issue 10: an instance run with thresholds as percentages fought a correct one, and
+    nothing noticed. Every live instance's heartbeat says what it runs with; status compares."""
+    heartbeat(db, "a:1", risk=DEFAULT_RISK)
+    heartbeat(db, "b:2", risk=DEFAULT_RISK | {"warning_threshold": "80", "auto_close": "flatten"})
+    heartbeat(db, "old:3")  # a riskd from before the heartbeat said: cannot be compared
+    expected = (
+        "live instances run different risk settings: [risk] warning_threshold: 0.80 on a:1, "
+        "80 on b:2; [risk] auto_close: request on a:1, flatten on b:2 (each undoes the other's "
+        "events and close requests: give every instance the same configuration)"
+    )
+    result = status(db)
+    assert result.exit_code == 1, result.output
+    assert unhealthy_lines(result) == [f"UNHEALTHY: {expected}"]
+    assert "risk settings: " not in result.stdout.replace(expected, "")
+    code, doc = as_json(db)
+    assert code == 1 and doc["problems"] == [expected]
+    by_name = {i["instance"]: i["risk"] for i in doc["instances"]}
+    assert by_name["a:1"] == DEFAULT_RISK and by_name["old:3"] is None
+    assert by_name["b:2"]["warning_threshold"] == "80"
+
+    # the same numbers written another way agree
+    db.conn.execute(
+        "UPDATE riskd.daemons SET stats = jsonb_set(stats, '{risk}', %s::jsonb)"
+        " WHERE instance = 'b:2'",
+        (json.dumps(DEFAULT_RISK | {"warning_threshold": "0.8", "hysteresis": "0.020"}),),
+    )
+    result = status(db)
+    assert result.exit_code == 0, result.output
+    assert (
+        "risk settings: warning_threshold 0.80, auto_close_threshold 0.90, hysteresis 0.02, "
+        "auto_close request" in result.stdout
+    )
+    # a stale instance is not compared: it is unhealthy for being stale, and only for that
+    heartbeat(db, "gone:4", age="1 min", risk=DEFAULT_RISK | {"hysteresis": "0.05"})
+    code, doc = as_json(db)
+    assert code == 1 and [p.split(" (")[0] for p in doc["problems"]] == ["instance gone:4"]
 
 
 def test_health_rules_as_a_pure_function() -> None:

@@ -1,4 +1,5 @@
-"""The systemd units in systemd/: accepted by systemd-analyze without a word, and complete.
+"""The systemd units in systemd/: accepted by systemd-analyze without a word, complete, and
+printed by `riskd systemd` from the package (no checkout needed to install them).
 
 ``systemd-analyze verify`` exits 0 on most warnings (an unknown key, a value it cannot parse
 and ignores), so the test fails on any line it prints about our units, not only on its exit
@@ -15,7 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from riskd.cli import main
 from riskd.config import DaemonSettings, mask_dsn
 
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
@@ -276,3 +279,67 @@ def test_env_example_holds_no_secret() -> None:
     assert dsn.startswith("postgresql://")
     assert mask_dsn(dsn) == dsn, "the example DSN carries a password"
     assert "PGPASSFILE" in text
+
+
+# --- the package carries them: `riskd systemd` (issue 10, point 5) ---------------------------
+
+
+def riskd_systemd(*args: str, **env: str) -> Result:
+    base = {"RISKD_CONFIG": "", "RISKD_DSN": "", "DATABASE_URL": ""}
+    return CliRunner().invoke(main, ["systemd", *args], env=base | env)
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_riskd_systemd_prints_each_unit_as_shipped(unit: str) -> None:
+    result = riskd_systemd(unit)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert result.stdout == (SYSTEMD_DIR / unit).read_text()
+
+
+def test_riskd_systemd_lists_what_it_prints_and_where_it_goes() -> None:
+    result = riskd_systemd()
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
+    assert listed == {
+        "riskd.service": "/etc/systemd/system/riskd.service",
+        "riskd-sweep.service": "/etc/systemd/system/riskd-sweep.service",
+        "riskd-sweep.timer": "/etc/systemd/system/riskd-sweep.timer",
+        "riskd.env": ENV_FILE,
+    }
+
+
+def active(text: str) -> dict[str, str]:
+    """The assignments of an environment file (no comment lines)."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_riskd_env_is_printed_with_the_configured_dsn_and_nothing_to_edit() -> None:
+    dsn = "postgresql://riskd@db.internal:5432/trading?sslmode=verify-full"
+    result = riskd_systemd("riskd.env", RISKD_DSN=dsn)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert active(result.stdout) == {"RISKD_DSN": dsn}
+    with_pgpass = riskd_systemd("riskd.env", "--pgpassfile", "/etc/riskd/pgpass", RISKD_DSN=dsn)
+    assert active(with_pgpass.stdout) == {"RISKD_DSN": dsn, "PGPASSFILE": "/etc/riskd/pgpass"}
+    example = active((SYSTEMD_DIR / "riskd.env.example").read_text())
+    assert (
+        result.stdout.replace(dsn, example["RISKD_DSN"])
+        == (SYSTEMD_DIR / "riskd.env.example").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("dsn", "says"),
+    [
+        ("postgresql://riskd:S3CRET@db/trading", "password"),
+        ("host=db user=riskd password=S3CRET", "password"),
+        ("host=db user=riskd application_name='a b'", "quote"),
+        ("", "no database given"),
+    ],
+    ids=["url-password", "keyword-password", "quote", "none"],
+)
+def test_riskd_env_refuses_what_it_must_not_print_or_would_be_changed(dsn: str, says: str) -> None:
+    result = riskd_systemd("riskd.env", RISKD_DSN=dsn)
+    assert result.exit_code == 2 and result.stdout == "", result.output
+    assert len(result.stderr.splitlines()) == 1 and says in result.stderr, result.stderr
+    assert "S3CRET" not in result.output

@@ -124,3 +124,44 @@ def test_what_riskd_0_1_0_installed_is_revision_0001_and_upgrades_to_head(
         assert_same(catalog(db.conn), fresh(server, "reference", "0001"), "riskd 0.1.0's install")
         assert migrate.migrate(db.settings) == ("0001", HEAD)
         assert_same(catalog(db.conn), fresh(server, "reference", HEAD), "0.1.0 upgraded")
+
+
+SWAP = "CREATE TABLE public.book (LIKE public.positions INCLUDING ALL)"
+
+
+def _swapped(db: Db) -> Db:
+    from riskd.config import TableName
+
+    schema = dataclasses.replace(db.settings.schema, positions_table=TableName("public", "book"))
+    return dataclasses.replace(db, settings=dataclasses.replace(db.settings, schema=schema))
+
+
+@pytest.mark.parametrize("revision", REVISIONS[:-1])
+def test_upgrading_with_a_changed_mapping_equals_installing_head_on_it(
+    server: Server, revision: str
+) -> None:
+    """The platform moved its positions to a new table, and the operator upgrades riskd with
+    the new [schema]: the upgrade and the repair run in one transaction and end where a fresh
+    install on the new mapping does (no trigger left on either table calling what was made
+    for the other: I1)."""
+    key = (server.label, "swapped", HEAD)
+    if key not in _fresh:
+        with database(server, "reference") as db:
+            db.conn.execute(SWAP)
+            migrate.migrate(_swapped(db).settings)
+            _fresh[key] = catalog(db.conn)
+    with database(server, "reference") as db:
+        migrate.migrate(db.settings, revision)
+        db.conn.execute(SWAP)
+        swapped = _swapped(db)
+        outcome = migrate.run(swapped.settings)
+        assert (outcome.before, outcome.after) == (revision, HEAD)
+        assert_same(catalog(db.conn), _fresh[key], f"{revision} upgraded on a new mapping")
+        db.conn.execute(
+            'INSERT INTO public.book (id, "tradingAccountId", "instrumentId", quantity)'
+            " SELECT 'x', id, (SELECT id FROM public.instruments LIMIT 1), 1"
+            " FROM public.trading_accounts LIMIT 1"
+        )
+        # a downgrade on a mapping other than the installed one is refused in one line
+        with pytest.raises(migrate.MigrationError, match="differs from the mapping"):
+            migrate.run(db.settings, revision)

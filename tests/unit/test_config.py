@@ -347,6 +347,42 @@ def test_dsn_of_wrong_type_is_an_error_without_echo(tmp_path: Path) -> None:
     assert "[database] dsn" in message and "expected a string" in message
 
 
+@pytest.mark.parametrize(
+    "source, label",
+    [
+        ("flag", "--dsn"),
+        ("RISKD_DSN", "RISKD_DSN"),
+        ("DATABASE_URL", "DATABASE_URL"),
+        ("RISKD_DATABASE_DSN", "RISKD_DATABASE_DSN"),
+        ("file", "[database] dsn (from file {path})"),
+    ],
+)
+def test_an_invalid_dsn_is_refused_naming_its_source(
+    tmp_path: Path, source: str, label: str
+) -> None:
+    """The message said "[database] dsn" whatever the source, and quoted the whole DSN."""
+    bad = "mysql://u:s3cret@h/db"
+    path = write(tmp_path, f'[database]\ndsn = "{bad}"\n' if source == "file" else "")
+    env = {source: bad} if source.isupper() else {}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env=env, dsn=bad if source == "flag" else None)
+    assert str(caught.value) == (
+        f'{label.format(path=path)}: invalid DSN: scheme "mysql" is not postgresql:// or '
+        "postgres://"
+    )
+
+
+def test_a_valid_dsn_records_its_source() -> None:
+    loaded = load_settings(env={"DATABASE_URL": "postgresql://u@h/d"})
+    assert (loaded.database.dsn, loaded.database.source) == ("postgresql://u@h/d", "DATABASE_URL")
+    assert load_settings(env={}, dsn="host=h").database.source == "--dsn"
+
+
+def test_only_the_dsn_in_use_is_checked() -> None:
+    env = {"RISKD_DSN": "postgresql://u@h/d", "DATABASE_URL": "postgresql://u@h/d?schema=public"}
+    assert load_settings(env=env).database.dsn == "postgresql://u@h/d"
+
+
 # --- durations -------------------------------------------------------------------------------
 
 
@@ -505,10 +541,124 @@ def test_warning_must_be_below_auto_close_names_both(tmp_path: Path) -> None:
 
 
 def test_hysteresis_must_be_below_warning() -> None:
-    message = config_error(env={"RISKD_RISK_HYSTERESIS": "0.8"})
-    assert "[risk] hysteresis (0.8," in message and "[risk] warning_threshold" in message
-    ok = load_settings(env={"RISKD_RISK_HYSTERESIS": "0.79"})
-    assert ok.risk.hysteresis == Decimal("0.79")
+    wide = {"RISKD_RISK_WARNING_THRESHOLD": "0.3", "RISKD_RISK_AUTO_CLOSE_THRESHOLD": "0.95"}
+    message = config_error(env=wide | {"RISKD_RISK_HYSTERESIS": "0.3"})
+    assert "[risk] hysteresis (0.3," in message and "[risk] warning_threshold (0.3," in message
+    ok = load_settings(env=wide | {"RISKD_RISK_HYSTERESIS": "0.29"})
+    assert ok.risk.hysteresis == Decimal("0.29")
+
+
+# --- plain mistakes: a percentage for a fraction, a hysteresis wider than its band ----------
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "[risk]\nwarning_threshold = 80\n",
+            "[risk] warning_threshold: 80 is not a fraction between 0 and 1 (did you mean 0.80?)",
+        ),
+        (
+            "[risk]\nauto_close_threshold = 90\n",
+            "[risk] auto_close_threshold: 90 is not a fraction between 0 and 1 "
+            "(did you mean 0.90?)",
+        ),
+        (
+            "[risk]\nwarning_threshold = 80.0\nauto_close_threshold = 90.0\n",
+            "[risk] warning_threshold: 80.0 is not a fraction between 0 and 1 (did you mean 0.80?)",
+        ),
+        (
+            "[risk]\nwarning_threshold = 85.5\n",
+            "[risk] warning_threshold: 85.5 is not a fraction between 0 and 1 "
+            "(did you mean 0.855?)",
+        ),
+        (
+            '[risk]\nwarning_threshold = "80%"\n',
+            "[risk] warning_threshold: 80% is not a fraction between 0 and 1 (did you mean 0.80?)",
+        ),
+        (
+            "[risk]\nauto_close_threshold = 150\n",
+            "[risk] auto_close_threshold: 150 is not a fraction between 0 and 1",
+        ),
+        (
+            "[risk]\nhysteresis = 2\n",
+            "[risk] hysteresis: 2 is not a fraction between 0 and 1 (did you mean 0.02?)",
+        ),
+    ],
+)
+def test_a_percentage_for_a_fraction_is_refused(tmp_path: Path, content: str, message: str) -> None:
+    """warning_threshold = 80 started a daemon that saw every account as ok (issue 10)."""
+    path = write(tmp_path, content)
+    assert config_error(path) == f"{message} (from file {path})"
+
+
+def test_a_percentage_in_the_environment_is_refused_naming_the_variable() -> None:
+    message = config_error(env={"RISKD_RISK_WARNING_THRESHOLD": "80"})
+    assert message == (
+        "[risk] warning_threshold: 80 is not a fraction between 0 and 1 (did you mean 0.80?) "
+        "(from env RISKD_RISK_WARNING_THRESHOLD)"
+    )
+
+
+def test_thresholds_up_to_one_are_fractions() -> None:
+    env = {"RISKD_RISK_WARNING_THRESHOLD": "0.95", "RISKD_RISK_AUTO_CLOSE_THRESHOLD": "1"}
+    risk = load_settings(env=env).risk
+    assert (risk.warning_threshold, risk.auto_close_threshold) == (Decimal("0.95"), 1)
+
+
+@pytest.mark.parametrize("hysteresis", ["0.5", "0.1", "0.10"])
+def test_hysteresis_must_fit_inside_the_gap_between_the_thresholds(hysteresis: str) -> None:
+    """Wider, a critical account would stay critical under the warning threshold: with the
+    defaults (0.80, 0.90) hysteresis 0.5 kept one critical down to 40 %."""
+    message = config_error(env={"RISKD_RISK_HYSTERESIS": hysteresis})
+    assert message == (
+        f"[risk] hysteresis ({hysteresis}, from env RISKD_RISK_HYSTERESIS) must be below the gap "
+        "between [risk] warning_threshold (0.80, default) and [risk] auto_close_threshold "
+        "(0.90, default), 0.10: a wider one keeps a critical account critical under the "
+        "warning threshold"
+    )
+    assert load_settings(env={"RISKD_RISK_HYSTERESIS": "0.09"}).risk.hysteresis == Decimal("0.09")
+    assert load_settings(env={"RISKD_RISK_HYSTERESIS": "0"}).risk.hysteresis == 0
+
+
+def test_the_gap_is_the_configured_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "[risk]\nwarning_threshold = 0.5\nhysteresis = 0.3\n")
+    assert load_settings(path, env={}).risk.hysteresis == Decimal("0.3")
+    narrow = write(tmp_path, "[risk]\nwarning_threshold = 0.88\n", "narrow.toml")
+    message = config_error(narrow)
+    assert message.startswith("[risk] hysteresis (0.02, default) must be below the gap between ")
+    assert (
+        f"[risk] warning_threshold (0.88, from file {narrow})" in message and ", 0.02: " in message
+    )
+
+
+def test_the_effective_settings_hold_what_a_daemon_runs_with_and_no_password() -> None:
+    env = {
+        "RISKD_DSN": "postgresql://riskd:hunter2@db/trading",
+        "RISKD_RISK_WARNING_THRESHOLD": "0.7",
+        "RISKD_RISK_HYSTERESIS": "0.05",
+        "RISKD_RISK_AUTO_CLOSE": "flatten",
+        "RISKD_DAEMON_DEBOUNCE": "250ms",
+        "RISKD_DAEMON_BATCH_SIZE": "100",
+    }
+    loaded = load_settings(env=env)
+    assert config.effective(loaded) == {
+        "database": "postgresql://riskd:***@db/trading",
+        "warning_threshold": "0.7",
+        "auto_close_threshold": "0.90",
+        "hysteresis": "0.05",
+        "auto_close": "flatten",
+        "debounce": "0.25s",
+        "max_delay": "5s",
+        "sweep_interval": "60s",
+        "batch_size": 100,
+    }
+    assert config.risk_fingerprint(loaded.risk) == {
+        "warning_threshold": "0.7",
+        "auto_close_threshold": "0.90",
+        "hysteresis": "0.05",
+        "auto_close": "flatten",
+    }
 
 
 def test_debounce_must_not_exceed_max_delay() -> None:
@@ -547,7 +697,8 @@ def test_any_env_gives_settings_or_one_config_error(env_values: dict[tuple[str, 
     try:
         load_settings(env=env)
     except ConfigError as exc:
-        assert "\n" not in str(exc) and str(exc).startswith("[")
+        # a DSN is named by its source: the variable, when it came from one
+        assert "\n" not in str(exc) and str(exc).startswith(("[", "RISKD_DATABASE_DSN: "))
 
 
 @settings(max_examples=300, deadline=None)
@@ -588,6 +739,19 @@ def test_any_file_gives_settings_or_one_config_error(values: dict[tuple[str, str
         (r"host=x password='it\'s secret' user=y", "host=x password=*** user=y"),
         ("host=x password='never closed secret", "host=x password=***"),
         ("host=x sslpassword=keypass", "host=x sslpassword=***"),
+        # each of these showed some of the secret before issue 10
+        ("postgresql://u:sec#re?t@h/db", "postgresql://u:***@h/db"),  # libpq's user info
+        (r"host=x password=a\ secret user=y", "host=x password=*** user=y"),  # escaped space
+        ("host=x password=two secret words", "host=x password=***"),  # not quoted
+        ("host=x passwrod=secret", "host=x passwrod=***"),  # misspelt, unknown
+        ("mysql://u:secret@h/db", "mysql:***@h/db"),
+        ("u://secret@h/db", "u:***@h/db"),  # user "u", password "//secret", no scheme
+        ("postgresql:/u:secret@h/db", "postgresql:***@h/db"),  # one slash
+        ("u:secret@h/db", "u:***@h/db"),  # no scheme at all
+        ("postgresql://u:sec/ret@h/db", "postgresql://u:***@h/db"),  # "/" not written %2F
+        ("postgresql://u:secret@[::1/db", "postgresql://u:***@[::1/db"),
+        ("postgresql://h/db?password=sec&ret", "postgresql://h/db?password=***"),
+        ("postgresql://h/db?pass%77ord=secret", "postgresql://h/db?pass%77ord=***"),
     ],
 )
 def test_mask_dsn(dsn: str, masked: str) -> None:
@@ -604,7 +768,8 @@ def test_mask_dsn(dsn: str, masked: str) -> None:
         "postgresql://host:5432/db?sslmode=require&application_name=a@b",
         "postgresql:///db",
         "host=x user=y dbname=z",
-        "host=x mypassword_hint=none",
+        "host=x application_name=mypassword_hint",
+        "host=x  user=y\tdbname='a b'",
         "not a dsn at all",
     ],
 )
