@@ -53,7 +53,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from riskd import __version__, capture, migrate, privileges
+from riskd import __version__, capture, migrate, numbers, privileges
 from riskd import check as checks
 from riskd.config import Settings, effective, risk_fingerprint
 from riskd.db import APPLICATION_NAME, require_dsn
@@ -903,7 +903,7 @@ class Daemon:
                     r.account_id,
                     r.previous_level,
                     r.level,
-                    r.utilization,
+                    numbers.percent(r.utilization),
                     f"; action: {said}" if said else "",
                     extra={
                         "account": r.account_id,

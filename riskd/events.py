@@ -31,7 +31,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
+from riskd import numbers
 from riskd.check import FLATTENED, NO_ACTION, REQUEST_CANCELLED, REQUEST_OPENED
 from riskd.config import parse_duration
 from riskd.errors import ConfigError
@@ -82,10 +84,10 @@ class Event:
             "user_id": self.user_id,
             "from_level": self.from_level,
             "to_level": self.to_level,
-            "utilization": None if self.utilization is None else str(self.utilization),
-            "equity": str(self.equity),
-            "used_margin": str(self.used_margin),
-            "detail": self.detail,
+            "utilization": numbers.json_decimal(self.utilization),
+            "equity": numbers.json_decimal(self.equity),
+            "used_margin": numbers.json_decimal(self.used_margin),
+            "detail": numbers.json_exact(self.detail),
             "created_at": self.created_at.isoformat(),
             "instance": self.instance,
             "action": self.action,
@@ -111,14 +113,15 @@ class Event:
 
     def line(self) -> str:
         """One human line."""
-        util = "n/a" if self.utilization is None else f"{self.utilization * 100:.2f} %"
+        util = numbers.percent(self.utilization)
         user = f"  user {self.user_id}" if self.user_id is not None else ""
         said = self.action_text()
         action = f"  action: {said}" if said else ""
         return (
             f"{self.created_at.isoformat(timespec='seconds')}  event {self.id}  "
             f"{self.account_id}  {self.from_level} -> {self.to_level}  utilisation {util}  "
-            f"equity {self.equity}  used margin {self.used_margin}{action}{user}  "
+            f"equity {numbers.money(self.equity)}  used margin {numbers.money(self.used_margin)}"
+            f"{action}{user}  "
             f"by {self.instance}"
         )
 
@@ -191,8 +194,10 @@ def with_actions(conn: psycopg.Connection[Any], events: list[Event]) -> list[Eve
 def _execute(
     conn: psycopg.Connection[Any], name: str, params: dict[str, Any]
 ) -> psycopg.Cursor[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    set_json_loads(numbers.loads_exact, cur)  # an event's detail: its numbers exact
     try:
-        return conn.cursor(row_factory=dict_row).execute(query(name), params)
+        return cur.execute(query(name), params)
     except psycopg.errors.InvalidTextRepresentation as exc:
         raise ConfigError(f"--account: not an account id: {' '.join(str(exc).split())}") from exc
 

@@ -31,7 +31,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from riskd import __version__, capture, migrate
+from riskd import __version__, capture, migrate, numbers
 from riskd import events as risk_events
 from riskd.config import RISK_KEYS, Settings, mask_dsn, parse_duration
 from riskd.daemon import HEARTBEAT_INTERVAL
@@ -263,7 +263,8 @@ def assess(status: Status, limits: Limits) -> list[str]:
         )
     if status.queue_usage > limits.max_queue_usage:
         problems.append(
-            f"notification queue {status.queue_usage:.1%} full, over {limits.max_queue_usage:.1%} "
+            f"notification queue {_share(status.queue_usage)} full, "
+            f"over {_share(limits.max_queue_usage)} "
             "(a session that LISTENs and never reads holds it)"
         )
     for i in live:
@@ -330,7 +331,7 @@ def summary(status: Status, limits: Limits, problems: list[str]) -> str:
         + (f", {len(status.stale(limits))} stale" if status.stale(limits) else "")
         + f"; schema {status.revision or 'none'}{behind}"
         + f"; lag {_secs(max(lags)) if lags else 'n/a'}"
-        + f"; queue {status.queue_usage:.1%}"
+        + f"; queue {_share(status.queue_usage)}"
         + f"; {_count(status.pending_close_requests, 'pending close request')}"
     )
     verdict = "OK" if not problems else f"UNHEALTHY ({_count(len(problems), 'problem')})"
@@ -354,6 +355,11 @@ def _ago(stamp: object, now: datetime) -> str:
 
 def _quote(text: str) -> str:
     return text.replace("'", "''")
+
+
+def _share(ratio: float) -> str:
+    """A share (the notification queue's usage) as every percentage is printed."""
+    return numbers.percent(Decimal(repr(ratio)))
 
 
 def _secs(seconds: float | None) -> str:
@@ -433,7 +439,7 @@ def _events_table(events: list[risk_events.Event]) -> Table:
             e.created_at.isoformat(timespec="seconds"),
             e.account_id,
             f"{e.from_level} -> {e.to_level}",
-            "n/a" if e.utilization is None else f"{e.utilization * 100:.2f} %",
+            numbers.percent(e.utilization),
             e.instance,
         )
     return table
@@ -466,8 +472,8 @@ def render(status: Status, limits: Limits, console: Console) -> None:
     )
     console.print(
         f"dirty set: {status.dirty_marks} marks for {status.dirty_accounts} accounts, "
-        f"{instruments}; notification queue {status.queue_usage:.1%} "
-        f"(limit {limits.max_queue_usage:.1%})"
+        f"{instruments}; notification queue {_share(status.queue_usage)} "
+        f"(limit {_share(limits.max_queue_usage)})"
     )
     live, stale = status.live(limits), status.stale(limits)
     if live:

@@ -100,6 +100,11 @@ def test_json_lines_carry_every_column(three_events: Db) -> None:
     )
     assert (first["utilization"], first["equity"]) == ("0.9500000000", "1000")
     assert isinstance(first["used_margin"], str) and isinstance(first["detail"], dict)
+    # the evidence's numbers too: exact decimals as strings, never floats
+    assert first["detail"]["balance"] == "1000"
+    assert all(isinstance(v, str) for p in first["detail"]["positions"] for v in p.values())
+    # and the text line prints money one way
+    assert "equity 1000.00  used margin 950.00" in cli(three_events).stdout
     assert datetime.fromisoformat(first["created_at"]).tzinfo is not None
     assert [d["id"] for d in docs] == sorted(d["id"] for d in docs)
 
