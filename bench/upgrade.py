@@ -38,6 +38,13 @@ from riskd.seed import seed
 RELEASE = Path(__file__).resolve().parent.parent / "tests" / "releases"
 TRADERS = 8
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+# --log-locks: the server says who waited on a lock for more than 100 ms, and for what, and
+# which statements took more than 100 ms, so a slow migration can be taken apart
+LOG_LOCKS = {
+    "log_lock_waits": "on",
+    "deadlock_timeout": "100ms",
+    "log_min_duration_statement": "100ms",
+}
 
 
 def env_for(dsn: str) -> dict[str, str]:
@@ -101,7 +108,10 @@ def window(rows: list[tuple[float, float, bool]], start: float, end: float) -> d
 
 def run(label: str, settings: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
     with (
-        PgCluster(find_bindirs()[18], settings={"shared_buffers": "1GB", **settings}) as cluster,
+        PgCluster(
+            find_bindirs()[18],
+            settings={"shared_buffers": "1GB", **settings, **(LOG_LOCKS if args.log_locks else {})},
+        ) as cluster,
         tempfile.TemporaryDirectory() as tmp,
     ):
         with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
@@ -137,9 +147,21 @@ def run(label: str, settings: dict[str, str], args: argparse.Namespace) -> dict[
             for t in threads:
                 t.start()
             time.sleep(5)  # trading before the upgrade: the baseline window
+            log_offset = cluster.log_path.stat().st_size
             migrate_start = time.monotonic()
             migrated = riskd(["migrate"], dsn)
             migrate_end = time.monotonic()
+            # Python starting and importing riskd, no database: what of the time is not SQL
+            started = time.monotonic()
+            riskd(["--version"], dsn)
+            startup = time.monotonic() - started
+            with cluster.log_path.open(errors="replace") as server_log:
+                server_log.seek(log_offset)
+                waits = [
+                    " ".join(line.split()[2:])[:300]
+                    for line in server_log
+                    if "still waiting for" in line or "duration:" in line or "acquired" in line
+                ]
             old_exit = daemon.wait(60)
             time.sleep(max(0.0, args.seconds - (time.monotonic() - began)))
             stop.set()
@@ -156,6 +178,8 @@ def run(label: str, settings: dict[str, str], args: argparse.Namespace) -> dict[
             "migrate_seconds": round(migrate_end - migrate_start, 3),
             # each attempt that met a lock held past lock_timeout logs this, then retries
             "migrate_lock_retries": migrated.stderr.count("migrate.lock_timeout"),
+            "cli_startup_seconds": round(startup, 3),
+            "server_log": waits if args.log_locks else [],
             "before": window(rows, began, migrate_start),
             "during": window(rows, migrate_start, migrate_end),
             "after": window(rows, migrate_end, ended),
@@ -169,6 +193,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--accounts", type=int, default=20_000)
     parser.add_argument("--positions", type=int, default=200_000)
+    parser.add_argument("--log-locks", action="store_true", help="lock waits and slow statements")
     args = parser.parse_args()
     results = [run("CPU-bound (fsync off)", {}, args), run("durable (fsync on)", DURABLE, args)]
     OUT.mkdir(exist_ok=True)
@@ -189,9 +214,12 @@ def main() -> None:
     for r in results:
         print(
             f"- {r['server']}: migrate {r['migrate_seconds']} s, "
-            f"{r['migrate_lock_retries']} lock retries ({r['migrate']}); old daemon "
-            f"exit {r['old_daemon_exit']}: {r['old_daemon_error_lines']}"
+            f"{r['migrate_lock_retries']} lock retries ({r['migrate']}), of which "
+            f"{r['cli_startup_seconds']} s starting the CLI (`riskd --version` under the same "
+            f"load); old daemon exit {r['old_daemon_exit']}: {r['old_daemon_error_lines']}"
         )
+        for line in r["server_log"]:  # type: ignore[attr-defined]
+            print(f"    {line}")
 
 
 if __name__ == "__main__":
