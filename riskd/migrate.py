@@ -96,7 +96,8 @@ class Action(enum.Enum):
     REMAP = "remap"  # at head, another mapping: what head renders from it, installed again
 
 
-# What head renders from the [schema] mapping: taken off by unmap.sql, installed again by these.
+# What head renders from the [schema] mapping: taken off by drop_capture.sql and unmap.sql,
+# installed again by these.
 REMAP_INSTALL = ("check.sql", "sweep.sql", "capture.sql", "privileges.sql")
 
 
@@ -390,6 +391,7 @@ def _remap(conn: sa.Connection, settings: Settings) -> None:
     # what the operator granted on the objects about to be re-created (docs/grants.sql): the
     # running daemon must not lose a privilege to a repair
     grants = [row[0] for row in conn.exec_driver_sql(queries()["grants_held"])]
+    conn.exec_driver_sql(render("drop_capture.sql", params))
     conn.exec_driver_sql(render("unmap.sql", params))
     if _column_type(conn, "dirty_instruments", "instrument_id") != params[
         "instrument_id_type"

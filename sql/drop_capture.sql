@@ -1,8 +1,8 @@
--- `riskd migrate` upgrading with a [schema] other than the installed one (the platform moved a
--- mapped table): the capture triggers come off wherever they sit, found by their function
--- rather than by either mapping's names, before the revisions run (rendered from the new
--- mapping, they would not find them) and the repair installs the capture again, all in one
--- transaction.
+-- The capture triggers off, wherever they sit, found by their function rather than by either
+-- mapping's names: first step of `riskd migrate`'s repair at head (before unmap.sql), and of an
+-- upgrade with a [schema] other than the installed one (the platform moved a mapped table),
+-- before the revisions run (rendered from the new mapping, they would not find them) and the
+-- repair installs the capture again, all in one transaction.
 DO $drop$
 DECLARE
     r record;

@@ -1,24 +1,13 @@
 -- Takes off what head renders from the [schema] mapping, so that `riskd migrate` with a changed
 -- mapping (a platform's migration renamed a table or a column, or swapped a table) can install
--- it again in place, keeping every row of riskd's tables (I9): the capture triggers wherever
--- they sit now (found by their function, not by the old mapping's names), riskd's views, its
--- functions but the version fence, and the check's row types. Run in the migration's transaction,
--- followed by check.sql, sweep.sql, capture.sql and privileges.sql.
+-- it again in place, keeping every row of riskd's tables (I9): riskd's views, its functions but
+-- the version fence, and the check's row types. Run in the migration's transaction after
+-- drop_capture.sql (the capture triggers, wherever they sit now), followed by check.sql,
+-- sweep.sql, capture.sql and privileges.sql.
 DO $unmap$
 DECLARE
     r record;
 BEGIN
-    FOR r IN
-        SELECT t.tgname, t.tgrelid::pg_catalog.regclass::text AS rel
-        FROM pg_catalog.pg_trigger AS t
-        JOIN pg_catalog.pg_proc AS p ON p.oid = t.tgfoid
-        JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
-        WHERE p.pronamespace = 'riskd'::pg_catalog.regnamespace
-          AND c.relnamespace <> 'riskd'::pg_catalog.regnamespace
-          AND NOT t.tgisinternal AND t.tgparentid = 0
-    LOOP
-        EXECUTE 'DROP TRIGGER ' || pg_catalog.quote_ident(r.tgname) || ' ON ' || r.rel;
-    END LOOP;
     FOR r IN
         SELECT c.oid::pg_catalog.regclass::text AS view
         FROM pg_catalog.pg_class AS c
