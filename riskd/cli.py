@@ -419,9 +419,7 @@ def events(
                 else:
                     click.echo(event.line())
     except KeyboardInterrupt:
-        pass
-    except BrokenPipeError:  # `| head`: the reader has gone; so do we, quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        pass  # a closed pipe (`| head`) is the stdout guard's (riskd/pipes.py)
 
 
 # --- demo (owned by the demo work) --------------------------------------------------------
