@@ -25,6 +25,9 @@ from riskd.seed import seed
 
 OUT = Path(__file__).resolve().parent / "out"  # gitignored
 
+# What production runs; the throwaway cluster's defaults are the CPU-bound test settings.
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
 
 @dataclass
 class Database:
@@ -39,21 +42,24 @@ def seeded_database(
     accounts: int,
     positions: int,
     before_migrate: Callable[[psycopg.Connection[Any]], Any] | None = None,
+    server: dict[str, str] | None = None,
 ) -> Iterator[Database]:
     """A throwaway PostgreSQL 18 with the reference schema seeded and riskd migrated;
-    ``before_migrate`` runs on the seeded data before the triggers exist."""
-    with PgCluster(find_bindirs()[18], settings={"shared_buffers": "1GB"}) as cluster:
+    ``before_migrate`` runs on the seeded data before the triggers exist; ``server`` adds
+    settings (``DURABLE``)."""
+    settings = {"shared_buffers": "1GB", "max_wal_size": "4GB", **(server or {})}
+    with PgCluster(find_bindirs()[18], settings=settings) as cluster:
         with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
             admin.execute("CREATE DATABASE bench")
         dsn = cluster.dsn("bench")
-        settings = Settings(database=DatabaseSettings(dsn=dsn))
+        riskd_settings = Settings(database=DatabaseSettings(dsn=dsn))
         with psycopg.connect(dsn, autocommit=True) as conn:
             seed(conn, accounts=accounts, positions=positions)
             prepared = before_migrate(conn) if before_migrate else None
-            migrate.migrate(settings)
+            migrate.migrate(riskd_settings)
             conn.execute("VACUUM ANALYZE")
             version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        yield Database(dsn, settings, version, prepared)
+        yield Database(dsn, riskd_settings, version, prepared)
 
 
 def start_daemon(dsn: str, config: Path, config_text: str, log: Path) -> subprocess.Popen[bytes]:

@@ -131,6 +131,7 @@ GRANT EXECUTE ON FUNCTION
     riskd.position_margin(numeric, numeric, numeric),
     riskd.position_pnl(numeric),
     riskd.position_data_error(numeric, numeric, numeric, numeric),
+    riskd.position_untrusted(numeric, numeric, numeric, numeric),
     riskd.drain_instruments()
 TO :"daemon_role";
 

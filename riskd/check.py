@@ -86,9 +86,13 @@ def check_accounts(
     params = _check_params(settings, account_ids, instance)
     if params is None:
         return []
-    with conn.transaction(), conn.cursor(row_factory=class_row(CheckResult)) as cur:
-        cur.execute(query("check_accounts"), params)
-        return cur.fetchall()
+    with conn.cursor(row_factory=class_row(CheckResult)) as cur:
+        if conn.autocommit:  # one statement, its own transaction: no BEGIN and COMMIT trips
+            cur.execute(query("check_accounts"), params)
+            return cur.fetchall()
+        with conn.transaction():
+            cur.execute(query("check_accounts"), params)
+            return cur.fetchall()
 
 
 async def acheck_accounts(
@@ -97,17 +101,22 @@ async def acheck_accounts(
     account_ids: Iterable[object],
     instance: str | None = None,
 ) -> list[CheckResult]:
-    """check_accounts for the daemon's asyncio connections."""
+    """check_accounts for the daemon's asyncio connections (autocommit: the one statement is
+    its own transaction, one round trip per batch)."""
     params = _check_params(settings, account_ids, instance)
     if params is None:
         return []
-    async with conn.transaction(), conn.cursor(row_factory=class_row(CheckResult)) as cur:
-        await cur.execute(query("check_accounts"), params)
-        return await cur.fetchall()
+    async with conn.cursor(row_factory=class_row(CheckResult)) as cur:
+        if conn.autocommit:
+            await cur.execute(query("check_accounts"), params)
+            return await cur.fetchall()
+        async with conn.transaction():
+            await cur.execute(query("check_accounts"), params)
+            return await cur.fetchall()
 
 
 async def asweep_candidates(conn: psycopg.AsyncConnection[Any], settings: Settings) -> list[str]:
-    """The set-based pass of the sweep: the accounts whose level changes, to be checked."""
+    """The set-based pass of the sweep: the accounts a check must see (riskd.sweep)."""
     params = _params(settings)
     async with conn.transaction():
         cur = await conn.execute(
@@ -128,7 +137,8 @@ def sweep(
     *,
     take_marks: bool = False,
 ) -> SweepResult:
-    """One full pass over all accounts; transitions go through check_accounts in batches.
+    """One full pass over all accounts; those whose level or figures changed go through
+    check_accounts in batches.
 
     ``take_marks``: first take the marks the pass covers (`riskd sweep`, which a deployment
     without a daemon runs from a timer: nothing else would ever drain them). They are taken in

@@ -1017,10 +1017,10 @@ class Daemon:
         self.stats.last_sweep_duration = round(self.clock() - started, 3)
         self.metrics.sweep.observe(self.clock() - started)
         log.info(
-            "swept in %.2f s: %d accounts changed level",
+            "swept in %.2f s: %d accounts changed level or figures, checked",
             self.stats.last_sweep_duration,
             len(candidates),
-            extra={"duration": self.stats.last_sweep_duration, "transitions": len(candidates)},
+            extra={"duration": self.stats.last_sweep_duration, "checked": len(candidates)},
         )
 
     # ----------------------------------------------------------------- reporting

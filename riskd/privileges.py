@@ -67,6 +67,7 @@ FUNCTIONS = (
     "riskd.position_margin(numeric, numeric, numeric)",
     "riskd.position_pnl(numeric)",
     "riskd.position_data_error(numeric, numeric, numeric, numeric)",
+    "riskd.position_untrusted(numeric, numeric, numeric, numeric)",
     "riskd.drain_instruments()",
 )
 FLATTEN_FUNCTION = "riskd.flatten(riskd.check_result[], numeric, numeric)"

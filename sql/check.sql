@@ -45,31 +45,34 @@ $fn$;
 -- NaN or infinite quantity, price, margin rate or PnL, or a NULL price — counts nothing (the
 -- account is checked on what can be computed) and is named, which holds every action back
 -- (DESIGN §1). Plain SQL functions, inlined by the planner; every figure already numeric.
+-- A value is finite when it lies strictly between -Infinity and Infinity (numeric sorts NaN
+-- above Infinity): two comparisons, where `IN ('NaN', 'Infinity', '-Infinity')` deconstructed
+-- an array for every position of every check (measured: a sixth of a check's time).
 CREATE FUNCTION riskd.position_margin(quantity numeric, price numeric, margin_rate numeric)
 RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN quantity IN ('NaN', 'Infinity', '-Infinity')
-              OR price IS NULL OR price IN ('NaN', 'Infinity', '-Infinity')
-              OR margin_rate IN ('NaN', 'Infinity', '-Infinity')
+RETURN CASE WHEN NOT (quantity > '-Infinity' AND quantity < 'Infinity')
+              OR price IS NULL OR NOT (price > '-Infinity' AND price < 'Infinity')
+              OR NOT (margin_rate > '-Infinity' AND margin_rate < 'Infinity')
             THEN 0
             ELSE abs(quantity) * price * COALESCE(margin_rate, 0) END;
 
 CREATE FUNCTION riskd.position_pnl(pnl numeric) RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN pnl IN ('NaN', 'Infinity', '-Infinity') THEN 0 ELSE COALESCE(pnl, 0) END;
+RETURN CASE WHEN NOT (pnl > '-Infinity' AND pnl < 'Infinity') THEN 0 ELSE COALESCE(pnl, 0) END;
 
 CREATE FUNCTION riskd.position_data_error(
     quantity numeric, price numeric, margin_rate numeric, pnl numeric
 ) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN NULLIF(jsonb_strip_nulls(jsonb_build_object(
-           'quantity', CASE WHEN quantity IN ('NaN', 'Infinity', '-Infinity')
+           'quantity', CASE WHEN NOT (quantity > '-Infinity' AND quantity < 'Infinity')
                             THEN quantity::text END,
            'price', CASE WHEN price IS NULL THEN 'NULL'
-                         WHEN price IN ('NaN', 'Infinity', '-Infinity') THEN price::text END,
-           'margin_rate', CASE WHEN margin_rate IN ('NaN', 'Infinity', '-Infinity')
+                         WHEN NOT (price > '-Infinity' AND price < 'Infinity') THEN price::text END,
+           'margin_rate', CASE WHEN NOT (margin_rate > '-Infinity' AND margin_rate < 'Infinity')
                                THEN margin_rate::text END,
-           'pnl', CASE WHEN pnl IN ('NaN', 'Infinity', '-Infinity') THEN pnl::text END)),
+           'pnl', CASE WHEN NOT (pnl > '-Infinity' AND pnl < 'Infinity') THEN pnl::text END)),
        '{{}}'::jsonb);
 
 -- The platform's data as the check and the sweep read it. Views, so that every reference to a
@@ -94,9 +97,9 @@ FROM (
 
 CREATE VIEW riskd.platform_accounts WITH (security_invoker = true) AS
 SELECT v.account_id, v.user_id, v.balance,
-       CASE WHEN v.balance IN ('NaN', 'Infinity', '-Infinity') THEN 0
+       CASE WHEN NOT (v.balance > '-Infinity' AND v.balance < 'Infinity') THEN 0
             ELSE COALESCE(v.balance, 0) END AS balance_value,
-       CASE WHEN v.balance IN ('NaN', 'Infinity', '-Infinity')
+       CASE WHEN NOT (v.balance > '-Infinity' AND v.balance < 'Infinity')
             THEN jsonb_build_object('balance', v.balance::text) END AS data_error
 FROM (
     SELECT a.{a_id} AS account_id, a.{a_user}::text AS user_id, a.{a_balance}::numeric AS balance
@@ -115,11 +118,55 @@ CREATE TYPE riskd.check_result AS (
     close_request_id bigint
 );
 
+-- Whether riskd can trust an open position's figures (the cases position_data_error names), as
+-- a plain boolean: the check counts untrusted positions for every account and builds the
+-- description only for the evidence it keeps.
+CREATE FUNCTION riskd.position_untrusted(
+    quantity numeric, price numeric, margin_rate numeric, pnl numeric
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN NOT (quantity > '-Infinity' AND quantity < 'Infinity')
+    OR price IS NULL OR NOT (price > '-Infinity' AND price < 'Infinity')
+    OR NOT (margin_rate > '-Infinity' AND margin_rate < 'Infinity')
+    OR NOT (pnl > '-Infinity' AND pnl < 'Infinity');
+
+-- An account as a check found it, between the statements of riskd.check_accounts.
+CREATE TYPE riskd.checked_account AS (
+    account_id     {account_id_type},
+    user_id        text,
+    balance        numeric,
+    account_error  jsonb,
+    n_open         bigint,
+    equity         numeric,
+    used_margin    numeric,
+    trusted        boolean,
+    w              numeric,
+    ac             numeric,
+    known          boolean,
+    previous_level text,
+    level          text,
+    utilization    numeric,
+    rewrite        boolean
+);
+
 -- Check a batch of accounts: lock them (transaction advisory locks, in one global order so
 -- that instances never deadlock), then — in a new snapshot, which READ COMMITTED gives each
 -- statement of a PL/pgSQL function — compute their risk, record state, write one event per
 -- level transition, notify, and act. Two checks of one account serialise on its lock and the
 -- second sees the first one's state: never two events, never two pending close requests (I3).
+--
+-- At the cost of a bare aggregate over the same accounts (DESIGN §2.4, bench/check_cost.py):
+--   * the accounts and their open positions are read through `= ANY (ids)`, so that every plan
+--     the function caches, generic ones included, looks them up by index (a join to a set
+--     built from the array was estimated at 200 rows and hash-joined against whole tables);
+--   * one statement reads and decides; each write is a statement of its own, run only when
+--     there is something to write, so that a check with nothing to record plans and starts
+--     no write at all;
+--   * account_state is written only where something in it changed (level or figures): a
+--     check that finds an account as recorded writes no row and no WAL, and checked_at is the
+--     time of the latest check that found it changed;
+--   * the evidence (each open position as JSON) is built only for the accounts that keep it:
+--     a transition's event, a critical account's close request.
 CREATE FUNCTION riskd.check_accounts(
     p_ids        text[],
     p_instance   text,
@@ -132,121 +179,186 @@ LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
 DECLARE
     -- ids come as text so that every caller speaks one type; cast once, here
     v_ids {account_id_type}[] := p_ids::{account_id_type}[];
+    v_checked riskd.checked_account[];
     v_results riskd.check_result[];
+    v_new bigint;      -- accounts checked for the first time
+    v_changed bigint;  -- known accounts whose level or figures changed
+    v_act bigint;      -- accounts with a transition, or critical: events, close requests
+    v_notify bigint := 0;  -- results to announce on riskd_events
     -- as the triggers read it: a value that is not a plain number counts as the default, so
     -- that a typo in a setting can never stop every check
-    -- a generated balance cannot take realised PnL: flatten falls back to a close request
-    v_mode text := CASE WHEN p_mode = 'flatten' AND NOT {balance_bookable} THEN 'request'
-                        ELSE p_mode END;
     v_notify_limit float8 := CASE
         WHEN current_setting('riskd.notify_queue_limit', true) ~ '^ *[0-9]{{0,6}}[.]?[0-9]{{1,12}} *$'
         THEN float8(current_setting('riskd.notify_queue_limit', true))
         ELSE 0.5 END;
+    -- a generated balance cannot take realised PnL: flatten falls back to a close request
+    v_mode text := CASE WHEN p_mode = 'flatten' AND NOT {balance_bookable} THEN 'request'
+                        ELSE p_mode END;
 BEGIN
     PERFORM pg_advisory_xact_lock({lock_class}, s.k)
     FROM (SELECT DISTINCT hashtext(i::text) AS k FROM unnest(v_ids) AS i ORDER BY 1) AS s;
 
-    WITH ids AS (
-        SELECT DISTINCT i AS account_id FROM unnest(v_ids) AS i WHERE i IS NOT NULL
-    ), acct AS (
-        SELECT a.* FROM riskd.platform_accounts AS a JOIN ids USING (account_id)
-    ), agg AS (
-        SELECT p.account_id,
-               count(*) AS n_open,
-               sum(p.pnl_value) AS pnl,
-               sum(p.margin) AS used,
-               jsonb_agg(jsonb_build_object(
-                   'position', p.position_id, 'instrument', p.instrument,
-                   'quantity', p.quantity, 'price', p.price, 'margin_rate', p.margin_rate,
-                   'pnl', p.pnl) ORDER BY p.instrument, p.position_id::text) AS positions,
-               jsonb_agg(p.data_error || jsonb_build_object('position', p.position_id))
-                   FILTER (WHERE p.data_error IS NOT NULL) AS data_errors
-        FROM riskd.platform_positions AS p JOIN ids USING (account_id)
-        GROUP BY p.account_id
-    ), risk AS (
-        SELECT acct.account_id, acct.user_id, acct.balance,
+    WITH risk AS (
+        SELECT a.account_id, a.user_id, a.balance, a.data_error AS account_error,
                COALESCE(agg.n_open, 0) AS n_open,
-               acct.balance_value + COALESCE(agg.pnl, 0) AS equity,
+               a.balance_value + COALESCE(agg.pnl, 0) AS equity,
                COALESCE(agg.used, 0) AS used_margin,
-               COALESCE(agg.positions, '[]'::jsonb) AS positions,
-               NULLIF(COALESCE(agg.data_errors, '[]'::jsonb)
-                      || CASE WHEN acct.data_error IS NOT NULL
-                              THEN jsonb_build_array(acct.data_error)
-                              ELSE '[]'::jsonb END,
-                      '[]'::jsonb) AS data_errors,
+               a.data_error IS NULL AND COALESCE(agg.n_untrusted, 0) = 0 AS trusted,
                -- a limit that sets one threshold keeps the warning at or under auto-close
                LEAST(COALESCE(l.warning_threshold, p_warning),
                      COALESCE(l.auto_close_threshold, p_auto_close)) AS w,
                COALESCE(l.auto_close_threshold, p_auto_close) AS ac,
+               s.account_id IS NOT NULL AS known,
                COALESCE(s.level, 'ok') AS previous_level,
-               s.account_id IS NOT NULL AS known
-        FROM acct
-        LEFT JOIN agg USING (account_id)
-        LEFT JOIN riskd.account_limits AS l ON l.account_id = acct.account_id
-        LEFT JOIN riskd.account_state AS s ON s.account_id = acct.account_id
-    ), decided AS (
+               s.utilization AS recorded_utilization, s.equity AS recorded_equity,
+               s.used_margin AS recorded_used_margin
+        FROM riskd.platform_accounts AS a
+        LEFT JOIN (
+            SELECT p.account_id, count(*) AS n_open, sum(p.pnl_value) AS pnl,
+                   sum(p.margin) AS used,
+                   count(*) FILTER (WHERE riskd.position_untrusted(
+                       p.quantity, p.price, p.margin_rate, p.pnl)) AS n_untrusted
+            FROM riskd.platform_positions AS p
+            WHERE p.account_id = ANY (v_ids)
+            GROUP BY p.account_id
+        ) AS agg ON agg.account_id = a.account_id
+        LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
+        LEFT JOIN riskd.account_state AS s ON s.account_id = a.account_id
+        WHERE a.account_id = ANY (v_ids)
+    ), decided AS MATERIALIZED (
+        -- materialised: the level and the utilisation are inlined expressions, which every
+        -- reference below would otherwise compute (and compile) again
         SELECT r.*,
                riskd.decide_level(r.n_open, r.equity, r.used_margin, r.w, r.ac,
                                   p_hysteresis, r.previous_level) AS level,
                riskd.utilization(r.n_open, r.equity, r.used_margin) AS utilization
         FROM risk AS r
-    ), state AS (
+    ), found AS (
+        SELECT d.*,
+               NOT d.known
+               OR (d.level, d.utilization, d.equity, d.used_margin) IS DISTINCT FROM
+                  (d.previous_level, d.recorded_utilization, d.recorded_equity,
+                   d.recorded_used_margin) AS rewrite
+        FROM decided AS d
+    )
+    -- the results as they stand (an action below adds its ids), and the accounts that have
+    -- something to write
+    SELECT array_agg(ROW(f.account_id, f.user_id, f.level, f.previous_level, f.utilization,
+                         f.equity, f.used_margin, NULL, NULL)::riskd.check_result
+                     ORDER BY f.account_id),
+           array_agg(ROW(f.account_id, f.user_id, f.balance, f.account_error, f.n_open,
+                         f.equity, f.used_margin, f.trusted, f.w, f.ac, f.known,
+                         f.previous_level, f.level, f.utilization,
+                         f.rewrite)::riskd.checked_account)
+               FILTER (WHERE f.rewrite OR f.level <> f.previous_level OR f.level = 'critical'),
+           count(*) FILTER (WHERE f.rewrite AND NOT f.known),
+           count(*) FILTER (WHERE f.rewrite AND f.known),
+           count(*) FILTER (WHERE f.level <> f.previous_level OR f.level = 'critical')
+    INTO v_results, v_checked, v_new, v_changed, v_act
+    FROM found AS f;
+
+    IF v_new > 0 THEN
+        -- a sweep may have recorded the account meanwhile: its first figures, no level of its
+        -- own, so this check's stand
         INSERT INTO riskd.account_state AS s
             (account_id, level, utilization, equity, used_margin, checked_at, changed_at)
-        SELECT account_id, level, utilization, equity, used_margin, now(), now() FROM decided
+        SELECT c.account_id, c.level, c.utilization, c.equity, c.used_margin, now(), now()
+        FROM unnest(v_checked) AS c
+        WHERE c.rewrite AND NOT c.known
         ON CONFLICT (account_id) DO UPDATE
         SET level = excluded.level, utilization = excluded.utilization,
             equity = excluded.equity, used_margin = excluded.used_margin,
             checked_at = excluded.checked_at,
             changed_at = CASE WHEN s.level = excluded.level THEN s.changed_at
-                              ELSE excluded.changed_at END
-    ), events AS (
-        INSERT INTO riskd.risk_events
-            (account_id, user_id, from_level, to_level, utilization, equity, used_margin,
-             detail, instance)
-        SELECT account_id, user_id, previous_level, level, utilization, equity, used_margin,
-               jsonb_strip_nulls(jsonb_build_object(
-                   'balance', balance, 'positions', positions,
-                   'warning_threshold', w, 'auto_close_threshold', ac,
-                   'hysteresis', p_hysteresis, 'first_check', NOT known,
-                   'data_errors', data_errors)),
-               p_instance
-        FROM decided WHERE level <> previous_level
-        RETURNING id, account_id
-    ), requested AS (
-        INSERT INTO riskd.close_requests (account_id, status, utilization, detail)
-        SELECT account_id, 'pending', utilization,
-               jsonb_build_object('equity', equity, 'used_margin', used_margin,
-                                  'positions', positions)
-        FROM decided
-        -- every check of a critical account with open positions and trustworthy data asks,
-        -- so that one whose request was done or cancelled while still critical asks again;
-        -- the unique index keeps it to one pending request (I3)
-        WHERE v_mode = 'request' AND level = 'critical' AND n_open > 0 AND data_errors IS NULL
-        ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
-        RETURNING id, account_id
-    ), cancelled AS (
-        -- leaving critical: a pending request is no longer wanted (every data-modifying CTE
-        -- runs to completion whether or not the main query reads it)
-        UPDATE riskd.close_requests AS c SET status = 'cancelled', completed_at = now()
-        FROM decided AS d
-        WHERE c.account_id = d.account_id AND c.status = 'pending'
-          AND d.previous_level = 'critical' AND d.level <> 'critical'
-        RETURNING c.id
-    )
-    SELECT array_agg(ROW(d.account_id, d.user_id, d.level, d.previous_level, d.utilization,
-                         d.equity, d.used_margin, e.id, q.id)::riskd.check_result
-                     ORDER BY d.account_id)
-    INTO v_results
-    FROM decided AS d
-    LEFT JOIN events AS e ON e.account_id = d.account_id
-    LEFT JOIN requested AS q ON q.account_id = d.account_id;
+                              ELSE excluded.changed_at END;
+    END IF;
+    IF v_changed > 0 THEN
+        UPDATE riskd.account_state AS s
+        SET level = c.level, utilization = c.utilization, equity = c.equity,
+            used_margin = c.used_margin, checked_at = now(),
+            changed_at = CASE WHEN c.level = c.previous_level THEN s.changed_at
+                              ELSE now() END
+        FROM unnest(v_checked) AS c
+        WHERE c.rewrite AND c.known AND s.account_id = c.account_id;
+    END IF;
+
+    IF v_act > 0 THEN
+        WITH acting AS (
+            SELECT c.* FROM unnest(v_checked) AS c
+            WHERE c.level <> c.previous_level OR c.level = 'critical'
+        ), evidence AS (
+            -- what a transition's event and a close request keep: every open position
+            SELECT p.account_id,
+                   jsonb_agg(jsonb_build_object(
+                       'position', p.position_id, 'instrument', p.instrument,
+                       'quantity', p.quantity, 'price', p.price,
+                       'margin_rate', p.margin_rate, 'pnl', p.pnl)
+                       ORDER BY p.instrument, p.position_id::text) AS positions,
+                   jsonb_agg(p.data_error || jsonb_build_object('position', p.position_id))
+                       FILTER (WHERE p.data_error IS NOT NULL) AS data_errors
+            FROM riskd.platform_positions AS p
+            WHERE p.account_id = ANY (ARRAY(SELECT a.account_id FROM acting AS a))
+            GROUP BY p.account_id
+        ), kept AS (
+            SELECT a.*, COALESCE(e.positions, '[]'::jsonb) AS positions,
+                   NULLIF(COALESCE(e.data_errors, '[]'::jsonb)
+                          || CASE WHEN a.account_error IS NOT NULL
+                                  THEN jsonb_build_array(a.account_error)
+                                  ELSE '[]'::jsonb END,
+                          '[]'::jsonb) AS data_errors
+            FROM acting AS a
+            LEFT JOIN evidence AS e ON e.account_id = a.account_id
+        ), events AS (
+            INSERT INTO riskd.risk_events
+                (account_id, user_id, from_level, to_level, utilization, equity, used_margin,
+                 detail, instance)
+            SELECT account_id, user_id, previous_level, level, utilization, equity,
+                   used_margin,
+                   jsonb_strip_nulls(jsonb_build_object(
+                       'balance', balance, 'positions', positions,
+                       'warning_threshold', w, 'auto_close_threshold', ac,
+                       'hysteresis', p_hysteresis, 'first_check', NOT known,
+                       'data_errors', data_errors)),
+                   p_instance
+            FROM kept WHERE level <> previous_level
+            RETURNING id, account_id
+        ), requested AS (
+            INSERT INTO riskd.close_requests (account_id, status, utilization, detail)
+            SELECT account_id, 'pending', utilization,
+                   jsonb_build_object('equity', equity, 'used_margin', used_margin,
+                                      'positions', positions)
+            FROM kept
+            -- every check of a critical account with open positions and trustworthy data
+            -- asks, so that one whose request was done or cancelled while still critical asks
+            -- again; the unique index keeps it to one pending request (I3)
+            WHERE v_mode = 'request' AND level = 'critical' AND n_open > 0 AND trusted
+            ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
+            RETURNING id, account_id
+        ), cancelled AS (
+            -- leaving critical: a pending request is no longer wanted (every data-modifying
+            -- CTE runs to completion whether or not the main query reads it)
+            UPDATE riskd.close_requests AS c SET status = 'cancelled', completed_at = now()
+            FROM acting AS a
+            WHERE c.account_id = a.account_id AND c.status = 'pending'
+              AND a.previous_level = 'critical' AND a.level <> 'critical'
+            RETURNING c.id
+        )
+        SELECT array_agg(ROW(r.account_id, r.user_id, r.level, r.previous_level,
+                             r.utilization, r.equity, r.used_margin, e.id,
+                             q.id)::riskd.check_result ORDER BY r.account_id),
+               count(*) FILTER (WHERE e.id IS NOT NULL OR q.id IS NOT NULL)
+        INTO v_results, v_notify
+        FROM unnest(v_results) AS r
+        LEFT JOIN events AS e ON e.account_id = r.account_id
+        LEFT JOIN requested AS q ON q.account_id = r.account_id;
+    END IF;
 
     IF v_mode = 'flatten' THEN
         v_results := riskd.flatten(v_results, p_warning, p_auto_close);
+        v_notify := 1;
     END IF;
 
-    IF pg_notification_queue_usage() < v_notify_limit THEN
+    IF v_notify > 0 AND pg_notification_queue_usage() < v_notify_limit THEN
         PERFORM pg_notify('riskd_events', jsonb_build_object(
                     'event_id', r.event_id, 'account_id', r.account_id, 'user_id', r.user_id,
                     'from_level', r.previous_level, 'to_level', r.level,

@@ -1,13 +1,16 @@
 -- The sweep (DESIGN §2.5): one set-based pass over every account, reading only. It records
 -- accounts never seen before that are `ok` (no lock needed: no event), and returns the
--- accounts whose level changes, and the critical accounts with open positions and no pending
--- close request (so that none is left critical with positions open, DESIGN §1: a request done
--- or cancelled while still critical, flatten mode switched on, a flatten that could not
--- finish), which the caller then sends through riskd.check_accounts in
--- batches — the same locked path as every other check, so a sweep and the daemon never write
--- the same transition twice. It does not rewrite the figures of accounts whose level holds:
--- every change the triggers see is checked anyway, and rewriting 100 000 rows a minute after
--- each price move would cost more than the sweep itself. Rendered by riskd.sqlfiles.
+-- accounts a check must see: those whose level changes, those whose recorded figures are no
+-- longer their figures (so that after a sweep every row of riskd.account_state is current,
+-- DESIGN §4: what `riskd accounts --nearest`, the dashboard and risk-first ordering read), and
+-- the critical accounts with open positions and no pending close request (so that none is left
+-- critical with positions open, DESIGN §1: a request done or cancelled while still critical,
+-- flatten mode switched on, a flatten that could not finish). The caller sends them through
+-- riskd.check_accounts in batches — the same locked path as every other check, so a sweep and
+-- the daemon never write the same transition twice, nor older figures over newer ones. Every
+-- change the triggers see is checked by the daemon as it happens, so a sweep after quiet
+-- running finds little to rewrite; one after an outage rewrites what changed meanwhile.
+-- Rendered by riskd.sqlfiles.
 CREATE FUNCTION riskd.sweep(p_warning numeric, p_auto_close numeric, p_hysteresis numeric)
 RETURNS TABLE (account_id {account_id_type}, level text, previous_level text)
 LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
@@ -27,7 +30,8 @@ BEGIN
                LEAST(COALESCE(l.warning_threshold, p_warning),
                      COALESCE(l.auto_close_threshold, p_auto_close)) AS w,
                COALESCE(l.auto_close_threshold, p_auto_close) AS ac,
-               s.level AS recorded
+               s.level AS recorded, s.utilization AS recorded_utilization,
+               s.equity AS recorded_equity, s.used_margin AS recorded_used_margin
         FROM riskd.platform_accounts AS a
         LEFT JOIN agg ON agg.account_id = a.account_id
         LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
@@ -35,18 +39,21 @@ BEGIN
     ), decided AS (
         SELECT r.*,
                riskd.decide_level(r.n_open, r.equity, r.used_margin, r.w, r.ac, p_hysteresis,
-                                  COALESCE(r.recorded, 'ok')) AS level
+                                  COALESCE(r.recorded, 'ok')) AS level,
+               riskd.utilization(r.n_open, r.equity, r.used_margin) AS utilization
         FROM risk AS r
     ), first_seen AS (
         INSERT INTO riskd.account_state AS s (account_id, level, utilization, equity, used_margin)
-        SELECT d.account_id, d.level, riskd.utilization(d.n_open, d.equity, d.used_margin),
-               d.equity, d.used_margin
+        SELECT d.account_id, d.level, d.utilization, d.equity, d.used_margin
         FROM decided AS d WHERE d.recorded IS NULL AND d.level = 'ok'
         ON CONFLICT ON CONSTRAINT account_state_pkey DO NOTHING
     )
     SELECT d.account_id, d.level, COALESCE(d.recorded, 'ok')
     FROM decided AS d
     WHERE d.level <> COALESCE(d.recorded, 'ok')
+       OR (d.recorded IS NOT NULL
+           AND (d.utilization, d.equity, d.used_margin) IS DISTINCT FROM
+               (d.recorded_utilization, d.recorded_equity, d.recorded_used_margin))
        OR (d.level = 'critical' AND d.n_open > 0
            AND NOT EXISTS (SELECT 1 FROM riskd.close_requests AS c
                            WHERE c.account_id = d.account_id AND c.status = 'pending'));

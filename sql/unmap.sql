@@ -26,4 +26,5 @@ BEGIN
 END
 $unmap$;
 DROP TYPE riskd.check_result;
+DROP TYPE riskd.checked_account;
 DROP TYPE IF EXISTS riskd.position_ref;
