@@ -63,6 +63,11 @@ WHERE relname IN ('positions', 'trading_accounts')
 
 LSN = "SELECT pg_current_wal_insert_lsn()"
 
+STATE_STATS = """
+SELECT n_tup_ins + n_tup_upd, n_tup_hot_upd, n_dead_tup FROM pg_stat_user_tables
+WHERE relid = 'riskd.account_state'::regclass
+"""
+
 # calls of each statement per round, by batch size: about a second of work per round
 CALLS = {1: 300, 10: 150, 100: 40, 500: 12}
 
@@ -161,12 +166,14 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     states = args.states.split(",")
     rows: list[str] = []
+    writes: list[str] = []
     version = ""
     for scale in args.scales.split(","):
         n_accounts, n_positions = (int(x) for x in scale.split("/"))
         server = DURABLE if args.durable else None
         with seeded_database(n_accounts, n_positions, server=server) as db:
             version = db.version
+            base = (0, 0)
             for revision in args.revisions.split(","):
                 migrate.migrate(db.settings, revision)
                 with psycopg.connect(db.dsn, autocommit=True) as conn:
@@ -185,6 +192,14 @@ def main() -> None:
                             )
                             rows.append(row)
                             print(row, flush=True)
+                    # the session's statistics, flushed when it next goes idle, then read
+                    conn.execute("SELECT pg_stat_force_next_flush()")
+                    conn.execute("SELECT 1")
+                    written, hot, dead = conn.execute(STATE_STATS).fetchone()  # type: ignore[misc]
+                writes.append(
+                    f"| {scale} | {revision} | {written - base[0]} | {hot - base[1]} | {dead} |"
+                )
+                base = (written, hot)
     print()
     print(
         f"check cost, {datetime.date.today()}, PostgreSQL {version}, "
@@ -199,6 +214,14 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
+        print(row)
+    print()
+    print(
+        "| accounts / positions | revision | account_state rows written (all cells) "
+        "| of which HOT updates | dead tuples at the end |"
+    )
+    print("|---|---|---|---|---|")
+    for row in writes:
         print(row)
 
 

@@ -81,7 +81,7 @@ class AccountFigures:
             f"{self.account_id}  {self.level}  utilisation {numbers.percent(self.utilization)}"
             f"{toward}  equity {numbers.money(self.equity)}  "
             f"used margin {numbers.money(self.used_margin)}  "
-            f"checked {numbers.ago(self.checked_age)}"
+            f"figures as of {numbers.ago(self.checked_age)}"
         )
 
 

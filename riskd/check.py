@@ -2,7 +2,8 @@
 
 Both go through ``riskd.check_accounts``: one round trip and one transaction per batch, under
 per-account advisory locks. The sweep first finds, in one set-based pass, the accounts whose
-level changes, then checks only those, in batches.
+level changes (bringing every other account's figures up to date in place), then checks only
+those, in batches.
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ def sweep(
     *,
     take_marks: bool = False,
 ) -> SweepResult:
-    """One full pass over all accounts; those whose level or figures changed go through
-    check_accounts in batches.
+    """One full pass over all accounts (their figures brought up to date in place); those whose
+    level changes, and critical ones without a pending request, go through check_accounts in
+    batches.
 
     ``take_marks``: first take the marks the pass covers (`riskd sweep`, which a deployment
     without a daemon runs from a timer: nothing else would ever drain them). They are taken in

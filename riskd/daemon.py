@@ -749,7 +749,7 @@ class Daemon:
     async def _drain_once(self) -> int:
         async with self._pool.connection() as conn:
             cur = await conn.execute(query("drain"))
-            rows: list[tuple[str, float]] = await cur.fetchall()
+            rows: list[tuple[str, float, float]] = await cur.fetchall()
         return self._take(rows)
 
     async def _rearm_and_drain(self) -> int:
@@ -758,14 +758,14 @@ class Daemon:
         async with self._pool.connection() as conn:
             await conn.execute(query("rearm"))
             cur = await conn.execute(query("drain"))
-            rows: list[tuple[str, float]] = await cur.fetchall()
+            rows: list[tuple[str, float, float]] = await cur.fetchall()
         return self._take(rows)
 
-    def _take(self, rows: Iterable[tuple[str, float]]) -> int:
+    def _take(self, rows: Iterable[tuple[str, float, float]]) -> int:
         now = self.clock()
         n = 0
-        for account, age in rows:
-            self.debouncer.mark(account, now, now - max(0.0, age or 0.0))
+        for account, age, priority in rows:
+            self.debouncer.mark(account, now, now - max(0.0, age or 0.0), priority)
             n += 1
         self.stats.drains += 1
         if n:
@@ -841,6 +841,7 @@ class Daemon:
         else:
             log.error("check of account %s failed: %s", ids[0], _reason(exc))
             self._busy.pop(ids[0], None)  # not retried: the next sweep or mark starts afresh
+            self.debouncer.forget(ids)
 
     def _defer_busy(self, account: str, first: float, exc: BaseException) -> None:
         """Hold back an account whose rows a trade holds, longer each time in a row (up to
@@ -1017,7 +1018,7 @@ class Daemon:
         self.stats.last_sweep_duration = round(self.clock() - started, 3)
         self.metrics.sweep.observe(self.clock() - started)
         log.info(
-            "swept in %.2f s: %d accounts changed level or figures, checked",
+            "swept in %.2f s: %d accounts to check",
             self.stats.last_sweep_duration,
             len(candidates),
             extra={"duration": self.stats.last_sweep_duration, "checked": len(candidates)},

@@ -159,6 +159,26 @@ def check_position_key(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -
     )
 
 
+def account_index_warnings(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> list[str]:
+    """The tables holding positions with no index leading with the account column, as one
+    warning line each: every check of an account reads such a table whole."""
+    rows = conn.execute(
+        query("positions_without_account_index"),
+        {
+            "schema": mapping.positions_table.schema,
+            "table": mapping.positions_table.name,
+            "account": mapping.position_account,
+        },
+    ).fetchall()
+    column = _quoted(mapping.position_account)
+    return [
+        f"{_quoted(schema, table)} has no index leading with {column} ([schema] "
+        f"position_account): every check reads the whole table; CREATE INDEX CONCURRENTLY "
+        f"ON {_quoted(schema, table)} ({column})"
+        for schema, table in rows
+    ]
+
+
 def _quoted(*names: str) -> str:
     return sql.Identifier(*names).as_string(None)
 

@@ -300,6 +300,11 @@ def _apply(settings: Settings, target: str, guard: Guard | None = None) -> Outco
                 if settings.risk.auto_close == "flatten":
                     raise
                 notes.append(f"{exc} (refused with auto_close = flatten)")
+        if action not in (Action.DOWNGRADE, Action.REMOVE):
+            # what every check needs of the layout (DESIGN §2.4): said, never refused
+            driver = conn.connection.driver_connection
+            indexes = schema_mapping.account_index_warnings(driver, settings.schema)  # type: ignore[arg-type]
+            notes += [f"warning: {w}" for w in indexes]
         if guard is not None and drops_records(action):
             guard.check(conn, target)
         cfg = _alembic_config(settings, connection=conn)

@@ -33,6 +33,7 @@ from rich.table import Table
 
 from riskd import __version__, capture, migrate, numbers
 from riskd import events as risk_events
+from riskd import mapping as schema_mapping
 from riskd.config import RISK_KEYS, Settings, mask_dsn, parse_duration
 from riskd.daemon import HEARTBEAT_INTERVAL
 from riskd.db import connect
@@ -147,6 +148,8 @@ class Status:
     oldest_close_request_age: float | None = None
     recent_events: list[risk_events.Event] = field(default_factory=list)
     capture_problems: list[str] = field(default_factory=list)
+    # what slows riskd down without making it unhealthy (a missing index), one line each
+    warnings: list[str] = field(default_factory=list)
     checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def live(self, limits: Limits) -> list[Instance]:
@@ -184,6 +187,7 @@ class Status:
             "oldest_close_request_age": self.oldest_close_request_age,
             "recent_events": [e.as_json() for e in self.recent_events],
             "capture_problems": self.capture_problems,
+            "warnings": self.warnings,
         }
 
 
@@ -210,6 +214,7 @@ def collect(settings: Settings, recent: int = RECENT_EVENTS) -> Status:
             ]
             status.recent_events = risk_events.recent(conn, risk_events.EventFilter(), recent)
             status.capture_problems = capture.problems(conn, settings.schema)
+            status.warnings = schema_mapping.account_index_warnings(conn, settings.schema)
     return status
 
 
@@ -451,6 +456,8 @@ def render(status: Status, limits: Limits, console: Console) -> None:
     console.print(summary(status, limits, problems))
     for problem in problems:
         console.print(f"UNHEALTHY: {problem}")
+    for warning in status.warnings:
+        console.print(f"warning: {warning}")
     console.print(f"database: {status.database}")
     if not status.installed:
         return

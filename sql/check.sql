@@ -146,7 +146,8 @@ CREATE TYPE riskd.checked_account AS (
     previous_level text,
     level          text,
     utilization    numeric,
-    rewrite        boolean
+    rewrite        boolean,
+    evidence       jsonb    -- for a transition or a critical account: {{positions, data_errors}}
 );
 
 -- Check a batch of accounts: lock them (transaction advisory locks, in one global order so
@@ -165,8 +166,9 @@ CREATE TYPE riskd.checked_account AS (
 --   * account_state is written only where something in it changed (level or figures): a
 --     check that finds an account as recorded writes no row and no WAL, and checked_at is the
 --     time of the latest check that found it changed;
---   * the evidence (each open position as JSON) is built only for the accounts that keep it:
---     a transition's event, a critical account's close request.
+--   * the evidence (each open position as JSON) is built only for the accounts that keep it
+--     (a transition's event, a critical account's close request), in the statement that reads
+--     their figures: an event's evidence is what it was decided on.
 CREATE FUNCTION riskd.check_accounts(
     p_ids        text[],
     p_instance   text,
@@ -238,7 +240,22 @@ BEGIN
                NOT d.known
                OR (d.level, d.utilization, d.equity, d.used_margin) IS DISTINCT FROM
                   (d.previous_level, d.recorded_utilization, d.recorded_equity,
-                   d.recorded_used_margin) AS rewrite
+                   d.recorded_used_margin) AS rewrite,
+               -- the evidence an event or a close request keeps, read in this statement's
+               -- snapshot (the one its figures come from), for those accounts only
+               CASE WHEN d.level <> d.previous_level OR d.level = 'critical' THEN (
+                   SELECT jsonb_build_object(
+                       'positions', COALESCE(jsonb_agg(jsonb_build_object(
+                           'position', p.position_id, 'instrument', p.instrument,
+                           'quantity', p.quantity, 'price', p.price,
+                           'margin_rate', p.margin_rate, 'pnl', p.pnl)
+                           ORDER BY p.instrument, p.position_id::text), '[]'::jsonb),
+                       'data_errors', COALESCE(jsonb_agg(
+                           p.data_error || jsonb_build_object('position', p.position_id))
+                           FILTER (WHERE p.data_error IS NOT NULL), '[]'::jsonb))
+                   FROM riskd.platform_positions AS p
+                   WHERE p.account_id = d.account_id)
+               END AS evidence
         FROM decided AS d
     )
     -- the results as they stand (an action below adds its ids), and the accounts that have
@@ -248,8 +265,8 @@ BEGIN
                      ORDER BY f.account_id),
            array_agg(ROW(f.account_id, f.user_id, f.balance, f.account_error, f.n_open,
                          f.equity, f.used_margin, f.trusted, f.w, f.ac, f.known,
-                         f.previous_level, f.level, f.utilization,
-                         f.rewrite)::riskd.checked_account)
+                         f.previous_level, f.level, f.utilization, f.rewrite,
+                         f.evidence)::riskd.checked_account)
                FILTER (WHERE f.rewrite OR f.level <> f.previous_level OR f.level = 'critical'),
            count(*) FILTER (WHERE f.rewrite AND NOT f.known),
            count(*) FILTER (WHERE f.rewrite AND f.known),
@@ -283,31 +300,15 @@ BEGIN
     END IF;
 
     IF v_act > 0 THEN
-        WITH acting AS (
-            SELECT c.* FROM unnest(v_checked) AS c
-            WHERE c.level <> c.previous_level OR c.level = 'critical'
-        ), evidence AS (
-            -- what a transition's event and a close request keep: every open position
-            SELECT p.account_id,
-                   jsonb_agg(jsonb_build_object(
-                       'position', p.position_id, 'instrument', p.instrument,
-                       'quantity', p.quantity, 'price', p.price,
-                       'margin_rate', p.margin_rate, 'pnl', p.pnl)
-                       ORDER BY p.instrument, p.position_id::text) AS positions,
-                   jsonb_agg(p.data_error || jsonb_build_object('position', p.position_id))
-                       FILTER (WHERE p.data_error IS NOT NULL) AS data_errors
-            FROM riskd.platform_positions AS p
-            WHERE p.account_id = ANY (ARRAY(SELECT a.account_id FROM acting AS a))
-            GROUP BY p.account_id
-        ), kept AS (
-            SELECT a.*, COALESCE(e.positions, '[]'::jsonb) AS positions,
-                   NULLIF(COALESCE(e.data_errors, '[]'::jsonb)
-                          || CASE WHEN a.account_error IS NOT NULL
-                                  THEN jsonb_build_array(a.account_error)
+        WITH kept AS (
+            SELECT c.*, c.evidence -> 'positions' AS positions,
+                   NULLIF(c.evidence -> 'data_errors'
+                          || CASE WHEN c.account_error IS NOT NULL
+                                  THEN jsonb_build_array(c.account_error)
                                   ELSE '[]'::jsonb END,
                           '[]'::jsonb) AS data_errors
-            FROM acting AS a
-            LEFT JOIN evidence AS e ON e.account_id = a.account_id
+            FROM unnest(v_checked) AS c
+            WHERE c.level <> c.previous_level OR c.level = 'critical'
         ), events AS (
             INSERT INTO riskd.risk_events
                 (account_id, user_id, from_level, to_level, utilization, equity, used_margin,
@@ -338,7 +339,7 @@ BEGIN
             -- leaving critical: a pending request is no longer wanted (every data-modifying
             -- CTE runs to completion whether or not the main query reads it)
             UPDATE riskd.close_requests AS c SET status = 'cancelled', completed_at = now()
-            FROM acting AS a
+            FROM kept AS a
             WHERE c.account_id = a.account_id AND c.status = 'pending'
               AND a.previous_level = 'critical' AND a.level <> 'critical'
             RETURNING c.id

@@ -44,18 +44,29 @@ SELECT %(source)s::oid = %(target)s::oid OR EXISTS (
 
 -- name: drain
 -- The daemon's drain (DESIGN §2.2): take every mark, one row per account, with the age of its
--- oldest mark (so max_delay counts from the change, not from the drain). The instrument marks
--- come in the same round trip, fanned out to their holders (riskd.drain_instruments). Several
--- instances may drain at once: a mark goes to exactly one of them.
-WITH d AS (DELETE FROM riskd.dirty_accounts RETURNING account_id, marked_at)
+-- oldest mark (so max_delay counts from the change, not from the drain) and its priority: its
+-- last recorded utilisation (infinite for an account critical on equity <= 0, 0 for one never
+-- checked), so that under overload the accounts over or nearest a threshold are checked first
+-- (DESIGN §1). The instrument marks come in the same round trip, fanned out to their holders
+-- (riskd.drain_instruments). Several instances may drain at once: a mark goes to exactly one
+-- of them.
+WITH d AS (DELETE FROM riskd.dirty_accounts RETURNING account_id, marked_at),
+m AS (
+    SELECT m.account_id, min(m.marked_at) AS marked_at
+    FROM (
+        SELECT d.account_id, d.marked_at FROM d
+        UNION ALL
+        SELECT i.account_id, i.marked_at FROM riskd.drain_instruments() AS i
+    ) AS m
+    WHERE m.account_id IS NOT NULL GROUP BY m.account_id
+)
 SELECT m.account_id::text,
-       extract(epoch FROM pg_catalog.clock_timestamp() - min(m.marked_at))::float8 AS age
-FROM (
-    SELECT d.account_id, d.marked_at FROM d
-    UNION ALL
-    SELECT i.account_id, i.marked_at FROM riskd.drain_instruments() AS i
-) AS m
-WHERE m.account_id IS NOT NULL GROUP BY m.account_id
+       extract(epoch FROM pg_catalog.clock_timestamp() - m.marked_at)::float8 AS age,
+       CASE WHEN s.account_id IS NULL THEN 0
+            -- a utilisation beyond float8 (a broken price) must not fail the drain
+            WHEN s.utilization IS NULL OR s.utilization > 1e300 THEN 'Infinity'
+            ELSE s.utilization END::float8 AS priority
+FROM m LEFT JOIN riskd.account_state AS s ON s.account_id = m.account_id
 
 -- name: rearm
 -- After a drain came back empty: the next mark draws 1 from the sequence and NOTIFYs.
@@ -519,3 +530,35 @@ JOIN riskd.close_requests AS c
       OR (c.status = 'cancelled' AND c.completed_at = e.created_at))
 WHERE e.id = ANY (%(ids)s::bigint[])
 ORDER BY e.id, (c.created_at = e.created_at) DESC, c.id DESC
+
+-- name: positions_without_account_index
+-- `riskd migrate` and `riskd status` (DESIGN §2.4): every check looks an account's open positions
+-- up by the [schema] position_account column, so each table that holds position rows (the
+-- mapped one and everything under it in pg_inherits, less partitioned ones, whose partitions
+-- hold the rows and the indexes) needs a valid index whose first key column is that column
+-- (a partial one counts: the usual one covers the open positions, which is what a check
+-- reads); without one a check, at any batch size, reads the whole table. One row per such
+-- table, the mapped table first.
+WITH RECURSIVE tree (relid, depth) AS (
+    SELECT c.oid, 0
+    FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(schema)s AND c.relname = %(table)s
+    UNION ALL
+    SELECT i.inhrelid, t.depth + 1
+    FROM tree AS t
+    JOIN pg_catalog.pg_inherits AS i ON i.inhparent = t.relid
+)
+SELECT n.nspname::text AS schema_name, c.relname::text AS table_name
+FROM (SELECT relid, min(depth) AS depth FROM tree GROUP BY relid) AS t
+JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm')
+  AND NOT EXISTS (
+      SELECT 1
+      FROM pg_catalog.pg_index AS x
+      JOIN pg_catalog.pg_attribute AS a
+        ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+      WHERE x.indrelid = t.relid AND x.indisvalid AND x.indisready
+        AND a.attname::text = %(account)s::text)
+ORDER BY t.depth, 1, 2

@@ -19,7 +19,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "c929530122e147234ad5feef9be9105c3bd63e0da347fa2714f993b1b02871a0"
+FROZEN_SHA256 = "11e699e2c95ec2af7c95f2d38651251bdee900e0e35e56603764fd162b88428f"
 
 
 def upgrade() -> None:

@@ -56,7 +56,7 @@ def leaves(value: Any) -> list[Any]:
     return [value]
 
 
-CHECKED = r"  checked \d+ s ago"
+CHECKED = r"  figures as of \d+ s ago"
 
 
 def test_accounts_by_level_and_nearest_a_threshold_as_the_monitoring_role(

@@ -341,7 +341,7 @@ def instrument_marks(db: Db, statement: str) -> Counter[str]:
 
 def drain(db: Db) -> dict[str, float]:
     """The daemon's drain: every account it takes, with the age of its oldest mark."""
-    return {a: age for a, age in db.conn.execute(query("drain")).fetchall()}
+    return {a: age for a, age, _ in db.conn.execute(query("drain")).fetchall()}
 
 
 @pytest.mark.parametrize(
@@ -417,8 +417,8 @@ def test_drain_takes_account_and_instrument_marks_in_one_row_per_account(db: Db)
     with db.connect() as conn:
         conn.execute("UPDATE public.trading_accounts SET balance = 1 WHERE id IN ('a', 'd')")
     rows = db.conn.execute(query("drain")).fetchall()
-    assert sorted(a for a, _ in rows) == ["a", "b", "d"]
-    ages = dict(rows)
+    assert sorted(a for a, _, _ in rows) == ["a", "b", "d"]
+    ages = {a: age for a, age, _ in rows}
     assert ages["a"] > ages["d"] and ages["b"] > ages["d"]  # a's oldest mark is the price's
 
 
@@ -429,7 +429,7 @@ def test_instrument_marks_go_to_one_of_two_concurrent_drains(db: Db) -> None:
     first = db.connect(autocommit=False)
     second = db.connect()
     try:
-        taken = {a for a, _ in first.execute(query("drain")).fetchall()}
+        taken = {a for a, _, _ in first.execute(query("drain")).fetchall()}
         assert taken == {"a", "b"}
         pid = second.info.backend_pid
         with concurrent.futures.ThreadPoolExecutor(1) as pool:

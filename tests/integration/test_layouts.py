@@ -70,7 +70,7 @@ def add_position(
 def drain(db: Db) -> set[str]:
     """What the daemon's drain takes now: the marked accounts and the holders of the marked
     instruments."""
-    return {account for account, _ in db.conn.execute(query("drain")).fetchall()}
+    return {account for account, _, _ in db.conn.execute(query("drain")).fetchall()}
 
 
 def levels(db: Db, *accounts: str) -> dict[str, str]:

@@ -272,9 +272,9 @@ def test_json_document_shape(db: Db) -> None:
         "head", "at_head", "limits", "instances", "stale_instances", "queue_usage",
         "dirty_marks", "dirty_accounts", "dirty_instrument_marks", "dirty_instruments",
         "levels", "pending_close_requests", "oldest_close_request_age", "recent_events",
-        "capture_problems",
+        "capture_problems", "warnings",
     }  # fmt: skip
-    assert doc["summary"].startswith("riskd OK: ")
+    assert doc["summary"].startswith("riskd OK: ") and doc["warnings"] == []
     assert (doc["dirty_marks"], doc["dirty_accounts"]) == (3, 2)
     assert (doc["dirty_instrument_marks"], doc["dirty_instruments"]) == (2, 2)
     assert doc["levels"] == {"ok": 0, "warning": 1, "critical": 0}

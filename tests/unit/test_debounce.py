@@ -287,3 +287,74 @@ def test_defer_against_model(
                 assert next_due is not None
                 assert next_due <= min(deadline(e) for e in model.values())
         assert len(d) == len(model)
+
+
+# --- risk first: the due accounts with the highest priority go first ---------------------
+
+
+def test_when_more_are_due_than_a_batch_holds_the_riskiest_go_first() -> None:
+    d = Debouncer(debounce=0.0, max_delay=5.0)
+    for account, priority in [("a", 0.30), ("b", 0.95), ("c", 0.50), ("d", 0.79)]:
+        d.mark(account, now=1.0, priority=priority)
+    assert [a for a, _ in d.pop_due(1.0, limit=2)] == ["b", "d"]
+    assert [a for a, _ in d.pop_due(1.0, limit=2)] == ["c", "a"]
+    assert d.pop_due(1.0, limit=2) == []
+
+
+def test_among_equals_the_earliest_deadline_goes_first() -> None:
+    d = Debouncer(debounce=1.0, max_delay=5.0)
+    d.mark("late", now=0.5, priority=0.5)
+    d.mark("early", now=0.0, priority=0.5)
+    assert [a for a, _ in d.pop_due(10.0, limit=1)] == ["early"]
+
+
+def test_a_due_account_marked_riskier_moves_up() -> None:
+    d = Debouncer(debounce=0.0, max_delay=5.0)
+    d.mark("a", now=1.0, priority=0.1)
+    d.mark("b", now=1.0, priority=0.5)
+    assert d.next_deadline() is not None
+    d.pop_due(1.0, limit=0)  # both due now, waiting in priority order
+    d.mark("a", now=1.0, priority=0.9)
+    assert [a for a, _ in d.pop_due(1.0, limit=1)] == ["a"]
+    assert [a for a, _ in d.pop_due(1.0, limit=1)] == ["b"]
+
+
+def test_an_account_handed_back_keeps_the_priority_it_was_taken_with() -> None:
+    d = Debouncer(debounce=0.0, max_delay=5.0)
+    d.mark("risky", now=1.0, priority=0.9)
+    d.mark("calm", now=1.0, priority=0.2)
+    ((account, first),) = d.pop_due(1.0, limit=1)
+    assert account == "risky"
+    d.mark(account, now=2.0, changed_at=first)  # a failed check hands it back
+    d.mark("calmer", now=2.0, priority=0.1)
+    assert [a for a, _ in d.pop_due(2.0, limit=3)] == ["risky", "calm", "calmer"]
+    d.checked(["risky", "calm", "calmer"], now=2.0)
+    d.mark("risky", now=3.0)  # checked since: its old priority is gone
+    d.mark("other", now=3.0, priority=0.3)
+    assert [a for a, _ in d.pop_due(3.0, limit=2)] == ["other", "risky"]
+
+
+def test_a_due_account_whose_quiet_period_restarted_waits_again() -> None:
+    d = Debouncer(debounce=1.0, max_delay=5.0)
+    d.mark("a", now=0.0, priority=0.9)
+    assert d.pop_due(1.0, limit=0) == []  # due at 1.0: waiting in priority order
+    d.mark("a", now=1.0)  # another change: quiet until 2.0
+    assert d.pop_due(1.5, limit=10) == []
+    assert d.next_deadline() == 2.0
+    assert [a for a, _ in d.pop_due(2.0, limit=10)] == ["a"]
+
+
+def test_a_steady_stream_of_risky_accounts_cannot_starve_a_calm_one() -> None:
+    """Past max_delay after its change, an account goes ahead of any priority (I2)."""
+    d = Debouncer(debounce=0.0, max_delay=5.0)
+    d.mark("calm", now=0.0, priority=0.0)
+    taken_at = None
+    for tick in range(100):  # every 0.1 s, two risky accounts; a batch holds one
+        now = tick * 0.1
+        d.mark(f"risky-{tick}-a", now=now, priority=0.95)
+        d.mark(f"risky-{tick}-b", now=now, priority=0.95)
+        batch = d.pop_due(now, limit=1)
+        if batch and batch[0][0] == "calm":
+            taken_at = now
+            break
+    assert taken_at is not None and 5.0 <= taken_at <= 5.1

@@ -1,10 +1,10 @@
 -- riskd 0.2.0, revision 0006: the check at the cost of a bare aggregate (issue 11). The check
 -- reads accounts and positions through `= ANY (ids)` (index lookups in every plan, generic
--- ones included), decides in one statement and writes in statements of their own, only when
--- there is something to write: account_state only where a level or a figure changed, evidence
--- only for transitions and close requests. The guards against NaN and infinite figures compare
--- instead of deconstructing an array. The sweep also hands the accounts whose recorded figures
--- are stale to the check, so that after a sweep every row of account_state is current.
+-- ones included), decides in one statement (with the evidence of the accounts that keep one)
+-- and writes in statements of their own, only when there is something to write: account_state
+-- only where a level or a figure changed. The guards against NaN and infinite figures compare
+-- instead of deconstructing an array. The sweep brings the recorded figures of the accounts
+-- whose level holds up to date, so that after a sweep every row of account_state is current.
 -- (sql/check.sql and sql/sweep.sql at this revision.)
 
 -- What one open position counts for, and what is wrong with it. Data riskd cannot trust — a
@@ -80,7 +80,8 @@ CREATE TYPE riskd.checked_account AS (
     previous_level text,
     level          text,
     utilization    numeric,
-    rewrite        boolean
+    rewrite        boolean,
+    evidence       jsonb    -- for a transition or a critical account: {{positions, data_errors}}
 );
 
 -- Check a batch of accounts: lock them (transaction advisory locks, in one global order so
@@ -99,8 +100,9 @@ CREATE TYPE riskd.checked_account AS (
 --   * account_state is written only where something in it changed (level or figures): a
 --     check that finds an account as recorded writes no row and no WAL, and checked_at is the
 --     time of the latest check that found it changed;
---   * the evidence (each open position as JSON) is built only for the accounts that keep it:
---     a transition's event, a critical account's close request.
+--   * the evidence (each open position as JSON) is built only for the accounts that keep it
+--     (a transition's event, a critical account's close request), in the statement that reads
+--     their figures: an event's evidence is what it was decided on.
 CREATE OR REPLACE FUNCTION riskd.check_accounts(
     p_ids        text[],
     p_instance   text,
@@ -172,7 +174,22 @@ BEGIN
                NOT d.known
                OR (d.level, d.utilization, d.equity, d.used_margin) IS DISTINCT FROM
                   (d.previous_level, d.recorded_utilization, d.recorded_equity,
-                   d.recorded_used_margin) AS rewrite
+                   d.recorded_used_margin) AS rewrite,
+               -- the evidence an event or a close request keeps, read in this statement's
+               -- snapshot (the one its figures come from), for those accounts only
+               CASE WHEN d.level <> d.previous_level OR d.level = 'critical' THEN (
+                   SELECT jsonb_build_object(
+                       'positions', COALESCE(jsonb_agg(jsonb_build_object(
+                           'position', p.position_id, 'instrument', p.instrument,
+                           'quantity', p.quantity, 'price', p.price,
+                           'margin_rate', p.margin_rate, 'pnl', p.pnl)
+                           ORDER BY p.instrument, p.position_id::text), '[]'::jsonb),
+                       'data_errors', COALESCE(jsonb_agg(
+                           p.data_error || jsonb_build_object('position', p.position_id))
+                           FILTER (WHERE p.data_error IS NOT NULL), '[]'::jsonb))
+                   FROM riskd.platform_positions AS p
+                   WHERE p.account_id = d.account_id)
+               END AS evidence
         FROM decided AS d
     )
     -- the results as they stand (an action below adds its ids), and the accounts that have
@@ -182,8 +199,8 @@ BEGIN
                      ORDER BY f.account_id),
            array_agg(ROW(f.account_id, f.user_id, f.balance, f.account_error, f.n_open,
                          f.equity, f.used_margin, f.trusted, f.w, f.ac, f.known,
-                         f.previous_level, f.level, f.utilization,
-                         f.rewrite)::riskd.checked_account)
+                         f.previous_level, f.level, f.utilization, f.rewrite,
+                         f.evidence)::riskd.checked_account)
                FILTER (WHERE f.rewrite OR f.level <> f.previous_level OR f.level = 'critical'),
            count(*) FILTER (WHERE f.rewrite AND NOT f.known),
            count(*) FILTER (WHERE f.rewrite AND f.known),
@@ -217,31 +234,15 @@ BEGIN
     END IF;
 
     IF v_act > 0 THEN
-        WITH acting AS (
-            SELECT c.* FROM unnest(v_checked) AS c
-            WHERE c.level <> c.previous_level OR c.level = 'critical'
-        ), evidence AS (
-            -- what a transition's event and a close request keep: every open position
-            SELECT p.account_id,
-                   jsonb_agg(jsonb_build_object(
-                       'position', p.position_id, 'instrument', p.instrument,
-                       'quantity', p.quantity, 'price', p.price,
-                       'margin_rate', p.margin_rate, 'pnl', p.pnl)
-                       ORDER BY p.instrument, p.position_id::text) AS positions,
-                   jsonb_agg(p.data_error || jsonb_build_object('position', p.position_id))
-                       FILTER (WHERE p.data_error IS NOT NULL) AS data_errors
-            FROM riskd.platform_positions AS p
-            WHERE p.account_id = ANY (ARRAY(SELECT a.account_id FROM acting AS a))
-            GROUP BY p.account_id
-        ), kept AS (
-            SELECT a.*, COALESCE(e.positions, '[]'::jsonb) AS positions,
-                   NULLIF(COALESCE(e.data_errors, '[]'::jsonb)
-                          || CASE WHEN a.account_error IS NOT NULL
-                                  THEN jsonb_build_array(a.account_error)
+        WITH kept AS (
+            SELECT c.*, c.evidence -> 'positions' AS positions,
+                   NULLIF(c.evidence -> 'data_errors'
+                          || CASE WHEN c.account_error IS NOT NULL
+                                  THEN jsonb_build_array(c.account_error)
                                   ELSE '[]'::jsonb END,
                           '[]'::jsonb) AS data_errors
-            FROM acting AS a
-            LEFT JOIN evidence AS e ON e.account_id = a.account_id
+            FROM unnest(v_checked) AS c
+            WHERE c.level <> c.previous_level OR c.level = 'critical'
         ), events AS (
             INSERT INTO riskd.risk_events
                 (account_id, user_id, from_level, to_level, utilization, equity, used_margin,
@@ -272,7 +273,7 @@ BEGIN
             -- leaving critical: a pending request is no longer wanted (every data-modifying
             -- CTE runs to completion whether or not the main query reads it)
             UPDATE riskd.close_requests AS c SET status = 'cancelled', completed_at = now()
-            FROM acting AS a
+            FROM kept AS a
             WHERE c.account_id = a.account_id AND c.status = 'pending'
               AND a.previous_level = 'critical' AND a.level <> 'critical'
             RETURNING c.id
@@ -343,13 +344,28 @@ BEGIN
         SELECT d.account_id, d.level, d.utilization, d.equity, d.used_margin
         FROM decided AS d WHERE d.recorded IS NULL AND d.level = 'ok'
         ON CONFLICT ON CONSTRAINT account_state_pkey DO NOTHING
+    ), stale AS (
+        SELECT s.account_id, d.utilization, d.equity, d.used_margin
+        FROM riskd.account_state AS s
+        JOIN decided AS d ON d.account_id = s.account_id
+        WHERE d.level = d.recorded
+          AND (d.utilization, d.equity, d.used_margin) IS DISTINCT FROM
+              (d.recorded_utilization, d.recorded_equity, d.recorded_used_margin)
+          -- still as this pass read it (checked again on a row a check changed meanwhile)
+          AND s.level = d.recorded
+          AND (s.utilization, s.equity, s.used_margin) IS NOT DISTINCT FROM
+              (d.recorded_utilization, d.recorded_equity, d.recorded_used_margin)
+        FOR NO KEY UPDATE OF s SKIP LOCKED
+    ), refreshed AS (
+        UPDATE riskd.account_state AS s
+        SET utilization = t.utilization, equity = t.equity, used_margin = t.used_margin,
+            checked_at = now()
+        FROM stale AS t
+        WHERE s.account_id = t.account_id
     )
     SELECT d.account_id, d.level, COALESCE(d.recorded, 'ok')
     FROM decided AS d
     WHERE d.level <> COALESCE(d.recorded, 'ok')
-       OR (d.recorded IS NOT NULL
-           AND (d.utilization, d.equity, d.used_margin) IS DISTINCT FROM
-               (d.recorded_utilization, d.recorded_equity, d.recorded_used_margin))
        OR (d.level = 'critical' AND d.n_open > 0
            AND NOT EXISTS (SELECT 1 FROM riskd.close_requests AS c
                            WHERE c.account_id = d.account_id AND c.status = 'pending'));
