@@ -72,6 +72,19 @@ PING_INTERVAL = 2.0  # seconds between self-pings on the listener
 PING_TIMEOUT = 3.0  # a ping not back by then: the listener is dead
 DRAIN_INTERVAL = 0.1  # the timer drain, for wake-ups that raced a commit or were skipped
 BUSY_DRAIN_INTERVAL = 0.005  # while drains keep finding marks
+# The risk lane (DESIGN §1: risk first under overload): a checker of its own for the due
+# accounts whose last recorded utilisation is within this of the warning threshold or over it,
+# so that their checks never wait behind a batch of calmer accounts; it looks for them this
+# often while accounts are waiting.
+RISK_LANE_BELOW = 0.1
+RISK_LANE_POLL = 0.01
+# The checker takes with the due accounts those that fall due within a tenth of the quiet
+# period (at most 0.1 s): under a steady flow of changes each account falls due at its own
+# moment, and one round trip per account costs several times what a batch does per account
+# (bench/check_cost.py); an account checked that much early and changed again is checked
+# again within max_delay (I2).
+EARLY_SHARE = 0.1
+EARLY_CAP = 0.1
 # the sweep leader looks for sweep requests on every wake-up, and at least this often (a
 # TRUNCATE that found a wake-up pending sends none)
 SWEEP_REQUEST_POLL = 1.0
@@ -199,7 +212,7 @@ class Daemon:
         self._malformed_logged_at = -MALFORMED_LOG_EVERY
         self._malformed_since_log = 0
         self._malformed_latest = (0, 0)  # the latest dropped payload: backend pid, bytes
-        self._in_flight: list[tuple[str, float]] = []
+        self._in_flight: dict[str, list[tuple[str, float]]] = {}  # by checker lane
         # account -> checks in a row that met a trade's row lock; emptied as each is checked
         self._busy: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -209,6 +222,7 @@ class Daemon:
         # created in run(), inside the event loop
         self._stopping: asyncio.Event
         self._work: asyncio.Event
+        self._risk_work: asyncio.Event
         self._drain_now: asyncio.Event
         self._reconnected: asyncio.Event
         self._swept_once: asyncio.Event
@@ -367,6 +381,7 @@ class Daemon:
     async def run(self) -> int:
         self._stopping = asyncio.Event()
         self._work = asyncio.Event()
+        self._risk_work = asyncio.Event()
         self._drain_now = asyncio.Event()
         self._reconnected = asyncio.Event()
         self._swept_once = asyncio.Event()
@@ -444,10 +459,13 @@ class Daemon:
             "reporter": asyncio.create_task(self._reporter(), name="reporter"),
             "watchdog": asyncio.create_task(self._watchdog(), name="watchdog"),
         }
-        checker = asyncio.create_task(self._checker(), name="checker")
+        checkers = [
+            asyncio.create_task(self._checker(), name="checker"),
+            asyncio.create_task(self._checker(risk_lane=True), name="risk lane"),
+        ]
         ready = asyncio.create_task(self._announce_ready(), name="ready")
         stopping = asyncio.create_task(self._stopping.wait(), name="stop")
-        everything = {stopping, checker, *workers.values()}
+        everything = {stopping, *checkers, *workers.values()}
         done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
         crashed = [t for t in done if t is not stopping and not t.cancelled() and t.exception()]
         code = 1 if crashed else 0
@@ -472,7 +490,7 @@ class Daemon:
                 )
             else:
                 log.error("%s failed: %s", task.get_name(), _reason(exc), exc_info=exc)
-        return await self._shutdown(workers, checker, ready, code=code, reported=set(crashed))
+        return await self._shutdown(workers, checkers, ready, code=code, reported=set(crashed))
 
     async def _schema_moved_or(self, exc: BaseException) -> BaseException:
         """The revision check a heartbeat would have made, now: SchemaMoved if the schema
@@ -505,6 +523,7 @@ class Daemon:
             self._drain_now,
             self._reconnected,
             self._work,
+            self._risk_work,
             self._sweep_done,
             self._sweep_poke,
         ):
@@ -528,7 +547,7 @@ class Daemon:
     async def _shutdown(
         self,
         workers: dict[str, asyncio.Task[None]],
-        checker: asyncio.Task[None],
+        checkers: list[asyncio.Task[None]],
         ready: asyncio.Task[None],
         code: int,
         reported: set[asyncio.Task[Any]],
@@ -551,10 +570,11 @@ class Daemon:
             log.error("%s did not stop when asked: %s", task.get_name(), where)
         _report_failed_while_stopping(set(workers.values()) - reported)
         self._work.set()
-        in_flight = [a for a, _ in self._in_flight]
+        self._risk_work.set()
+        in_flight = [a for batch in self._in_flight.values() for a, _ in batch]
         timeout = max(0.0, deadline - self.clock())
         try:
-            await asyncio.wait_for(checker, timeout)
+            await asyncio.wait_for(asyncio.gather(*checkers), timeout)
             in_flight = []
         except TimeoutError:
             log.warning("checks still running at shutdown_timeout: abandoned, handed back")
@@ -771,13 +791,18 @@ class Daemon:
         if n:
             self.stats.drained_accounts += n
             self._work.set()
+            self._risk_work.set()
         return n
 
     # ----------------------------------------------------------------- checker
 
-    def _next_batch(self) -> tuple[list[tuple[str, float]], bool]:
+    def _next_batch(self, risk_lane: bool) -> tuple[list[tuple[str, float]], bool]:
         size = self.settings.daemon.batch_size
-        due = self.debouncer.pop_due(self.clock(), size)
+        if risk_lane:
+            floor = float(self.settings.risk.warning_threshold) - RISK_LANE_BELOW
+            return self.debouncer.pop_due(self.clock(), size, floor), False
+        early = min(EARLY_CAP, self.settings.daemon.debounce * EARLY_SHARE)
+        due = self.debouncer.pop_due(self.clock(), size, early=early)
         if due:
             return due, False
         now = self.clock()
@@ -786,29 +811,35 @@ class Daemon:
             batch.append((self.sweep_queue.popleft(), now))
         return batch, True
 
-    async def _checker(self) -> None:
+    async def _checker(self, risk_lane: bool = False) -> None:
         """Due accounts first, sweep work when none is due; runs until the stop, then returns
-        after the batch in flight."""
+        after the batch in flight. The risk lane takes only the riskiest due accounts (and no
+        sweep work), so that they never wait behind a batch of calmer ones."""
+        lane = "risk" if risk_lane else "checker"
+        work = self._risk_work if risk_lane else self._work
         while True:
-            self._work.clear()
+            work.clear()
             if self._stopping.is_set():
                 return
-            batch, from_sweep = self._next_batch()
+            batch, from_sweep = self._next_batch(risk_lane)
             if batch:
-                self._in_flight = batch
+                self._in_flight[lane] = batch
                 try:
                     await self._check_batch(batch)
                 finally:
-                    self._in_flight = []
+                    self._in_flight[lane] = []
                     if from_sweep:
                         self._sweep_pending -= len(batch)
                         if self._sweep_pending <= 0:
                             self._sweep_done.set()
                 continue
-            deadline = self.debouncer.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            if risk_lane:
+                timeout = RISK_LANE_POLL if len(self.debouncer) else None
+            else:
+                deadline = self.debouncer.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self.clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work.wait(), timeout)
+                await asyncio.wait_for(work.wait(), timeout)
 
     def _requeue(self, batch: list[tuple[str, float]]) -> None:
         """Back into the debouncer, keeping each account's first unchecked change."""

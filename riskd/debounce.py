@@ -198,29 +198,47 @@ class Debouncer:
             heapq.heappop(self._heap)
             self._push_ready(account, entry)
 
-    def pop_due(self, now: float, limit: int) -> list[tuple[str, float]]:
+    def pop_due(
+        self,
+        now: float,
+        limit: int,
+        min_priority: float | None = None,
+        early: float = 0.0,
+    ) -> list[tuple[str, float]]:
         """Up to ``limit`` accounts due at ``now``, highest priority first (earliest deadline
         first among equals), removed from the debouncer, each with the time of its first
-        unchecked change."""
-        self._promote(now)
+        unchecked change. With ``min_priority``, only accounts of at least that priority (the
+        daemon's risk lane), and no overdue rule: the other lane serves those. ``early``: take
+        too the accounts that fall due within that many seconds, so that the accounts of a
+        busy spell are checked in batches rather than one round trip each (a batch of one
+        costs several times what each account of a batch of a hundred does)."""
+        horizon = now + early
+        self._promote(horizon)
         due: list[tuple[str, float]] = []
-        while self._overdue and len(due) < limit and self._overdue[0][0] + self.max_delay <= now:
+        while (
+            min_priority is None
+            and self._overdue
+            and len(due) < limit
+            and self._overdue[0][0] + self.max_delay <= now
+        ):
             first, account = heapq.heappop(self._overdue)
             entry = self._entries.get(account)
             if entry is None or not entry.ready or entry.first != first:
                 continue  # taken, back to waiting, or an older change came to light
-            if self._deadline(entry) > now:
+            if self._deadline(entry) > horizon:
                 self._push(account, entry)
                 continue
             del self._entries[account]
             self._taken[account] = entry.priority
             due.append((account, entry.first))
         while self._ready and len(due) < limit:
+            if min_priority is not None and -self._ready[0][0] < min_priority:
+                break
             ready_key, _, account = heapq.heappop(self._ready)
             entry = self._entries.get(account)
             if entry is None or not entry.ready or entry.ready_key != ready_key:
                 continue  # superseded by a higher priority, or taken
-            if self._deadline(entry) > now:
+            if self._deadline(entry) > horizon:
                 self._push(account, entry)  # a change since restarted its quiet period
                 continue
             del self._entries[account]

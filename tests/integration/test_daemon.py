@@ -197,9 +197,9 @@ def test_event_checks_go_before_sweep_work(db: Db) -> None:
     daemon.sweep_queue.extend(f"s{i}" for i in range(1000))
     daemon.debouncer = Debouncer(0.0, 5.0)
     daemon.debouncer.mark("hot", now=daemon.clock())
-    batch, from_sweep = daemon._next_batch()
+    batch, from_sweep = daemon._next_batch(risk_lane=False)
     assert (batch[0][0], from_sweep) == ("hot", False) and len(batch) == 1
-    batch, from_sweep = daemon._next_batch()
+    batch, from_sweep = daemon._next_batch(risk_lane=False)
     assert from_sweep and len(batch) == db.settings.daemon.batch_size
 
 

@@ -358,3 +358,23 @@ def test_a_steady_stream_of_risky_accounts_cannot_starve_a_calm_one() -> None:
             taken_at = now
             break
     assert taken_at is not None and 5.0 <= taken_at <= 5.1
+
+
+def test_the_risk_lane_takes_only_the_accounts_at_or_over_its_floor() -> None:
+    d = Debouncer(debounce=0.0, max_delay=5.0)
+    for account, priority in [("calm", 0.30), ("near", 0.75), ("over", 0.85)]:
+        d.mark(account, now=1.0, priority=priority)
+    assert [a for a, _ in d.pop_due(1.0, limit=10, min_priority=0.7)] == ["over", "near"]
+    assert d.pop_due(1.0, limit=10, min_priority=0.7) == []
+    # an overdue calm account is the other lane's: the risk lane still passes it by
+    assert d.pop_due(9.0, limit=10, min_priority=0.7) == []
+    assert [a for a, _ in d.pop_due(9.0, limit=10)] == ["calm"]
+
+
+def test_early_takes_the_accounts_about_to_fall_due_into_the_same_batch() -> None:
+    d = Debouncer(debounce=1.0, max_delay=5.0)
+    for i in range(10):
+        d.mark(f"a{i}", now=i * 0.03)  # due at 1.00, 1.03, ... 1.27
+    assert [a for a, _ in d.pop_due(1.0, limit=100, early=0.1)] == ["a0", "a1", "a2", "a3"]
+    assert d.pop_due(1.05, limit=100) == []  # a4 is due at 1.12
+    assert [a for a, _ in d.pop_due(1.12, limit=100, early=0.1)] == ["a4", "a5", "a6", "a7"]
