@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from common import server_cpu
 
 from riskd import migrate
 from riskd.cluster import PgCluster, find_bindirs
@@ -181,26 +182,6 @@ def pgbench(
     if not match or not processed:
         raise RuntimeError(f"no tps in pgbench output:\n{out}")
     return float(match.group(1)), int(processed.group(1))
-
-
-def server_cpu(cluster: PgCluster) -> float:
-    """CPU seconds the server has used so far: the postmaster, the backends it has reaped
-    (pgbench's, once it exits) and its live children. Less sensitive than tps to what else
-    runs on the machine, so it shows where a design's cost lies."""
-    postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
-    ticks = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        if int(proc.name) == postmaster:
-            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-        elif int(fields[1]) == postmaster:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -76,3 +76,29 @@ def start_daemon(dsn: str, config: Path, config_text: str, log: Path) -> subproc
             raise SystemExit(f"the daemon did not start:\n{log.read_text()}")
         time.sleep(0.2)  # polling a log file with a deadline
     return daemon
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of one live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(cluster: PgCluster) -> float:
+    """CPU seconds the server has used so far: the postmaster, the backends it has reaped
+    (pgbench's, once it exits) and its live children. Less sensitive than tps to what else
+    runs on the machine, so it shows where a design's cost lies."""
+    postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    ticks = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(proc.name) == postmaster:
+            ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        elif int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

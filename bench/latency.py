@@ -40,10 +40,9 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
-from common import OUT, seeded_database, start_daemon
+from common import OUT, proc_cpu, seeded_database, start_daemon
 
 WRITERS = 4
 
@@ -216,11 +215,6 @@ def prepare_mix(dsn: str, rows: list[tuple[str, str, float, float]], share: floa
     raise SystemExit("the daemon did not check the edge accounts within 120 s")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -274,7 +268,7 @@ def main() -> None:
                     for i in range(writers)
                 ]
                 before = histogram(metrics_port)
-                cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+                cpu0, t0 = proc_cpu(daemon.pid), time.monotonic()
                 threads = [
                     threading.Thread(
                         target=write,
@@ -298,7 +292,7 @@ def main() -> None:
                 while phase.pending and time.monotonic() < settle:
                     time.sleep(0.05)
                 elapsed = time.monotonic() - t0
-                cpu = (cpu_seconds(daemon.pid) - cpu0) / elapsed
+                cpu = (proc_cpu(daemon.pid) - cpu0) / elapsed
                 after = histogram(metrics_port)
                 every = (bucket_quantile(before, after, 0.5), bucket_quantile(before, after, 0.99))
                 lat = [x * 1000 for x in phase.latencies]

@@ -19,7 +19,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "11e699e2c95ec2af7c95f2d38651251bdee900e0e35e56603764fd162b88428f"
+FROZEN_SHA256 = "41913cb836c3f996f4578ce3da2154acab69184bf9280d9bb0fd3c3ba3093456"
 
 
 def upgrade() -> None:

@@ -200,7 +200,7 @@ BEGIN
            array_agg(ROW(f.account_id, f.user_id, f.balance, f.account_error, f.n_open,
                          f.equity, f.used_margin, f.trusted, f.w, f.ac, f.known,
                          f.previous_level, f.level, f.utilization, f.rewrite,
-                         f.evidence)::riskd.checked_account)
+                         f.evidence)::riskd.checked_account ORDER BY f.account_id)
                FILTER (WHERE f.rewrite OR f.level <> f.previous_level OR f.level = 'critical'),
            count(*) FILTER (WHERE f.rewrite AND NOT f.known),
            count(*) FILTER (WHERE f.rewrite AND f.known),
@@ -256,6 +256,7 @@ BEGIN
                        'data_errors', data_errors)),
                    p_instance
             FROM kept WHERE level <> previous_level
+            ORDER BY account_id  -- one batch's events numbered in account order
             RETURNING id, account_id
         ), requested AS (
             INSERT INTO riskd.close_requests (account_id, status, utilization, detail)
