@@ -24,12 +24,11 @@ import platform
 import re
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import psycopg
-from common import server_cpu
+from common import Drainer, server_cpu
 
 from riskd import migrate
 from riskd.cluster import PgCluster, find_bindirs
@@ -111,28 +110,6 @@ def enable(conn: psycopg.Connection, triggers: tuple[str, ...]) -> None:
     for qualified in triggers:
         table, trigger = qualified.split(".")
         conn.execute(f"ALTER TABLE public.{table} ENABLE TRIGGER {trigger}")
-
-
-class Drainer(threading.Thread):
-    """Empties the dirty set every 100 ms, re-arming the wake-up after an empty drain."""
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.stop = threading.Event()
-        self.drained = 0
-
-    def run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stop.wait(0.1):
-                row = conn.execute(
-                    "WITH d AS (DELETE FROM riskd.dirty_accounts RETURNING account_id)"
-                    " SELECT count(DISTINCT account_id) FROM d"
-                ).fetchone()
-                n = row[0] if row else 0
-                self.drained += n
-                if n == 0:
-                    conn.execute("SELECT setval('riskd.wakeup', 1, false)")
 
 
 def pgbench(
@@ -252,8 +229,7 @@ def main() -> None:
                             ),
                             flush=True,
                         )
-            drainer.stop.set()
-            drainer.join()
+            drainer.finish()
     report(results, cpu_per_tx, args, version)
 
 

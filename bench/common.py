@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,11 +23,14 @@ from riskd import migrate
 from riskd.cluster import PgCluster, find_bindirs
 from riskd.config import DatabaseSettings, Settings
 from riskd.seed import seed
+from riskd.sqlfiles import query
 
 OUT = Path(__file__).resolve().parent / "out"  # gitignored
 
 # What production runs; the throwaway cluster's defaults are the CPU-bound test settings.
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+DRAIN_INTERVAL = 0.1  # the Drainer's, as the daemon's timer drain
 
 
 @dataclass
@@ -102,3 +106,38 @@ def server_cpu(cluster: PgCluster) -> float:
         elif int(fields[1]) == postmaster:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Drainer(threading.Thread):
+    """The daemon's drain (its named queries) every 100 ms, re-armed after an empty drain, and
+    no check: what capture costs with its marks taken away as the daemon takes them."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.stop = threading.Event()
+        self.drained = 0
+        self.error: BaseException | None = None
+
+    def drain(self, conn: psycopg.Connection[Any]) -> int:
+        n = len(conn.execute(query("drain")).fetchall())
+        if n == 0:
+            conn.execute(query("rearm"))
+            n = len(conn.execute(query("drain")).fetchall())
+        self.drained += n
+        return n
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+                while not self.stop.wait(DRAIN_INTERVAL):
+                    self.drain(conn)
+                self.drain(conn)  # the round's last marks
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(60)
+        if self.error is not None:
+            raise RuntimeError(f"drainer failed: {self.error}")

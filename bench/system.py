@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from common import DURABLE, OUT, proc_cpu, server_cpu, start_daemon
+from common import DURABLE, OUT, Drainer, proc_cpu, server_cpu, start_daemon
 
 from riskd import migrate
 from riskd.check import check_accounts
@@ -84,7 +84,6 @@ from riskd.cluster import PgCluster, find_bindirs
 from riskd.config import DatabaseSettings, Settings
 from riskd.db import APPLICATION_NAME
 from riskd.seed import seed
-from riskd.sqlfiles import query
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = {
@@ -99,7 +98,6 @@ CRON_PERIOD = 60.0
 SEED_DEBOUNCE = 5.0
 PROBES = 50
 PROBE_INTERVAL = 0.2
-DRAIN_INTERVAL = 0.1
 REAP = 0.5  # pgbench's backends exit and are reaped
 RISKD_STARTED = {"a", "o", "r"}  # pg_trigger.tgenabled values that mean enabled (lower-cased)
 SEED_CHANNEL = "risk_changes"
@@ -457,40 +455,6 @@ class Prober(threading.Thread):
 
 
 # ------------------------------------------------------------------ the designs' helpers
-
-
-class Drainer(threading.Thread):
-    """`capture`: riskd's drain every 100 ms, re-armed after an empty drain; no checks."""
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.stop = threading.Event()
-        self.drained = 0
-        self.error: BaseException | None = None
-
-    def drain(self, conn: psycopg.Connection[Any]) -> int:
-        n = len(conn.execute(query("drain")).fetchall())
-        if n == 0:
-            conn.execute(query("rearm"))
-            n = len(conn.execute(query("drain")).fetchall())
-        self.drained += n
-        return n
-
-    def run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
-                while not self.stop.wait(DRAIN_INTERVAL):
-                    self.drain(conn)
-                self.drain(conn)  # the round's last marks
-        except BaseException as exc:
-            self.error = exc
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.join(60)
-        if self.error is not None:
-            raise RuntimeError(f"drainer failed: {self.error}")
 
 
 class CronSweeper(threading.Thread):

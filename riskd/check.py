@@ -8,6 +8,7 @@ those, in batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -87,13 +88,12 @@ def check_accounts(
     params = _check_params(settings, account_ids, instance)
     if params is None:
         return []
-    with conn.cursor(row_factory=class_row(CheckResult)) as cur:
-        if conn.autocommit:  # one statement, its own transaction: no BEGIN and COMMIT trips
-            cur.execute(query("check_accounts"), params)
-            return cur.fetchall()
-        with conn.transaction():
-            cur.execute(query("check_accounts"), params)
-            return cur.fetchall()
+    # on an autocommit connection the one statement is its own transaction: no BEGIN and
+    # COMMIT round trips
+    transaction = contextlib.nullcontext() if conn.autocommit else conn.transaction()
+    with transaction, conn.cursor(row_factory=class_row(CheckResult)) as cur:
+        cur.execute(query("check_accounts"), params)
+        return cur.fetchall()
 
 
 async def acheck_accounts(
@@ -107,13 +107,10 @@ async def acheck_accounts(
     params = _check_params(settings, account_ids, instance)
     if params is None:
         return []
-    async with conn.cursor(row_factory=class_row(CheckResult)) as cur:
-        if conn.autocommit:
-            await cur.execute(query("check_accounts"), params)
-            return await cur.fetchall()
-        async with conn.transaction():
-            await cur.execute(query("check_accounts"), params)
-            return await cur.fetchall()
+    transaction = contextlib.nullcontext() if conn.autocommit else conn.transaction()
+    async with transaction, conn.cursor(row_factory=class_row(CheckResult)) as cur:
+        await cur.execute(query("check_accounts"), params)
+        return await cur.fetchall()
 
 
 async def asweep_candidates(conn: psycopg.AsyncConnection[Any], settings: Settings) -> list[str]:

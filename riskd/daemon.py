@@ -74,8 +74,8 @@ DRAIN_INTERVAL = 0.1  # the timer drain, for wake-ups that raced a commit or wer
 BUSY_DRAIN_INTERVAL = 0.005  # while drains keep finding marks
 # The risk lane (DESIGN §1: risk first under overload): a checker of its own for the due
 # accounts whose last recorded utilisation is within this of the warning threshold or over it,
-# so that their checks never wait behind a batch of calmer accounts; it looks for them this
-# often while accounts are waiting.
+# so that their checks never wait behind a batch of calmer accounts; it wakes on each drain
+# that found marks and at the next deadline, but not more often than this.
 RISK_LANE_BELOW = 0.1
 RISK_LANE_POLL = 0.01
 # The checker takes with the due accounts those that fall due within a tenth of the quiet
@@ -833,11 +833,12 @@ class Daemon:
                         if self._sweep_pending <= 0:
                             self._sweep_done.set()
                 continue
-            if risk_lane:
-                timeout = RISK_LANE_POLL if len(self.debouncer) else None
-            else:
-                deadline = self.debouncer.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            deadline = self.debouncer.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            if risk_lane and timeout is not None:
+                # the next account due may be a calm one, the other lane's: look again a moment
+                # later rather than spin until that lane has taken it
+                timeout = max(timeout, RISK_LANE_POLL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(work.wait(), timeout)
 

@@ -96,3 +96,23 @@ def test_a_small_batch_looks_its_accounts_up_by_index_even_under_a_generic_plan(
                     assert len(results) == len(batch)
                 assert conn.execute(SEQ_SCANS).fetchall() == []
                 assert conn.execute(INDEX_SCANS).fetchone()[0] > 0  # type: ignore[index]
+
+
+def test_the_sweep_passes_by_a_row_a_check_holds_and_refreshes_the_rest(db: Db) -> None:
+    """The sweep's in-place refresh is compare-and-set under SKIP LOCKED: it never waits for a
+    check (nor can it deadlock with one), and that check's figures stand."""
+    seed(db.conn, accounts=50, positions=150, instruments=10)
+    sweep(db.conn, db.settings, take_marks=True)
+    db.conn.execute("UPDATE trading_accounts SET balance = balance + 1")
+    before = dict(db.conn.execute("SELECT account_id, equity FROM riskd.account_state").fetchall())
+    with db.connect(autocommit=False) as check:  # a check holding one account's row
+        check.execute(
+            "SELECT 1 FROM riskd.account_state WHERE account_id = 'acc-000007' FOR NO KEY UPDATE"
+        )
+        with db.connect() as sweeper:
+            sweeper.execute("SET lock_timeout = '2s'")  # waiting would fail the test
+            sweep(sweeper, db.settings, take_marks=True)
+        check.rollback()
+    after = dict(db.conn.execute("SELECT account_id, equity FROM riskd.account_state").fetchall())
+    assert after.pop("acc-000007") == before.pop("acc-000007")  # passed by
+    assert after == {account: equity + 1 for account, equity in before.items()}
