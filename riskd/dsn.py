@@ -165,7 +165,12 @@ def _mask_url(dsn: str) -> str:
     if stop < len(dsn) and dsn[stop] == "@":
         after = stop + 1
         colon = dsn.find(":", start, stop)
-        if colon >= 0:
+        if any(c in dsn[start:stop] for c in "?&="):
+            # user info that reads like parameters (`//[?password=x@`): libpq takes it whole as
+            # the user name, a reader as a password; shown to neither
+            out = dsn[:start] + MASK + dsn[stop:]
+            after = start + len(MASK) + 1
+        elif colon >= 0:
             out = dsn[: colon + 1] + MASK + dsn[stop:]
             after = colon + 1 + len(MASK) + 1
     query = out.find("?", after)
