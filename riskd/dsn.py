@@ -165,7 +165,8 @@ def _mask_url(dsn: str) -> str:
     if stop < len(dsn) and dsn[stop] == "@":
         after = stop + 1
         colon = dsn.find(":", start, stop)
-        if any(c in dsn[start:stop] for c in "?&="):
+        user = dsn[start : colon if colon >= 0 else stop]
+        if any(c in user for c in "?&="):
             # user info that reads like parameters (`//[?password=x@`): libpq takes it whole as
             # the user name, a reader as a password; shown to neither
             out = dsn[:start] + MASK + dsn[stop:]
