@@ -6,7 +6,9 @@ with seeded_database(accounts, positions) as db:   # db.dsn, db.settings, db.ver
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -141,3 +143,13 @@ class Drainer(threading.Thread):
         self.join(60)
         if self.error is not None:
             raise RuntimeError(f"drainer failed: {self.error}")
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores, {model} ({platform.machine()})"

@@ -57,12 +57,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime
 import json
 import math
 import os
-import platform
 import re
 import signal
 import statistics
@@ -76,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from common import DURABLE, OUT, Drainer, proc_cpu, server_cpu, start_daemon
+from common import DURABLE, OUT, Drainer, machine, proc_cpu, server_cpu, start_daemon
 
 from riskd import migrate
 from riskd.check import check_accounts
@@ -867,16 +865,6 @@ def brief(design: str, s: Sample) -> str:
     if s.missed:
         text += f" ({s.missed} missed)"
     return text
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} cores, {model} ({platform.machine()})"
 
 
 def main() -> None:
