@@ -39,20 +39,10 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from common import DURABLE, seeded_database
+from common import BARE_AGGREGATE, DURABLE, seeded_database
 
 from riskd import migrate
 from riskd.sqlfiles import query
-
-BARE_AGGREGATE = """
-SELECT a.id, a.balance + COALESCE(sum(p."unrealizedPnL"), 0) AS equity,
-       COALESCE(sum(abs(p.quantity) * i.price * i."marginRate"), 0) AS used
-FROM trading_accounts a
-LEFT JOIN positions p ON p."tradingAccountId" = a.id AND p.quantity <> 0
-LEFT JOIN instruments i ON i.id = p."instrumentId"
-WHERE a.id = ANY(%(ids)s::text[])
-GROUP BY a.id, a.balance
-"""
 
 MOVE = "UPDATE trading_accounts SET balance = balance + 0.01 WHERE id = ANY(%(ids)s::text[])"
 

@@ -10,6 +10,9 @@ rotates from round to round, on the same server and data:
   floor    two do-nothing AFTER UPDATE row triggers (positions, balances) instead of riskd's
   capture  riskd's triggers, and a drain loop only (the `drain` query every 100 ms, `rearm`
            after an empty drain, as the daemon does); no checks
+  aggregate  riskd's triggers and the same drain loop, each drain's accounts then checked with
+           the bare aggregate of bench/check_cost.py (equity and used margin, one statement per
+           drain, no write): the least any design that checks every changed account can cost
   riskd    riskd's triggers and `riskd run` at its defaults (config: the DSN only), started
            before the round (its start-up sweep done before the window opens) and stopped
            with SIGTERM once it is idle again after the round
@@ -50,7 +53,7 @@ Per design and cell, over the rounds:
 
     python bench/system.py [--durable] [--rounds 5] [--seconds 7] [--cron-seconds 16]
         [--accounts 100000] [--positions 1000000] [--workloads fill,position_update,mark_to_market]
-        [--protocols simple,prepared] [--designs none,floor,capture,riskd,seed,cron]
+        [--protocols simple,prepared] [--designs none,floor,capture,aggregate,riskd,seed,cron]
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ WORKLOADS = {
     "position_update": "position_update.pgbench",
     "mark_to_market": "mark_to_market.pgbench",
 }
-DESIGNS = ("none", "floor", "capture", "riskd", "seed", "cron")
+DESIGNS = ("none", "floor", "capture", "aggregate", "riskd", "seed", "cron")
 TABLES = ("public.positions", "public.trading_accounts", "public.instruments")
 CLIENTS = 8
 CRON_PERIOD = 60.0
@@ -687,7 +690,7 @@ class Bench:
         self.state[(table, name)] = on
 
     def set_design(self, design: str) -> None:
-        riskd_on = design in ("capture", "riskd")
+        riskd_on = design in ("capture", "aggregate", "riskd")
         for table, name, state in self.riskd_triggers:
             how = {"a": "ALWAYS", "r": "REPLICA"}.get(state.lower(), "")
             self.alter(table, name, riskd_on and state.lower() in RISKD_STARTED, how)
@@ -788,8 +791,8 @@ class Bench:
                 self.freshness.begin(RISKD_EVENTS, "sweep")
             elif design != "riskd":
                 self.freshness.begin(None, "off")
-            if design == "capture":
-                drainer = Drainer(self.dsn)
+            if design in ("capture", "aggregate"):
+                drainer = Drainer(self.dsn, aggregate=design == "aggregate")
                 drainer.start()
             prober = Prober(self.dsn, self.probes, self.freshness)
             cpu0 = server_cpu(self.cluster)
@@ -815,6 +818,8 @@ class Bench:
                 sweeper.finish(window_end)
             if drainer is not None:
                 drainer.finish()
+                if design == "aggregate":
+                    sample.checks = drainer.drained
             if daemon is not None:
                 stats = self.riskd_idle(daemon, self.idle_deadline())
                 sample.checks = int(stats.get("checks", 0) - checks0)
@@ -1011,7 +1016,7 @@ def report(
                 checks = sum(s.checks or 0 for s in samples)
                 daemon_cpu = sum(s.daemon_cpu or 0.0 for s in samples)
                 seconds = sum(s.seconds for s in samples)
-                per_check = f"{daemon_cpu / checks * 1e6:.0f} µs" if checks else "—"
+                per_check = f"{daemon_cpu / checks * 1e6:.0f} µs" if checks and daemon_cpu else "—"
                 per_second = f"{checks / seconds:.0f}" if checks else "—"
                 fresh = freshness(samples)
                 target = verdict(design, workload, durable, medians, cpus, none_cpu)
