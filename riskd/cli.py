@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from riskd import __version__, daemon, logs, mapping, pipes, removal
+from riskd import __version__, logs, mapping, pipes, removal
 from riskd import accounts as account_views
 from riskd import check as checks
 from riskd import demo as demos
@@ -29,7 +29,8 @@ from riskd import migrate as migrations
 from riskd import status as status_report
 from riskd import units as systemd_units
 from riskd.config import Settings, load_settings, mask_dsn
-from riskd.db import connect
+from riskd.daemon.daemon import run as run_daemon
+from riskd.db import CONNECT_TIMEOUT, connect
 from riskd.errors import DatabaseUnavailable, RiskdError, SchemaMappingError
 
 
@@ -231,14 +232,14 @@ def run(opts: _Options, verbose: bool) -> None:
     settings = opts.settings()
     _refuse_a_wrong_mapping(settings)
     logs.configure(settings.daemon.log_format, logging.DEBUG if verbose else logging.INFO)
-    sys.exit(daemon.run(settings))
+    sys.exit(run_daemon(settings))
 
 
 def _refuse_a_wrong_mapping(settings: Settings) -> None:
     """DESIGN §4: a mapped table or column that does not exist is refused at start, in one
     line naming the key (exit 2). A database not reachable yet is the daemon's to wait for."""
     with contextlib.suppress(DatabaseUnavailable):
-        mapping.verify(settings, connect_timeout=daemon.CONNECT_TIMEOUT)
+        mapping.verify(settings, connect_timeout=CONNECT_TIMEOUT)
 
 
 def _require_schema(settings: Settings) -> None:

@@ -5,13 +5,16 @@ A DSN can hold a password; it is never logged or printed unmasked (config.mask_d
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from riskd.config import Settings, mask_dsn
 from riskd.dsn import dsn_problem
 from riskd.errors import ConfigError, DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
 
 APPLICATION_NAME = "riskd"
 
@@ -42,3 +45,50 @@ def connect(
         problem = dsn_problem(dsn) or "cannot be read as a connection string"
         source = settings.database.source or "[database] dsn"
         raise ConfigError(f"{source}: invalid DSN: {problem}") from exc
+
+
+# The daemon's connections. Keepalives, so that a dead peer is noticed by the kernel in
+# seconds, not after two hours (DESIGN §6); the listener's self-ping covers what they miss.
+CONNECT_TIMEOUT = 5
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
+POOL_MIN, POOL_MAX = 2, 4
+
+
+async def aconnect(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """A daemon connection: autocommit, keepalives, a short connect timeout."""
+    return await psycopg.AsyncConnection.connect(
+        dsn,
+        autocommit=True,
+        application_name=APPLICATION_NAME,
+        connect_timeout=CONNECT_TIMEOUT,
+        **KEEPALIVES,
+        **kwargs,
+    )
+
+
+def apool(dsn: str, timeout: float) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """The daemon's pool (opened by the caller, inside its loop): the same connections as
+    ``aconnect``, each checked before it is handed out (psycopg_pool does not, unless asked)."""
+    from psycopg_pool import AsyncConnectionPool  # the daemon's alone: no other command loads it
+
+    return AsyncConnectionPool(
+        dsn,
+        min_size=POOL_MIN,
+        max_size=POOL_MAX,
+        open=False,
+        timeout=timeout,
+        kwargs={
+            "autocommit": True,
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": CONNECT_TIMEOUT,
+            **KEEPALIVES,
+        },
+        check=AsyncConnectionPool.check_connection,
+        name="riskd",
+    )

@@ -39,7 +39,8 @@ from rich.logging import RichHandler
 from riskd import migrate
 from riskd.cluster import ClusterError, PgCluster, find_bindirs
 from riskd.config import DaemonSettings, DatabaseSettings, RiskSettings, Settings
-from riskd.daemon import Daemon
+from riskd.daemon.daemon import Daemon
+from riskd.db import require_dsn
 from riskd.demo_view import FeedEvent, Flattened, Frame, Sample, ms, progress_line, render
 from riskd.seed import seed
 from riskd.simulator import QUERY_FILE, Market, MarketStats
@@ -234,7 +235,7 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
         console.print("daemon started: first sweep over the seeded accounts", soft_wrap=True)
         if not await _wait_ready(daemon, daemon_task, stop):
             return await _stop_daemon(daemon, daemon_task)
-        dsn = daemon.dsn
+        dsn = require_dsn(run_.settings)
         async with (
             await psycopg.AsyncConnection.connect(dsn, autocommit=True) as reader,
             await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listener,
@@ -254,7 +255,7 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
             await run_.market.load()
             market_stop = asyncio.Event()
             run_.started = loop.time()
-            run_.checks_at_open = daemon.stats.checks
+            run_.checks_at_open = daemon.snapshot().stats.checks
             tasks = [
                 asyncio.create_task(run_.market.run(market_stop), name="market"),
                 asyncio.create_task(_listen(run_, listener, market_stop), name="feed"),
@@ -283,7 +284,7 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
 
 async def _wait_ready(daemon: Daemon, task: asyncio.Task[int], stop: asyncio.Event) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT
-    while daemon.stats.state != "running":
+    while daemon.snapshot().stats.state != "running":
         if task.done() or stop.is_set():
             return False
         if time.monotonic() > deadline:
@@ -301,13 +302,14 @@ async def _settle(daemon: Daemon, conn: psycopg.AsyncConnection[Any], stop: asyn
     while time.monotonic() < deadline and not stop.is_set():
         cur = await conn.execute(_query("dirty_accounts_exist"))
         row = await cur.fetchone()
-        idle = not (row and row[0]) and not len(daemon.debouncer)
+        stats = daemon.snapshot().stats
+        idle = not (row and row[0]) and not stats.dirty
         # quiet for a few rounds: a batch in flight is in neither place (the daemon does not
         # say what it has in flight), but it moves the check counter when it is done
-        quiet = quiet + 1 if idle and daemon.stats.checks == checks else 0
+        quiet = quiet + 1 if idle and stats.checks == checks else 0
         if quiet >= SETTLE_ROUNDS:
             return
-        checks = daemon.stats.checks
+        checks = stats.checks
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), DEBOUNCE)
 
@@ -363,16 +365,17 @@ def _parse_event(payload: str, at: float) -> FeedEvent | None:
 async def _sampler(run_: Run, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     daemon = run_.daemon
-    checks_before = daemon.stats.checks
+    checks_before = daemon.snapshot().stats.checks
     taken = loop.time()
     await _read_levels(run_, conn, run_.sample)
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
         now = loop.time()
-        checks = daemon.stats.checks
-        new = min(checks - checks_before, len(daemon.latencies))
-        recent = sorted(list(daemon.latencies)[-new:]) if new > 0 else []
+        snapshot = daemon.snapshot()
+        checks = snapshot.stats.checks
+        new = min(checks - checks_before, len(snapshot.latencies))
+        recent = sorted(snapshot.latencies[-new:]) if new > 0 else []
         run_.latencies.extend(recent)
         sample = Sample(
             elapsed=now - run_.started,
@@ -467,7 +470,7 @@ def _render(run_: Run, console: Console) -> RenderableType:
 def _frame(run_: Run) -> Frame:
     """What the screen shows now, taken from the run (and the daemon's dirty set and lag)."""
     opts, risk, market = run_.options, run_.settings.risk, run_.market
-    stats = run_.daemon.current_stats()  # dirty and lag as of now
+    stats = run_.daemon.snapshot().stats  # dirty and lag as of now
     return Frame(
         major=run_.major,
         accounts=opts.accounts,
@@ -516,7 +519,7 @@ def _summary(run_: Run, console: Console) -> None:
         ).fetchone()
     done, accounts, by_market, closed, realised = row or (0, 0, 0, 0, Decimal(0))
     m = _market_stats(run_)
-    checks = run_.daemon.stats.checks - run_.checks_at_open
+    checks = run_.daemon.snapshot().stats.checks - run_.checks_at_open
     elapsed = run_.sample.elapsed
     latencies = sorted(run_.latencies)
     how = {"": "full duration", "SIGINT": "stopped by Ctrl-C"}.get(

@@ -38,9 +38,8 @@ from riskd.check import FLATTENED, NO_ACTION, REQUEST_CANCELLED, REQUEST_OPENED
 from riskd.config import parse_duration
 from riskd.errors import ConfigError
 from riskd.pipes import reader_gone
-from riskd.sqlfiles import query
+from riskd.sqlfiles import EVENTS_CHANNEL, query
 
-EVENTS_CHANNEL = "riskd_events"
 LEVELS = ("ok", "warning", "critical")
 POLL_INTERVAL = 5.0  # --follow reads new rows at least this often, notified or not
 MAX_PAYLOAD_HINTS = 1000  # ids taken from one burst of notifications; the rest: by id order

@@ -23,6 +23,10 @@ LOCK_CLASS = 0x72736B64
 # no account whose hash happens to equal the key can ever wait behind the leader's session lock.
 SWEEP_LEADER_CLASS = 0x72736B4C
 SWEEP_LEADER_KEY = 1
+# The channels (DESIGN §4): the triggers wake the daemon on the first, the checks tell the
+# platform on the second.
+CHANGES_CHANNEL = "riskd_changes"
+EVENTS_CHANNEL = "riskd_events"
 
 _NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 

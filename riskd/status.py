@@ -35,7 +35,7 @@ from riskd import __version__, capture, migrate, numbers
 from riskd import events as risk_events
 from riskd import mapping as schema_mapping
 from riskd.config import RISK_KEYS, Settings, mask_dsn, parse_duration
-from riskd.daemon import HEARTBEAT_INTERVAL
+from riskd.daemon.stats import HEARTBEAT_INTERVAL
 from riskd.db import connect
 from riskd.errors import ConfigError
 from riskd.sqlfiles import query

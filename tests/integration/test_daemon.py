@@ -22,7 +22,6 @@ from conftest import Db
 from daemonproc import DaemonProcess, wait_until
 
 from riskd import migrate
-from riskd.debounce import Debouncer
 from riskd.sqlfiles import LOCK_CLASS
 
 Start = Callable[..., DaemonProcess]
@@ -187,20 +186,6 @@ def test_refuses_a_database_without_riskd(bare_db: Db, start: Start) -> None:
     assert daemon.proc is not None and daemon.proc.wait(20) == 2
     lines = [line for line in daemon.log().splitlines() if line.startswith("riskd:")]
     assert lines == ["riskd: riskd is not installed in this database: run `riskd migrate` first"]
-
-
-def test_event_checks_go_before_sweep_work(db: Db) -> None:
-    """Pure scheduling, no server needed beyond a DSN: a due account beats queued sweep work."""
-    from riskd.daemon import Daemon
-
-    daemon = Daemon(db.settings)
-    daemon.sweep_queue.extend(f"s{i}" for i in range(1000))
-    daemon.debouncer = Debouncer(0.0, 5.0)
-    daemon.debouncer.mark("hot", now=daemon.clock())
-    batch, from_sweep = daemon._next_batch(risk_lane=False)
-    assert (batch[0][0], from_sweep) == ("hot", False) and len(batch) == 1
-    batch, from_sweep = daemon._next_batch(risk_lane=False)
-    assert from_sweep and len(batch) == db.settings.daemon.batch_size
 
 
 def test_a_dead_instance_row_is_pruned_after_a_while(db: Db, start: Start) -> None:

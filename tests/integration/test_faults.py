@@ -21,7 +21,7 @@ from daemonproc import DaemonProcess, wait_until
 from proxy import TcpProxy
 from test_daemon import Start, add_accounts, events, pending_requests, set_quantity, start
 
-from riskd.daemon import PING_INTERVAL, PING_TIMEOUT
+from riskd.daemon.listen import PING_INTERVAL, PING_TIMEOUT
 from riskd.sqlfiles import LOCK_CLASS
 
 __all__ = ["start"]  # the fixture, shared with test_daemon

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from riskd.debounce import Debouncer, busy_delay
+from riskd.daemon.debounce import Debouncer, busy_delay
 
 ACCOUNTS = [f"a{i}" for i in range(6)]
 

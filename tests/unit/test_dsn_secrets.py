@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from riskd import config
 from riskd.cli import main
 from riskd.config import Settings, effective, load_settings, mask_dsn
-from riskd.daemon import Daemon
+from riskd.daemon.daemon import Daemon
 from riskd.dsn import dsn_problem
 from riskd.errors import ConfigError
 from riskd.logs import JsonFormatter

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from riskd.sdnotify import SdNotifier
+from riskd.daemon.sdnotify import SdNotifier
 
 RECV_TIMEOUT = 2.0  # seconds; a message that is not there by then is not coming
 

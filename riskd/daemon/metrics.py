@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from riskd.errors import ConfigError
 
 if TYPE_CHECKING:
-    from riskd.daemon import Stats
+    from riskd.daemon.stats import Stats
 
 log = logging.getLogger("riskd.metrics")
 

@@ -19,7 +19,7 @@ import re
 import socket
 from collections.abc import Mapping
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("riskd.sdnotify")
 
 _NEWLINES = re.compile(r"\r\n|[\r\n]")
 

@@ -1,0 +1,160 @@
+"""Before the loop starts, and whenever the schema may have moved: riskd installed, at the
+revision this code needs, with the configured mapping, every privilege the daemon will use
+granted, every row of the mapped tables visible (I8), and the capture triggers in place."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import psycopg
+
+from riskd import __version__, capture, migrate, privileges
+from riskd.daemon.faults import SchemaMoved, reason
+from riskd.daemon.shared import Shared
+from riskd.db import CONNECT_TIMEOUT, aconnect
+from riskd.errors import ConfigError
+from riskd.mapping import as_json as mapping_json
+from riskd.mapping import mapped_tables, rls_refusal
+from riskd.sqlfiles import query
+
+log = logging.getLogger("riskd.daemon")
+
+NOT_INSTALLED = "riskd is not installed in this database: run `riskd migrate` first"
+
+
+def revision_error(current: str | None, needs: str, *, running: bool = False) -> Exception | None:
+    """Why a daemon of schema revision ``needs`` cannot run against ``current`` (None when it
+    can): never against a schema newer or older than its own (I10). ``running``: the schema
+    moved under a daemon that started at the right one."""
+    if current == needs:
+        return None
+    if running:
+        return SchemaMoved(
+            f"riskd schema moved to revision {migrate.describe(current)} under this daemon "
+            f"(riskd {__version__}, revision {needs}): stopping; start the riskd release "
+            "that ran `riskd migrate`"
+        )
+    if current is not None and not migrate.known(current):
+        return ConfigError(str(migrate.newer_schema_error(current)))
+    return ConfigError(
+        f"riskd schema is at revision {migrate.describe(current)}, riskd {__version__} "
+        f"needs {needs}: run `riskd migrate`"
+    )
+
+
+def check_revision(shared: Shared, current: str | None, *, running: bool = False) -> None:
+    error = revision_error(current, shared.stats.schema_revision, running=running)
+    if error is not None:
+        raise error
+
+
+async def _connect_at_start(dsn: str) -> psycopg.AsyncConnection[Any]:
+    """A connection, or ConfigError when the server refused this role for good (no point
+    retrying a wrong password or a missing grant as if it were an outage)."""
+    try:
+        return await aconnect(dsn)
+    except psycopg.OperationalError as exc:
+        refused = privileges.refusal(str(exc))
+        if refused is not None:
+            raise ConfigError(refused) from exc
+        raise
+
+
+async def _missing_privileges(
+    conn: psycopg.AsyncConnection[Any], needs: list[privileges.Need]
+) -> list[str]:
+    cur = await conn.execute(
+        query("missing_privileges"),
+        {
+            "kinds": [n.kind for n in needs],
+            "targets": [n.target for n in needs],
+            "columns": [n.column for n in needs],
+            "privileges": [n.privilege for n in needs],
+        },
+    )
+    return [privileges.describe(needs[row[0] - 1]) for row in await cur.fetchall()]
+
+
+async def _check_privileges(shared: Shared, conn: psycopg.AsyncConnection[Any]) -> None:
+    needs = privileges.daemon_needs(shared.settings)
+    # schemas first: naming an object in a schema without USAGE is itself an error
+    missing = await _missing_privileges(conn, [n for n in needs if n.kind == "schema"])
+    if not missing:
+        missing = await _missing_privileges(conn, [n for n in needs if n.kind != "schema"])
+    if missing:
+        raise ConfigError(
+            f"the daemon's role lacks {', '.join(missing)} ({privileges.GRANTS_HINT})"
+        )
+
+
+async def check_capture(shared: Shared, conn: psycopg.AsyncConnection[Any]) -> None:
+    """I8: say which capture trigger is missing or disabled, at start and at every sweep (the
+    sweep covers what they miss meanwhile); `riskd migrate` repairs."""
+    found = await capture.aproblems(conn, shared.settings.schema)
+    if found != shared.stats.capture_problems:
+        for problem in found:
+            log.error("%s: its changes wait for the sweep; run `riskd migrate`", problem)
+        if not found:
+            log.info("capture triggers in place again")
+    shared.stats.capture_problems = found
+
+
+async def preflight(shared: Shared) -> None:
+    """Everything the daemon needs of the database, or a ConfigError saying what is not."""
+    conn = await shared.retry(
+        "database unreachable at start", lambda: _connect_at_start(shared.dsn)
+    )
+    async with conn:
+        cur = await conn.execute(query("riskd_schema_exists"))
+        if not (await cur.fetchone() or (False,))[0]:
+            raise ConfigError(NOT_INSTALLED)
+        # the revision first: the privileges to probe are those of this riskd's schema
+        try:
+            cur = await conn.execute(query("schema_revision"))
+            row = await cur.fetchone()
+            cur = await conn.execute(query("installed_mapping"))
+            installed = await cur.fetchone()
+        except psycopg.errors.UndefinedTable as exc:
+            raise ConfigError(NOT_INSTALLED) from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ConfigError(
+                f"the daemon's role lacks a privilege it needs: "
+                f"{exc.diag.message_primary or reason(exc)} ({privileges.GRANTS_HINT})"
+            ) from exc
+        check_revision(shared, row[0] if row else None)
+        wanted = mapping_json(shared.settings.schema)
+        if installed is None or installed[0] != wanted:
+            raise ConfigError(
+                "[schema] differs from the mapping `riskd migrate` installed the triggers "
+                "with: run `riskd migrate` with this configuration, or fix [schema]"
+            )
+        await _check_privileges(shared, conn)
+        # I8: every row of the mapped tables visible to this role, or no start
+        cur = await conn.execute(
+            query("rls_hidden"), {"tables": mapped_tables(shared.settings.schema)}
+        )
+        hidden = [r[0] for r in await cur.fetchall()]
+        if hidden:
+            raise rls_refusal(hidden, str(conn.info.user))
+        await check_capture(shared, conn)
+        log.info("riskd schema at revision %s, as this riskd needs", row[0] if row else None)
+
+
+async def schema_moved_or(shared: Shared, exc: BaseException) -> BaseException:
+    """The revision check a heartbeat would have made, now: SchemaMoved if the schema moved
+    under the daemon, the error itself otherwise."""
+    try:
+        conn = await asyncio.wait_for(aconnect(shared.dsn), CONNECT_TIMEOUT)
+        async with conn:
+            cur = await conn.execute(query("schema_revision"))
+            row = await cur.fetchone()
+        check_revision(shared, row[0] if row else None, running=True)
+    except SchemaMoved as moved:
+        return moved
+    except psycopg.errors.UndefinedTable:
+        return SchemaMoved("riskd was removed from this database under the daemon: stopping")
+    except (psycopg.Error, OSError, TimeoutError):
+        pass
+    return exc
