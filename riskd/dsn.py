@@ -166,6 +166,10 @@ def _mask_url(dsn: str) -> str:
         after = stop + 1
         colon = dsn.find(":", start, stop)
         user = dsn[start : colon if colon >= 0 else stop]
+        if _reads_like_a_password_parameter(dsn[start:stop]):
+            # `//host:1?password=@secret`: libpq reads a user, a password and a host; a reader
+            # reads a password parameter running past the "@", to the end maybe: nothing shown
+            return dsn[:start] + MASK
         if any(c in user for c in "?&="):
             # user info that reads like parameters (`//[?password=x@`): libpq takes it whole as
             # the user name, a reader as a password; shown to neither
@@ -183,6 +187,18 @@ def _mask_url(dsn: str) -> str:
         if eq and unquote(name) in SECRET_KEYWORDS:
             params[n] = f"{name}={MASK}"
     return out[: query + 1] + "&".join(params)
+
+
+def _reads_like_a_password_parameter(userinfo: str) -> bool:
+    """Whether user info holds what a reader takes for a query string with a secret in it."""
+    query = userinfo.find("?")
+    if query < 0:
+        return False
+    for param in userinfo[query + 1 :].split("&"):
+        name, eq, _ = param.partition("=")
+        if eq and unquote(name) in SECRET_KEYWORDS:
+            return True
+    return False
 
 
 def _mask_pairs(dsn: str) -> str:

@@ -223,6 +223,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # found by this test in CI: user info that reads like a query string
 @example(dsn_secrets=("postgresql://[?password=PW1000@", ["PW1000"]), source="--dsn")
 @example(dsn_secrets=("postgresql://a?password=PW1000:pw@host/db", ["PW1000"]), source="--dsn")
+@example(dsn_secrets=("postgresql://127.0.0.1:1?password=@PW1000", ["PW1000"]), source="--dsn")
 def test_a_dsn_error_masking_and_settings_never_show_the_password(
     scratch: Path, dsn_secrets: tuple[str, list[str]], source: str
 ) -> None:
