@@ -1,7 +1,7 @@
 """Capture overhead: what riskd's triggers cost trading writes, as throughput ratios.
 
 pgbench, 8 clients, against the reference schema seeded with 100 000 accounts / 1 000 000
-positions on a throwaway PostgreSQL 18 (riskd.cluster). Each round runs every capture design
+positions on a throwaway PostgreSQL 18 (riskd.sandbox.cluster). Each round runs every capture design
 once, in an order that rotates from round to round, on the same tables and server: no trigger,
 two do-nothing row triggers (the floor of any trigger design), a do-nothing statement trigger
 with transition tables (the floor of a statement design), the seed's pg_notify per row,
@@ -31,9 +31,9 @@ import psycopg
 from common import Drainer, server_cpu
 
 from riskd import migrate
-from riskd.cluster import PgCluster, find_bindirs
 from riskd.config import DatabaseSettings, Settings
-from riskd.seed import seed
+from riskd.sandbox.cluster import PgCluster, find_bindirs
+from riskd.sandbox.seed import seed
 
 HERE = Path(__file__).resolve().parent
 TABLES = ("positions", "trading_accounts", "instruments")

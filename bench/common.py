@@ -22,9 +22,9 @@ from typing import Any
 import psycopg
 
 from riskd import migrate
-from riskd.cluster import PgCluster, find_bindirs
 from riskd.config import DatabaseSettings, Settings
-from riskd.seed import seed
+from riskd.sandbox.cluster import PgCluster, find_bindirs
+from riskd.sandbox.seed import seed
 from riskd.sqlfiles import query
 
 OUT = Path(__file__).resolve().parent / "out"  # gitignored

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from common import DURABLE, OUT, machine, seeded_database, start_daemon
 
-from riskd.cluster import find_bindirs
+from riskd.sandbox.cluster import find_bindirs
 
 HERE = Path(__file__).resolve().parent
 

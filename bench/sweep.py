@@ -1,7 +1,7 @@
 """Sweep cost: one riskd sweep over every account against a bare aggregate of the same data,
 and against checking the accounts one query at a time (what the cron job did).
 
-On a throwaway PostgreSQL 18 (riskd.cluster) with the reference schema seeded with 100 000
+On a throwaway PostgreSQL 18 (riskd.sandbox.cluster) with the reference schema seeded with 100 000
 accounts / 1 000 000 positions. After a first sweep has recorded every account's state, the
 rounds alternate the bare aggregate and the sweep (same data, same server, same run); the
 per-account rate is measured on a random sample and scaled to all accounts.

@@ -1,7 +1,7 @@
 """System cost: what riskd as a whole costs trading writes, beside the seed's designs.
 
 pgbench (8 clients) against the reference schema seeded with 100 000 accounts / 1 000 000
-positions on a throwaway PostgreSQL 18 (riskd.cluster), riskd migrated to head. Three
+positions on a throwaway PostgreSQL 18 (riskd.sandbox.cluster), riskd migrated to head. Three
 workloads (fill, single-row position update, 500-row mark-to-market), both protocols
 (pgbench -M simple and -M prepared). Each round runs every design once, in an order that
 rotates from round to round, on the same server and data:
@@ -81,10 +81,10 @@ from common import DURABLE, OUT, Drainer, machine, proc_cpu, server_cpu, start_d
 
 from riskd import migrate
 from riskd.check import check_accounts
-from riskd.cluster import PgCluster, find_bindirs
 from riskd.config import DatabaseSettings, Settings
 from riskd.db import APPLICATION_NAME
-from riskd.seed import seed
+from riskd.sandbox.cluster import PgCluster, find_bindirs
+from riskd.sandbox.seed import seed
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = {

@@ -23,9 +23,9 @@ import psycopg
 from capture import enable  # bench/ is the script's directory, hence on sys.path
 
 from riskd import migrate
-from riskd.cluster import PgCluster, find_bindirs
 from riskd.config import DatabaseSettings, Settings
-from riskd.seed import seed
+from riskd.sandbox.cluster import PgCluster, find_bindirs
+from riskd.sandbox.seed import seed
 
 HERE = Path(__file__).resolve().parent
 ACCOUNTS, POSITIONS = 10_000, 100_000  # ten positions per account, numbered consecutively

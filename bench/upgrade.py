@@ -32,8 +32,8 @@ from pathlib import Path
 import psycopg
 from common import OUT
 
-from riskd.cluster import PgCluster, find_bindirs
-from riskd.seed import seed
+from riskd.sandbox.cluster import PgCluster, find_bindirs
+from riskd.sandbox.seed import seed
 
 RELEASE = Path(__file__).resolve().parent.parent / "tests" / "releases"
 TRADERS = 8

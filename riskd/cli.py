@@ -22,7 +22,6 @@ import psycopg
 from riskd import __version__, logs, mapping, pipes, removal
 from riskd import accounts as account_views
 from riskd import check as checks
-from riskd import demo as demos
 from riskd import events as event_log
 from riskd import grants as grant_scripts
 from riskd import migrate as migrations
@@ -31,6 +30,7 @@ from riskd import units as systemd_units
 from riskd.config import Settings, load_settings, mask_dsn
 from riskd.daemon.daemon import run as run_daemon
 from riskd.db import CONNECT_TIMEOUT, connect
+from riskd.demo import demo as demos
 from riskd.errors import DatabaseUnavailable, RiskdError, SchemaMappingError
 
 

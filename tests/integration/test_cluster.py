@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from riskd.cluster import ClusterError, PgCluster, find_bindirs
+from riskd.sandbox.cluster import ClusterError, PgCluster, find_bindirs
 
 BINDIRS = find_bindirs()
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from daemonproc import wait_until
 
-from riskd.cluster import PgCluster, find_bindirs
+from riskd.sandbox.cluster import PgCluster, find_bindirs
 
 CLUSTER_LINE = re.compile(r"^PostgreSQL (\d+) in (\S+), port \d+$", re.MULTILINE)
 PROGRESS_LINE = re.compile(r"^\s*\d+\.\d s  accounts [\d,]+ ok, ", re.MULTILINE)

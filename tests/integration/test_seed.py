@@ -12,8 +12,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from riskd.cluster import PgCluster, find_bindirs
-from riskd.seed import seed
+from riskd.sandbox.cluster import PgCluster, find_bindirs
+from riskd.sandbox.seed import seed
 
 TEST_DSN = os.environ.get("RISKD_TEST_DSN")
 SERVERS = ["env"] if TEST_DSN else sorted(find_bindirs())

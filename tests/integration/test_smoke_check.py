@@ -1,7 +1,7 @@
 from conftest import Db
 
 from riskd.check import check_accounts, sweep
-from riskd.seed import seed
+from riskd.sandbox.seed import seed
 
 
 def test_seeded_sweep_then_check(db: Db) -> None:

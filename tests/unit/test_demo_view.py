@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 from rich.console import Console
 
-from riskd.demo_view import FeedEvent, Flattened, Frame, Sample, progress_line, render
-from riskd.simulator import MarketStats
+from riskd.demo.simulator import MarketStats
+from riskd.demo.view import FeedEvent, Flattened, Frame, Sample, progress_line, render
 from riskd.sqlfiles import queries, query
 
 SAMPLE = Sample(

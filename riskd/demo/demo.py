@@ -3,8 +3,8 @@
 Set-up (synchronous): an embedded PostgreSQL in a fresh directory under the temporary
 directory, the reference schema seeded (riskd.seed), riskd installed (riskd.migrate). Then, in
 one asyncio loop: the daemon (flatten mode, 200 ms debounce, 1 s max delay, so that the view is
-lively), the market simulator (riskd.simulator), a LISTEN on ``riskd_events`` for the feed, and
-the view (drawn by riskd.demo_view): a rich.Live screen on a terminal, one plain progress line
+lively), the market simulator (riskd.demo.simulator), a LISTEN on ``riskd_events`` for the feed, and
+the view (drawn by riskd.demo.view): a rich.Live screen on a terminal, one plain progress line
 a second otherwise. The market opens once the daemon's first sweep is done, so the events of
 the seeded accounts that start out over the thresholds are told apart from the ones the market
 causes. The statements of the demo and the market are the named queries of ``sql/simulator.sql``.
@@ -37,13 +37,13 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from riskd import migrate
-from riskd.cluster import ClusterError, PgCluster, find_bindirs
 from riskd.config import DaemonSettings, DatabaseSettings, RiskSettings, Settings
 from riskd.daemon.daemon import Daemon
 from riskd.db import require_dsn
-from riskd.demo_view import FeedEvent, Flattened, Frame, Sample, ms, progress_line, render
-from riskd.seed import seed
-from riskd.simulator import QUERY_FILE, Market, MarketStats
+from riskd.demo.simulator import QUERY_FILE, Market, MarketStats
+from riskd.demo.view import FeedEvent, Flattened, Frame, Sample, ms, progress_line, render
+from riskd.sandbox.cluster import ClusterError, PgCluster, find_bindirs
+from riskd.sandbox.seed import seed
 from riskd.sqlfiles import query
 
 log = logging.getLogger(__name__)

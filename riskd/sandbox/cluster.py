@@ -315,7 +315,9 @@ class PgCluster:
             "unix_socket_directories": str(self.socket_dir),
             **self._settings,
         }
-        lines = ["# Rewritten by riskd.cluster before every start; ALTER SYSTEM overrides it."]
+        lines = [
+            "# Rewritten by riskd.sandbox.cluster before every start; ALTER SYSTEM overrides it."
+        ]
         lines += [f"{name} = {_quote_value(value)}" for name, value in values.items()]
         path = self.data_dir / _SETTINGS_FILE
         path.write_text("\n".join(lines) + "\n")

@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from riskd.simulator import MarketStats
+from riskd.demo.simulator import MarketStats
 
 WIDE = 140  # columns from which the flattenings get a table of their own beside the events
 LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
