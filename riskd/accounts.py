@@ -24,7 +24,6 @@ from riskd.db import connect
 from riskd.errors import ConfigError
 from riskd.sqlfiles import query
 
-LEVELS = ("ok", "warning", "critical")
 AT_RISK = ("warning", "critical")
 STATUSES = ("pending", "done", "cancelled")
 DEFAULT_LIMIT = 100

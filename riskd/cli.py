@@ -32,6 +32,7 @@ from riskd.daemon.daemon import run as run_daemon
 from riskd.db import CONNECT_TIMEOUT, connect
 from riskd.demo import demo as demos
 from riskd.errors import DatabaseUnavailable, RiskdError, SchemaMappingError
+from riskd.levels import LEVELS
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -307,7 +308,7 @@ def sweep(opts: _Options, as_json: bool) -> None:
     if as_json:
         _print_json(result)
         return
-    levels = ", ".join(f"{k} {result.levels.get(k, 0)}" for k in ("ok", "warning", "critical"))
+    levels = ", ".join(f"{k} {result.levels.get(k, 0)}" for k in LEVELS)
     click.echo(
         f"swept {result.accounts} accounts in {result.duration:.2f} s: {levels}; "
         f"{len(result.transitions)} transitions"
@@ -388,9 +389,7 @@ def status(
     help="How many of the latest events to print first.",
 )
 @click.option("--account", help="Only this account's events.")
-@click.option(
-    "--level", type=click.Choice(event_log.LEVELS), help="Only events reaching this level."
-)
+@click.option("--level", type=click.Choice(LEVELS), help="Only events reaching this level.")
 @click.option("--since", help="Only events since: a duration before now (10m) or ISO 8601.")
 @click.option("-f", "--follow", is_flag=True, help="Then print new events live (Ctrl-C ends).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -481,7 +480,7 @@ def demo(accounts: int, positions: int, duration: float, keep: bool) -> None:
 @click.option(
     "--level",
     "levels",
-    type=click.Choice(account_views.LEVELS),
+    type=click.Choice(LEVELS),
     multiple=True,
     help="Only accounts at this level (repeat for several; default: warning and critical).",
 )

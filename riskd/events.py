@@ -40,7 +40,6 @@ from riskd.errors import ConfigError
 from riskd.pipes import reader_gone
 from riskd.sqlfiles import EVENTS_CHANNEL, query
 
-LEVELS = ("ok", "warning", "critical")
 POLL_INTERVAL = 5.0  # --follow reads new rows at least this often, notified or not
 MAX_PAYLOAD_HINTS = 1000  # ids taken from one burst of notifications; the rest: by id order
 MAX_SEEN = 100_000  # ids remembered to drop duplicate notifications; the oldest half goes

@@ -57,7 +57,7 @@ from riskd.errors import (
 )
 from riskd.removal import Guard
 from riskd.resources import resource_dir
-from riskd.sqlfiles import queries, render, template_params
+from riskd.sqlfiles import MIGRATE_LOCK_CLASS, MIGRATE_LOCK_KEY, queries, render, template_params
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ HEAD_INSTALL = (
     "capture.sql",
     "privileges.sql",
 )
-# riskd's migration lock: a session advisory lock of its own class ("rskM"), apart from the
-# account locks and the sweep leader's, held from before the version is read to the end.
-MIGRATE_LOCK_CLASS = 0x72736B4D
-MIGRATE_LOCK_KEY = 1
 MIGRATE_LOCK_WAIT = "10min"
 
 

@@ -23,6 +23,10 @@ LOCK_CLASS = 0x72736B64
 # no account whose hash happens to equal the key can ever wait behind the leader's session lock.
 SWEEP_LEADER_CLASS = 0x72736B4C
 SWEEP_LEADER_KEY = 1
+# riskd's migration lock: a session advisory lock of its own class ("rskM"), apart from the
+# account locks and the sweep leader's, held from before the version is read to the end.
+MIGRATE_LOCK_CLASS = 0x72736B4D
+MIGRATE_LOCK_KEY = 1
 # The channels (DESIGN §4): the triggers wake the daemon on the first, the checks tell the
 # platform on the second.
 CHANGES_CHANNEL = "riskd_changes"

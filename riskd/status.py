@@ -38,6 +38,7 @@ from riskd.config import RISK_KEYS, Settings, mask_dsn, parse_duration
 from riskd.daemon.stats import HEARTBEAT_INTERVAL
 from riskd.db import connect
 from riskd.errors import ConfigError
+from riskd.levels import LEVELS
 from riskd.sqlfiles import query
 
 # A heartbeat is written every HEARTBEAT_INTERVAL (2 s); a slow one may take the pool's wait
@@ -46,7 +47,6 @@ STALE_AFTER = 5 * HEARTBEAT_INTERVAL
 MAX_QUEUE_USAGE = 0.5
 MAX_LAG = 30.0
 RECENT_EVENTS = 10
-LEVELS = risk_events.LEVELS
 COUNTERS = (
     "notifications",
     "drained_accounts",

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from riskd.errors import ConfigError
+from riskd.levels import LEVELS
 
 if TYPE_CHECKING:
     from riskd.daemon.stats import Stats
@@ -64,7 +65,7 @@ class _StatsCollector(Collector):
         events = CounterMetricFamily(
             "riskd_events", "Level transitions recorded, by new level.", labels=["level"]
         )
-        for level in ("ok", "warning", "critical"):
+        for level in LEVELS:
             events.add_metric([level], float(s.events_by_level.get(level, 0)))
         yield events
         for name, help_text, value in (

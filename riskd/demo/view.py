@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from riskd.demo.simulator import MarketStats
+from riskd.levels import LEVELS
 
 WIDE = 140  # columns from which the flattenings get a table of their own beside the events
 LEVEL_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
@@ -163,7 +164,7 @@ def _accounts_panel(frame: Frame) -> Panel:
     table.add_column(no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
-    for level in ("ok", "warning", "critical"):
+    for level in LEVELS:
         count = s.levels.get(level, 0)
         share = 100 * count / frame.accounts if frame.accounts else 0.0
         table.add_row(Text(level, style=LEVEL_STYLE[level]), f"{count:,}", f"{share:.1f} %")

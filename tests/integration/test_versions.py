@@ -16,6 +16,7 @@ from release import environment
 from test_migrate import cli
 
 from riskd import __version__, migrate
+from riskd.sqlfiles import MIGRATE_LOCK_CLASS, MIGRATE_LOCK_KEY
 
 HEAD = migrate.head()
 
@@ -152,9 +153,7 @@ def test_two_migrations_at_once_take_turns_and_both_succeed(bare_db: Db) -> None
 
 def test_a_second_migrate_waits_for_the_first_and_says_so(bare_db: Db) -> None:
     holder = bare_db.connect()
-    holder.execute(
-        "SELECT pg_advisory_lock(%s, %s)", (migrate.MIGRATE_LOCK_CLASS, migrate.MIGRATE_LOCK_KEY)
-    )
+    holder.execute("SELECT pg_advisory_lock(%s, %s)", (MIGRATE_LOCK_CLASS, MIGRATE_LOCK_KEY))
     outcome: list[Any] = []
     worker = threading.Thread(target=lambda: outcome.append(migrate.migrate(bare_db.settings)))
     worker.start()
