@@ -12,6 +12,7 @@ import psycopg
 from riskd.config import Settings, mask_dsn
 from riskd.dsn import dsn_problem
 from riskd.errors import ConfigError, DatabaseUnavailable
+from riskd.sqlfiles import query
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -89,6 +90,11 @@ def apool(dsn: str, timeout: float) -> AsyncConnectionPool[psycopg.AsyncConnecti
             "connect_timeout": CONNECT_TIMEOUT,
             **KEEPALIVES,
         },
+        configure=_configure,
         check=AsyncConnectionPool.check_connection,
         name="riskd",
     )
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(query("pool_session"))

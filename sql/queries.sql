@@ -85,6 +85,15 @@ FROM pg_catalog.jsonb_populate_recordset(NULL::riskd.dirty_accounts, %(rows)s::j
 WITH r AS (DELETE FROM riskd.sweep_requests RETURNING reason)
 SELECT count(*)::int AS requests, string_agg(DISTINCT r.reason, ', ') AS reasons FROM r
 
+-- name: pool_session
+-- Every connection of the daemon's pool, once: generic plans from the first call. The check and
+-- the drain are written to plan well without the batch's values (`= ANY(ids)`: index lookups
+-- whatever the batch), and bench/check_cost.py measures them so; left to itself PostgreSQL
+-- re-plans each statement of the check for the first five calls on a connection, and for ever
+-- when it estimates the generic plan dearer: several milliseconds a call, most of a lone
+-- account's check.
+SET plan_cache_mode = force_generic_plan
+
 -- name: ping
 SELECT pg_catalog.pg_notify(%(channel)s, %(payload)s)
 
