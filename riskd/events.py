@@ -273,7 +273,7 @@ class EventTail:
         self._own: psycopg.Connection[Any] | None = None  # a connection of ours, to close
 
     def listen(self) -> None:
-        self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_CHANNEL)))
+        self.conn.execute(query("listen").format(channel=sql.Identifier(EVENTS_CHANNEL)))
 
     def backlog(self, limit: int) -> list[Event]:
         """The latest ``limit`` events; everything committed after this call comes from

@@ -94,6 +94,9 @@ SELECT count(*)::int AS requests, string_agg(DISTINCT r.reason, ', ') AS reasons
 -- account's check.
 SET plan_cache_mode = force_generic_plan
 
+-- name: listen
+LISTEN {channel}
+
 -- name: ping
 SELECT pg_catalog.pg_notify(%(channel)s, %(payload)s)
 

@@ -110,9 +110,24 @@ class Daemon:
     # the run
 
     async def run(self) -> int:
-        shared = self.shared
         if self.handle_signals:
             self._handle_signals()
+        self._log_start()
+        if not await self._preflight():
+            return 0  # stopped before the loop began
+        workers, checkers, ready = await self._start()
+        stopping = asyncio.create_task(self.shared.stopping.wait(), name="stop")
+        done, _ = await asyncio.wait(
+            {stopping, *checkers, *workers.values()}, return_when=asyncio.FIRST_COMPLETED
+        )
+        crashed = [t for t in done if t is not stopping and not t.cancelled() and t.exception()]
+        code = 1 if crashed else 0
+        for task in crashed:
+            code = max(code, await self._crashed(task))
+        return await self._shutdown(workers, checkers, ready, code=code, reported=set(crashed))
+
+    def _log_start(self) -> None:
+        shared = self.shared
         running = effective(shared.settings)  # the DSN in it is masked
         log.info(
             "riskd %s (schema revision %s) starting as %s on %s: %s",
@@ -128,6 +143,11 @@ class Daemon:
                 **running,
             },
         )
+
+    async def _preflight(self) -> bool:
+        """The database checked (a ConfigError ends the run with its one line), or False
+        when the stop came first."""
+        shared = self.shared
         shared.notifier.status("starting: connecting to the database")
         checked = asyncio.create_task(preflight(shared))
         stop = asyncio.create_task(shared.stopping.wait())
@@ -137,10 +157,16 @@ class Daemon:
             with contextlib.suppress(BaseException):
                 await checked
             shared.notifier.stopping()
-            return 0
+            return False
         stop.cancel()
-        checked.result()  # a ConfigError ends the run here, with its one line
+        checked.result()
+        return True
 
+    async def _start(
+        self,
+    ) -> tuple[dict[str, asyncio.Task[None]], list[asyncio.Task[None]], asyncio.Task[None]]:
+        """Every task of the loop, started here and nowhere else."""
+        shared = self.shared
         shared.pool = apool(shared.dsn, timeout=PING_TIMEOUT)
         daemon_settings = shared.settings.daemon
         if daemon_settings.metrics_port:
@@ -158,15 +184,7 @@ class Daemon:
             asyncio.create_task(self.checker.run(risk_lane=True), name="risk lane"),
         ]
         ready = asyncio.create_task(self._announce_ready(), name="ready")
-        stopping = asyncio.create_task(shared.stopping.wait(), name="stop")
-        done, _ = await asyncio.wait(
-            {stopping, *checkers, *workers.values()}, return_when=asyncio.FIRST_COMPLETED
-        )
-        crashed = [t for t in done if t is not stopping and not t.cancelled() and t.exception()]
-        code = 1 if crashed else 0
-        for task in crashed:
-            code = max(code, await self._crashed(task))
-        return await self._shutdown(workers, checkers, ready, code=code, reported=set(crashed))
+        return workers, checkers, ready
 
     def _handle_signals(self) -> None:
         signals = 0

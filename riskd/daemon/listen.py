@@ -123,8 +123,8 @@ class Listener:
         self.progress = self.shared.clock()
         conn = await aconnect(self.shared.dsn)
         try:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANGES_CHANNEL)))
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            for channel in (CHANGES_CHANNEL, self.channel):
+                await conn.execute(query("listen").format(channel=sql.Identifier(channel)))
         except BaseException:
             await conn.close()
             raise
