@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -28,7 +26,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from common import Drainer, server_cpu
+from common import Drainer, machine, server_cpu
 
 from riskd import migrate
 from riskd.config import DatabaseSettings, Settings
@@ -244,7 +242,7 @@ def report(
         f"capture overhead, {datetime.date.today()}, PostgreSQL {version}, "
         f"{args.layout} positions, "
         f"{'durable (fsync, synchronous_commit on)' if args.durable else 'CPU-bound (fsync off)'}, "
-        f"{os.cpu_count()} cores, {platform.machine()}, {args.clients} clients, "
+        f"{machine()}, {args.clients} clients, "
         f"{args.accounts} accounts / {args.positions} positions, "
         f"{args.rounds} rounds x {args.seconds} s, ratio = tps / tps without trigger, "
         "median (min..max); server CPU per transaction (all backends, kernel included), median, "

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import random
 import statistics
 import time
@@ -39,7 +37,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from common import BARE_AGGREGATE, DURABLE, seeded_database
+from common import BARE_AGGREGATE, DURABLE, machine, seeded_database
 
 from riskd import migrate
 from riskd.sqlfiles import query
@@ -194,7 +192,7 @@ def main() -> None:
     print(
         f"check cost, {datetime.date.today()}, PostgreSQL {version}, "
         f"{'durable (fsync, synchronous_commit on)' if args.durable else 'CPU-bound (fsync off)'}, "
-        f"{os.cpu_count()} cores, {platform.machine()}, generic plans, {args.rounds} alternating "
+        f"{machine()}, generic plans, {args.rounds} alternating "
         f"rounds; target: check <= 1.5x bare at every batch size"
     )
     print()

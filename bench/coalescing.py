@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
-import platform
 import random
 import threading
 import time
 from pathlib import Path
 
 import psycopg
-from common import OUT, seeded_database, start_daemon
+from common import OUT, machine, seeded_database, start_daemon
 
 WRITERS = 4
 ROWS_PER_STATEMENT = 100
@@ -129,8 +127,8 @@ def main() -> None:
 
     print()
     print(
-        f"coalescing, {datetime.date.today()}, PostgreSQL {version}, {os.cpu_count()} cores, "
-        f"{platform.machine()}, {accounts} accounts / {args.positions} positions, "
+        f"coalescing, {datetime.date.today()}, PostgreSQL {version}, {machine()}, "
+        f"{accounts} accounts / {args.positions} positions, "
         f"defaults (debounce 1 s, max_delay 5 s), {ROWS_PER_STATEMENT} rows per statement"
     )
     print()

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import random
 import re
 import statistics
@@ -42,7 +40,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import psycopg
-from common import OUT, proc_cpu, seeded_database, start_daemon
+from common import OUT, machine, proc_cpu, seeded_database, start_daemon
 
 WRITERS = 4
 
@@ -319,8 +317,8 @@ def main() -> None:
         else "every update crosses a threshold"
     )
     print(
-        f"latency, {datetime.date.today()}, PostgreSQL {version}, {os.cpu_count()} cores, "
-        f"{platform.machine()}, {args.accounts} accounts / {args.positions} positions, "
+        f"latency, {datetime.date.today()}, PostgreSQL {version}, {machine()}, "
+        f"{args.accounts} accounts / {args.positions} positions, "
         f"debounce 0, {WRITERS} writer connections; {mode}"
     )
     print()

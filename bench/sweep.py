@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import random
 import statistics
 import time
 
 import psycopg
-from common import seeded_database
+from common import machine, seeded_database
 
 from riskd.check import check_accounts, sweep
 
@@ -77,8 +75,8 @@ def main() -> None:
     all_one_by_one = per_account * args.accounts
     print()
     print(
-        f"sweep, {datetime.date.today()}, PostgreSQL {version}, {os.cpu_count()} cores, "
-        f"{platform.machine()}, {args.accounts} accounts / {args.positions} positions, "
+        f"sweep, {datetime.date.today()}, PostgreSQL {version}, {machine()}, "
+        f"{args.accounts} accounts / {args.positions} positions, "
         f"{args.rounds} alternating rounds"
     )
     print()
