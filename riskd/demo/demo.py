@@ -243,31 +243,8 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
         ):
             await _settle(daemon, reader, stop)
             await _initial(run_, reader)
-            if stop.is_set():  # Ctrl-C before the market opened
-                return await _stop_daemon(daemon, daemon_task)
-            console.print(
-                f"first sweep: {run_.initial['critical']} seeded accounts over the auto-close"
-                f" threshold flattened, {run_.initial['warning']} in warning; the market opens",
-                soft_wrap=True,
-            )
-            await listener.execute(_query("listen_events"))
-            run_.market = Market(trader, seed=run_.options.seed)
-            await run_.market.load()
-            market_stop = asyncio.Event()
-            run_.started = loop.time()
-            run_.checks_at_open = daemon.snapshot().stats.checks
-            tasks = [
-                asyncio.create_task(run_.market.run(market_stop), name="market"),
-                asyncio.create_task(_listen(run_, listener, market_stop), name="feed"),
-                asyncio.create_task(_sampler(run_, reader, market_stop), name="sampler"),
-            ]
-            view = asyncio.create_task(_view(run_, console, live, stop, daemon_task), name="view")
-            await asyncio.wait([view, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            stop.set()
-            market_stop.set()
-            await view
-            for task in tasks:
-                await task
+            if not stop.is_set():  # else Ctrl-C before the market opened
+                await _trade(run_, console, live, stop, daemon_task, (reader, listener, trader))
         return await _stop_daemon(daemon, daemon_task)
     finally:
         for signum in STOP_SIGNALS:
@@ -280,6 +257,41 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
             daemon_task.cancel()
             with contextlib.suppress(BaseException):
                 await daemon_task
+
+
+async def _trade(
+    run_: Run,
+    console: Console,
+    live: bool,
+    stop: asyncio.Event,
+    daemon_task: asyncio.Task[int],
+    conns: tuple[psycopg.AsyncConnection[Any], ...],
+) -> None:
+    """The market open: trades, the event feed and the view, until the view ends or a stop."""
+    reader, listener, trader = conns
+    console.print(
+        f"first sweep: {run_.initial['critical']} seeded accounts over the auto-close"
+        f" threshold flattened, {run_.initial['warning']} in warning; the market opens",
+        soft_wrap=True,
+    )
+    await listener.execute(_query("listen_events"))
+    run_.market = Market(trader, seed=run_.options.seed)
+    await run_.market.load()
+    market_stop = asyncio.Event()
+    run_.started = asyncio.get_running_loop().time()
+    run_.checks_at_open = run_.daemon.snapshot().stats.checks
+    tasks = [
+        asyncio.create_task(run_.market.run(market_stop), name="market"),
+        asyncio.create_task(_listen(run_, listener, market_stop), name="feed"),
+        asyncio.create_task(_sampler(run_, reader, market_stop), name="sampler"),
+    ]
+    view = asyncio.create_task(_view(run_, console, live, stop, daemon_task), name="view")
+    await asyncio.wait([view, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    market_stop.set()
+    await view
+    for task in tasks:
+        await task
 
 
 async def _wait_ready(daemon: Daemon, task: asyncio.Task[int], stop: asyncio.Event) -> bool:
