@@ -10,13 +10,13 @@ may come from riskd.migrate too: the types read from the database when it could 
 from alembic import context
 
 from riskd.migrate import (
-    LOCK_TIMEOUT,
-    MIGRATE_LOCK_CLASS,
-    MIGRATE_LOCK_KEY,
     SCHEMA,
     VERSION_TABLE,
+    create_schema,
     install_head,
     prepare_templates,
+    run_sql,
+    script_begin,
 )
 
 config = context.config
@@ -37,19 +37,13 @@ def run_offline() -> None:
         output_buffer=config.attributes.get("output_buffer"),
     )
     with context.begin_transaction():
-        # what `riskd migrate` itself does: yield to trading traffic, one migration at a time
-        # (a script applied by hand gets no retry: run it again if its lock did not come)
-        context.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        context.execute(
-            f"SELECT pg_catalog.pg_advisory_xact_lock({MIGRATE_LOCK_CLASS}, {MIGRATE_LOCK_KEY})"
-        )
-        context.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        run_sql(script_begin())  # what `riskd migrate` itself does (sql/migrate.sql)
         _migrate()
 
 
 def run_online() -> None:
     connection = config.attributes["connection"]
-    connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    connection.exec_driver_sql(create_schema())
     config.attributes["template_params"] = prepare_templates(connection, settings)
     context.configure(
         connection=connection,

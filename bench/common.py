@@ -88,7 +88,7 @@ def start_daemon(dsn: str, config: Path, config_text: str, log: Path) -> subproc
     env |= {"RISKD_DSN": dsn, "RISKD_CONFIG": str(config)}
     daemon = subprocess.Popen([sys.executable, "-m", "riskd", "run"], env=env, stderr=log.open("w"))
     deadline = time.monotonic() + 120
-    while "ready:" not in log.read_text():
+    while "daemon.ready" not in log.read_text():
         if daemon.poll() is not None or time.monotonic() > deadline:
             daemon.kill()
             raise SystemExit(f"the daemon did not start:\n{log.read_text()}")

@@ -18,10 +18,10 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import set_json_loads
 
-from riskd import numbers
+from riskd import migrate, numbers
 from riskd.config import Settings
 from riskd.db import connect
-from riskd.errors import ConfigError
+from riskd.errors import ConfigError, flat
 from riskd.sqlfiles import query
 
 AT_RISK = ("warning", "critical")
@@ -128,7 +128,7 @@ class CloseRequest:
         detail = self.detail if isinstance(self.detail, dict) else {}
         failed = detail.get("flatten_failed")
         if failed is not None:  # riskd could not flatten it, and asked the platform instead
-            return f"  flatten failed: {' '.join(str(failed).split())}"
+            return f"  flatten failed: {flat(str(failed))}"
         if detail.get("mode") == "flatten":
             closed = detail.get("closed")
             n = len(closed) if isinstance(closed, list) else 0
@@ -159,8 +159,7 @@ def _read(settings: Settings) -> psycopg.Connection[Any]:
     """A read-only connection to a database riskd is installed in."""
     conn = connect(settings)
     try:
-        row = conn.execute(query("riskd_schema_exists")).fetchone()
-        if not row or not row[0]:
+        if not migrate.installed(conn):
             raise ConfigError("riskd is not installed in this database: run `riskd migrate`")
         conn.read_only = True
         # jsonb holds numerics: decode them exactly (a float would round money)

@@ -23,6 +23,7 @@ from psycopg.rows import class_row, dict_row
 
 from riskd import numbers
 from riskd.config import Settings
+from riskd.errors import flat
 from riskd.sqlfiles import query
 
 
@@ -379,7 +380,7 @@ def decide_action(
         if made is not None and made.status == "done" and made.mode == "flatten":
             return Checked(r, FLATTENED, made.id)
         failed = made.flatten_failed if made is not None else None
-        note = None if failed is None else f"flatten failed: {' '.join(failed.split())}"
+        note = None if failed is None else f"flatten failed: {flat(failed)}"
         return Checked(r, REQUEST_OPENED, r.close_request_id, note=note)
     pending = [q for q in requests if q.status == "pending"]
     if pending:

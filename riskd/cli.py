@@ -31,7 +31,7 @@ from riskd.config import Settings, load_settings, mask_dsn
 from riskd.daemon.daemon import run as run_daemon
 from riskd.db import CONNECT_TIMEOUT, connect
 from riskd.demo import demo as demos
-from riskd.errors import DatabaseUnavailable, RiskdError, SchemaMappingError
+from riskd.errors import DatabaseUnavailable, RiskdError, SchemaMappingError, message
 from riskd.levels import LEVELS
 
 
@@ -60,12 +60,12 @@ class _Group(click.Group):
         except RiskdError as exc:
             _fail(str(exc), exc.exit_code)
         except psycopg.OperationalError as exc:
-            _fail(f"database unavailable: {' '.join(str(exc).split())}", 2)
+            _fail(f"database unavailable: {message(exc)}", 2)
         except psycopg.Error as exc:
             reason = _riskd_missing(ctx, exc)
             if reason is not None:
                 _fail(str(reason), reason.exit_code)
-            _fail(f"database error: {' '.join(str(exc).split())}", 1)
+            _fail(f"database error: {message(exc)}", 1)
 
 
 def _riskd_missing(ctx: click.Context, exc: psycopg.Error) -> RiskdError | None:

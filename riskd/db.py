@@ -11,7 +11,7 @@ import psycopg
 
 from riskd.config import Settings, mask_dsn
 from riskd.dsn import dsn_problem
-from riskd.errors import ConfigError, DatabaseUnavailable
+from riskd.errors import ConfigError, DatabaseUnavailable, message
 from riskd.sqlfiles import query
 
 if TYPE_CHECKING:
@@ -40,8 +40,7 @@ def connect(
             dsn, autocommit=autocommit, application_name=APPLICATION_NAME, **kwargs
         )
     except psycopg.OperationalError as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DatabaseUnavailable(f"cannot connect to {mask_dsn(dsn)}: {reason}") from exc
+        raise DatabaseUnavailable(f"cannot connect to {mask_dsn(dsn)}: {message(exc)}") from exc
     except psycopg.ProgrammingError as exc:  # malformed DSN: libpq's message quotes it
         problem = dsn_problem(dsn) or "cannot be read as a connection string"
         source = settings.database.source or "[database] dsn"

@@ -31,3 +31,19 @@ class DatabaseUnavailable(RiskdError):
     """The database cannot be reached (refused, timed out, authentication failed)."""
 
     exit_code = 2
+
+
+def flat(text: str) -> str:
+    """``text`` on one line: every run of whitespace (libpq's messages span lines) one space."""
+    return " ".join(text.split())
+
+
+def message(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return flat(str(exc)) or type(exc).__name__
+
+
+def reason(exc: BaseException) -> str:
+    """An exception as one line, its type first: ``OperationalError: connection refused``."""
+    text = flat(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

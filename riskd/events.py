@@ -36,7 +36,7 @@ from psycopg.types.json import set_json_loads
 from riskd import numbers
 from riskd.check import FLATTENED, NO_ACTION, REQUEST_CANCELLED, REQUEST_OPENED
 from riskd.config import parse_duration
-from riskd.errors import ConfigError
+from riskd.errors import ConfigError, reason
 from riskd.pipes import reader_gone
 from riskd.sqlfiles import EVENTS_CHANNEL, query
 
@@ -222,11 +222,6 @@ def hinted_id(payload: str) -> int | None:
     return None
 
 
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _say(line: str) -> None:
     print(f"riskd: {line}", file=sys.stderr, flush=True)
 
@@ -332,15 +327,15 @@ class EventTail:
     def recover(self, lost: BaseException) -> list[Event]:
         """After ``lost``: reconnect (waiting longer after each failure, each said in one
         line), LISTEN, and read what came during the gap."""
-        delay, reason = RECONNECT_INITIAL, lost
+        delay, cause = RECONNECT_INITIAL, lost
         while True:
-            self.say(f"lost the connection ({_reason(reason)}), reconnecting in {delay:g} s")
+            self.say(f"lost the connection ({reason(cause)}), reconnecting in {delay:g} s")
             time.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
             try:
                 conn = self.reconnect()
             except LOST as exc:
-                reason = exc
+                cause = exc
                 continue
             self._close_own()
             self.conn = self._own = conn
@@ -348,7 +343,7 @@ class EventTail:
                 self.listen()  # first LISTEN, then read (DESIGN §6)
                 caught = self._read(set(), after=max(self.floor, self.after - RECONNECT_LOOKBACK))
             except LOST as exc:
-                reason = exc
+                cause = exc
                 continue
             self.say(f"reconnected; caught up after event {self.after}")
             return caught

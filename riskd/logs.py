@@ -27,8 +27,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # psycopg.pool's warnings that repeat what riskd itself logs during an outage: each failed
 # connection attempt of the pool ("error connecting in 'riskd': …", once per pooled
 # connection per backoff step) and each connection it throws away ("discarding broken
-# connection"); riskd's own lines say the same once per retry, with "retrying in N s". The
-# pool's other warnings (it gave up reconnecting, a task of its own failed) still show.
+# connection"); riskd's own lines say the same once per retry (``<what>.retry``, with the
+# reason and ``retry_in``). The pool's other warnings (it gave up reconnecting, a task of its
+# own failed) still show.
 POOL_DUPLICATES = ("error connecting in ", "discarding broken connection", "discarding closed")
 
 
@@ -80,8 +81,30 @@ def _exc_info(record: logging.LogRecord) -> tuple[BaseException, TracebackType |
     return record.exc_info[1], record.exc_info[2]
 
 
+def fields(record: logging.LogRecord) -> dict[str, object]:
+    """What a record carries beside its message: the ``extra=`` fields."""
+    return {k: v for k, v in vars(record).items() if k not in _RESERVED}
+
+
+def _bare(value: str) -> bool:
+    return bool(value) and value.isprintable() and not any(c in value for c in ' "=\\')
+
+
+def field_text(value: object) -> str:
+    """A field's value as ``key=value`` shows it: numbers and plain words as they are, any
+    other text quoted as JSON (so a reason with spaces or quotes stays one value), other
+    values as JSON."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return value if _bare(value) else json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message``, and when there is an exception
+    """``time LEVEL logger: event key=value …``, and when there is an exception
     `` | exception A: x; from B: y | traceback a/b.py:1 f > c/d.py:2 g``, on one line."""
 
     def __init__(self) -> None:
@@ -91,6 +114,9 @@ class TextFormatter(logging.Formatter):
         record.message = one_line(record.getMessage())
         record.asctime = self.formatTime(record, self.datefmt)
         line = self.formatMessage(record)
+        extra = fields(record)
+        if extra:
+            line = one_line(line + "".join(f" {k}={field_text(v)}" for k, v in extra.items()))
         info = _exc_info(record)
         if info is not None:
             exc, tb = info
@@ -115,7 +141,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": one_line(record.getMessage()),
         }
-        out.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        out.update(fields(record))
         info = _exc_info(record)
         if info is not None:
             exc, tb = info

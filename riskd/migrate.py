@@ -54,14 +54,23 @@ from riskd.errors import (
     NotInstalled,
     RiskdError,
     SchemaMappingError,
+    message,
 )
 from riskd.removal import Guard
 from riskd.resources import resource_dir
-from riskd.sqlfiles import MIGRATE_LOCK_CLASS, MIGRATE_LOCK_KEY, queries, render, template_params
+from riskd.sqlfiles import (
+    MIGRATE_LOCK_CLASS,
+    MIGRATE_LOCK_KEY,
+    queries,
+    query,
+    render,
+    template_params,
+)
 
 log = logging.getLogger(__name__)
 
 VERSION_TABLE = "alembic_version"
+MIGRATE_QUERIES = "migrate.sql"
 SCHEMA = "riskd"
 LOCK_TIMEOUT = "2s"
 LOCK_ATTEMPTS = 10
@@ -225,9 +234,7 @@ def _connection(settings: Settings) -> Iterator[sa.Connection]:
     engine = _engine(settings)
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-            # what a WHEN clause or a view resolves at creation must not meet a hostile schema
-            conn.exec_driver_sql("SET search_path = pg_catalog")
+            conn.exec_driver_sql(_sql("session"), {"lock_timeout": LOCK_TIMEOUT})
             conn.commit()
             yield conn
     finally:
@@ -236,15 +243,14 @@ def _connection(settings: Settings) -> Iterator[sa.Connection]:
 
 def _take_migrate_lock(conn: sa.Connection) -> None:
     """Wait for any other ``riskd migrate`` on this database to finish, then hold the lock."""
-    keys = {"cls": MIGRATE_LOCK_CLASS, "key": MIGRATE_LOCK_KEY}
-    got = conn.execute(sa.text("SELECT pg_catalog.pg_try_advisory_lock(:cls, :key)"), keys)
-    if got.scalar():
+    keys = {"lock_class": MIGRATE_LOCK_CLASS, "key": MIGRATE_LOCK_KEY}
+    if conn.exec_driver_sql(_sql("try_lock"), keys).scalar():
         return
-    log.warning("another riskd migrate is running on this database: waiting for it to finish")
-    # the wait is bounded by its own lock_timeout, not by a statement_timeout the role may have
-    conn.exec_driver_sql(f"SET lock_timeout = '{MIGRATE_LOCK_WAIT}'; SET statement_timeout = 0")
+    log.warning("migrate.waiting", extra={"for": "another riskd migrate on this database"})
+    statement_timeout = conn.exec_driver_sql(_sql("statement_timeout")).scalar()
+    conn.exec_driver_sql(_sql("lock_wait"), {"wait": MIGRATE_LOCK_WAIT})
     try:
-        conn.execute(sa.text("SELECT pg_catalog.pg_advisory_lock(:cls, :key)"), keys)
+        conn.exec_driver_sql(_sql("lock"), keys)
     except sa.exc.OperationalError as exc:
         if _is_lock_timeout(exc):
             raise MigrationError(
@@ -252,16 +258,14 @@ def _take_migrate_lock(conn: sa.Connection) -> None:
                 "is one stuck? (pg_stat_activity, application_name riskd)"
             ) from exc
         raise
-    conn.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'; RESET statement_timeout")
+    conn.exec_driver_sql(
+        _sql("lock_waited"),
+        {"lock_timeout": LOCK_TIMEOUT, "statement_timeout": statement_timeout},
+    )
 
 
 def _current(conn: sa.Connection) -> str | None:
-    table = f"{SCHEMA}.{VERSION_TABLE}"
-    exists = conn.execute(sa.text("SELECT pg_catalog.to_regclass(:t)"), {"t": table}).scalar()
-    if exists is None:
-        return None
-    value = conn.exec_driver_sql(f"SELECT version_num FROM {table}").scalar()
-    return None if value is None else str(value)
+    return installed_revision(conn.connection.driver_connection)  # type: ignore[arg-type]
 
 
 def _apply(settings: Settings, target: str, guard: Guard | None = None) -> Outcome:
@@ -269,75 +273,90 @@ def _apply(settings: Settings, target: str, guard: Guard | None = None) -> Outco
     with _connection(settings) as conn:
         _take_migrate_lock(conn)
         before = _current(conn)
-        if before is not None and not known(before):
-            raise newer_schema_error(before)
-        action = plan(before, target, head(), _below(before) if before else set())
-        if action is Action.NONE and before == head() and _capture_astray(conn, settings):
-            action = Action.REMAP
-        remapped = (
-            action is not Action.INSTALL and before is not None and _remapped_keys(conn, settings)
-        )
-        if remapped and (
-            action is Action.DOWNGRADE or (action is Action.UPGRADE and target != head())
-        ):
-            raise MigrationError(
-                f"[schema] differs from the mapping riskd was installed with ({remapped}): a"
-                " changed mapping is installed at head only; move to another revision with the"
-                " installed mapping, or run `riskd migrate` (to head) with the new one"
-            )
-        notes: list[str] = []
-        if action in (Action.INSTALL, Action.UPGRADE, Action.REMAP):
-            # what flatten needs of the layout; a downgrade or a removal stays possible
-            driver = conn.connection.driver_connection
-            schema_mapping.resolve(driver, settings.schema)  # type: ignore[arg-type]
-            try:
-                schema_mapping.check_position_key(driver, settings.schema)  # type: ignore[arg-type]
-            except SchemaMappingError as exc:
-                if settings.risk.auto_close == "flatten":
-                    raise
-                notes.append(f"{exc} (refused with auto_close = flatten)")
-        if action not in (Action.DOWNGRADE, Action.REMOVE):
-            # what every check needs of the layout (DESIGN §2.4): said, never refused
-            driver = conn.connection.driver_connection
-            indexes = schema_mapping.account_index_warnings(driver, settings.schema)  # type: ignore[arg-type]
-            notes += [f"warning: {w}" for w in indexes]
+        action, remapped = _decide(conn, settings, before, target)
+        notes = _layout_notes(conn, settings, action)
         if guard is not None and drops_records(action):
             guard.check(conn, target)
-        cfg = _alembic_config(settings, connection=conn)
-        if action is Action.REMAP:
-            _remap(conn, settings)
-        elif action is Action.INSTALL:
-            cfg.attributes["install"] = True
-            command.stamp(cfg, target)
-        elif action is Action.UPGRADE:
-            if remapped:
-                conn.exec_driver_sql(render("drop_capture.sql", {}))
-            command.upgrade(cfg, target)
-            if remapped:
-                # the revisions rendered what they install from the new mapping; what earlier
-                # ones left on the old tables goes, in the same transaction (I1)
-                _remap(conn, settings)
-        elif action in (Action.DOWNGRADE, Action.REMOVE):
-            command.downgrade(cfg, target)
-        if action is Action.REMOVE:
-            # Alembic leaves its (empty) version table; base means nothing of riskd is left.
-            conn.exec_driver_sql(
-                f"DROP TABLE IF EXISTS {SCHEMA}.{VERSION_TABLE}; DROP SCHEMA IF EXISTS {SCHEMA}"
-            )
+        _move(conn, settings, action, target, remapped)
         conn.commit()
         if action is not Action.NONE:
             log.info("migrate.done", extra={"before": before, "after": _current(conn)})
         if action in (Action.INSTALL, Action.UPGRADE, Action.REMAP):
-            prepared = conn.exec_driver_sql("SHOW max_prepared_transactions").scalar()
+            prepared = conn.exec_driver_sql(_sql("max_prepared_transactions")).scalar()
             note = prepared_transactions_note(int(prepared or 0))
             notes += [note] if note else []
         return Outcome(before, _current(conn), action, tuple(notes))
 
 
+def _decide(
+    conn: sa.Connection, settings: Settings, before: str | None, target: str
+) -> tuple[Action, str]:
+    """What to do, and the [schema] keys changed since the install ("" when none)."""
+    if before is not None and not known(before):
+        raise newer_schema_error(before)
+    action = plan(before, target, head(), _below(before) if before else set())
+    if action is Action.NONE and before == head() and _capture_astray(conn, settings):
+        action = Action.REMAP
+    remapped = (
+        action is not Action.INSTALL and before is not None and _remapped_keys(conn, settings)
+    )
+    if remapped and (action is Action.DOWNGRADE or (action is Action.UPGRADE and target != head())):
+        raise MigrationError(
+            f"[schema] differs from the mapping riskd was installed with ({remapped}): a"
+            " changed mapping is installed at head only; move to another revision with the"
+            " installed mapping, or run `riskd migrate` (to head) with the new one"
+        )
+    return action, remapped or ""
+
+
+def _layout_notes(conn: sa.Connection, settings: Settings, action: Action) -> list[str]:
+    """What the layout lacks, said (or, for flatten's position key, refused)."""
+    driver: Any = conn.connection.driver_connection
+    notes: list[str] = []
+    if action in (Action.INSTALL, Action.UPGRADE, Action.REMAP):
+        # what flatten needs of the layout; a downgrade or a removal stays possible
+        schema_mapping.resolve(driver, settings.schema)
+        try:
+            schema_mapping.check_position_key(driver, settings.schema)
+        except SchemaMappingError as exc:
+            if settings.risk.auto_close == "flatten":
+                raise
+            notes.append(f"{exc} (refused with auto_close = flatten)")
+    if action not in (Action.DOWNGRADE, Action.REMOVE):
+        # what every check needs of the layout (DESIGN §2.4): said, never refused
+        indexes = schema_mapping.account_index_warnings(driver, settings.schema)
+        notes += [f"warning: {w}" for w in indexes]
+    return notes
+
+
+def _move(
+    conn: sa.Connection, settings: Settings, action: Action, target: str, remapped: str
+) -> None:
+    """The move itself, in the attempt's transaction."""
+    cfg = _alembic_config(settings, connection=conn)
+    if action is Action.REMAP:
+        _remap(conn, settings)
+    elif action is Action.INSTALL:
+        cfg.attributes["install"] = True
+        command.stamp(cfg, target)
+    elif action is Action.UPGRADE:
+        if remapped:
+            conn.exec_driver_sql(render("drop_capture.sql", {}))
+        command.upgrade(cfg, target)
+        if remapped:
+            # the revisions rendered what they install from the new mapping; what earlier
+            # ones left on the old tables goes, in the same transaction (I1)
+            _remap(conn, settings)
+    elif action in (Action.DOWNGRADE, Action.REMOVE):
+        command.downgrade(cfg, target)
+    if action is Action.REMOVE:
+        conn.exec_driver_sql(_sql("remove"))
+
+
 def mapping_matches(settings: Settings) -> bool:
     """Were the installed triggers rendered from this [schema] mapping?"""
     with connect(settings) as conn:
-        row = conn.execute(f"SELECT mapping FROM {SCHEMA}.installation").fetchone()
+        row = conn.execute(query("installed_mapping")).fetchone()
     return row is not None and row[0] == schema_mapping.as_json(settings.schema)
 
 
@@ -345,7 +364,7 @@ def _remapped_keys(conn: sa.Connection, settings: Settings) -> str:
     """The [schema] keys whose value differs from the installed mapping's, as ``key: old ->
     new`` (names of tables and columns, never a secret); "" when none does. A key the
     installed release did not know (``position_id`` before 0.2.0) is no change."""
-    installed = conn.exec_driver_sql(f"SELECT mapping FROM {SCHEMA}.installation").scalar()
+    installed = conn.exec_driver_sql(queries()["installed_mapping"]).scalar()
     if not isinstance(installed, dict):
         return ""
     configured = schema_mapping.as_json(settings.schema)
@@ -359,7 +378,7 @@ def _remapped_keys(conn: sa.Connection, settings: Settings) -> str:
 def _capture_astray(conn: sa.Connection, settings: Settings) -> bool:
     """Another mapping than the one installed, or a capture trigger missing or disabled (a
     table swapped, a trigger dropped): head's mapping-dependent SQL is to be installed again."""
-    installed = conn.exec_driver_sql(f"SELECT mapping FROM {SCHEMA}.installation").scalar()
+    installed = conn.exec_driver_sql(queries()["installed_mapping"]).scalar()
     if installed != schema_mapping.as_json(settings.schema):
         return True
     driver = conn.connection.driver_connection
@@ -368,10 +387,7 @@ def _capture_astray(conn: sa.Connection, settings: Settings) -> bool:
 
 def _column_type(conn: sa.Connection, table: str, column: str) -> str | None:
     """The SQL type of a column of one of riskd's tables."""
-    return conn.exec_driver_sql(
-        "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute AS a"
-        f" WHERE a.attrelid = '{SCHEMA}.{table}'::regclass AND a.attname = '{column}'"
-    ).scalar()
+    return conn.exec_driver_sql(_sql("column_type"), {"table": table, "column": column}).scalar()
 
 
 def _remap(conn: sa.Connection, settings: Settings) -> None:
@@ -433,13 +449,33 @@ def why_missing(settings: Settings) -> RiskdError | None:
 def current(settings: Settings) -> str | None:
     """The revision the database is at, None when riskd is not installed."""
     with connect(settings) as conn:
-        exists = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{VERSION_TABLE}",)
-        ).fetchone()
-        if not exists or not exists[0]:
-            return None
-        row = conn.execute(f"SELECT version_num FROM {SCHEMA}.{VERSION_TABLE}").fetchone()
-        return row[0] if row else None
+        return installed_revision(conn)
+
+
+def installed(conn: psycopg.Connection[Any]) -> bool:
+    """Is riskd installed in this database: a question any role may ask."""
+    row = conn.execute(query("riskd_installed")).fetchone()
+    return bool(row and row[0])
+
+
+def installed_revision(conn: psycopg.Connection[Any]) -> str | None:
+    """Is riskd installed, at which revision (None: not installed): the one way every command
+    asks. The revision needs SELECT on riskd.alembic_version (docs/grants.sql)."""
+    if not installed(conn):
+        return None
+    row = conn.execute(query("schema_revision")).fetchone()
+    return None if row is None else str(row[0])
+
+
+async def ainstalled_revision(conn: psycopg.AsyncConnection[Any]) -> str | None:
+    """installed_revision() on an async connection (the daemon's)."""
+    cur = await conn.execute(query("riskd_installed"))
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur = await conn.execute(query("schema_revision"))
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
 
 
 def _target(revision: str) -> str:
@@ -487,7 +523,7 @@ def run(settings: Settings, revision: str = "head", *, guard: Guard | None = Non
     except sa.exc.DBAPIError as exc:
         orig = exc.orig if exc.orig is not None else exc
         what = "could not get a lock in time" if _is_lock_timeout(exc) else "failed"
-        raise MigrationError(f"migrate {revision}: {what}: {' '.join(str(orig).split())}") from exc
+        raise MigrationError(f"migrate {revision}: {what}: {message(orig)}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,22 +598,44 @@ def sql_script(settings: Settings, revision: str = "head") -> Script:
             down = end == "base" or end in _below(start)
             (command.downgrade if down else command.upgrade)(cfg, f"{start}:{end}", sql=True)
             if end == "base":
-                # as the online removal: nothing of riskd is left
-                buffer.write(
-                    f"DROP TABLE IF EXISTS {SCHEMA}.{VERSION_TABLE};\n"
-                    f"DROP SCHEMA IF EXISTS {SCHEMA};\n"
-                )
+                buffer.write(_sql("remove") + "\n")  # as the online removal
         elif end == head():
             cfg.attributes["install"] = True
             command.stamp(cfg, end, sql=True)
         else:
             command.upgrade(cfg, end, sql=True)
     except alembic_util.CommandError as exc:
-        raise MigrationError(f"migrate --sql: {' '.join(str(exc).split())}") from exc
+        raise MigrationError(f"migrate --sql: {message(exc)}") from exc
     return Script(buffer.getvalue(), note)
 
 
+def _sql(name: str) -> str:
+    """A named query of sql/migrate.sql, for a SQLAlchemy connection's driver (``%(name)s``)."""
+    return queries(MIGRATE_QUERIES)[name]
+
+
+def _literal_sql(name: str, **values: object) -> str:
+    """A ``{placeholder}`` section of sql/migrate.sql with the values as SQL literals: for a
+    ``--sql`` script, which carries no parameters."""
+    literals = {key: sql.Literal(value) for key, value in values.items()}
+    return sql.SQL(_sql(name)).format(**literals).as_string(None)
+
+
 # --- used by alembic/env.py and the revisions in alembic/versions ---------------------------
+
+
+def script_begin() -> str:
+    """What a ``--sql`` script does before its first revision (sql/migrate.sql)."""
+    return _literal_sql(
+        "script_begin",
+        lock_timeout=LOCK_TIMEOUT,
+        lock_class=MIGRATE_LOCK_CLASS,
+        key=MIGRATE_LOCK_KEY,
+    )
+
+
+def create_schema() -> str:
+    return _sql("create_schema")
 
 
 def _params() -> dict[str, Any]:
@@ -628,11 +686,7 @@ def run_sql(text: str) -> None:
 def record_statement(settings: Settings) -> str:
     """The statement that records the mapping the triggers were rendered from."""
     payload = json.dumps(schema_mapping.as_json(settings.schema), sort_keys=True)
-    statement = sql.SQL(
-        "INSERT INTO riskd.installation (mapping) VALUES ({}::jsonb)\n"
-        "ON CONFLICT (singleton) DO UPDATE SET mapping = excluded.mapping, updated_at = now();"
-    ).format(sql.Literal(payload))
-    return statement.as_string(None)
+    return _literal_sql("record_installation", mapping=payload)
 
 
 def record_installation() -> None:

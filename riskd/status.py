@@ -202,8 +202,7 @@ def collect(settings: Settings, recent: int = RECENT_EVENTS) -> Status:
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for all
         with conn.transaction():
-            installed = conn.execute(query("status_installed")).fetchone()
-            status.installed = bool(installed and installed[0])
+            status.installed = migrate.installed_revision(conn) is not None
             if not status.installed:
                 return status
             _summary(conn, status)

@@ -113,6 +113,16 @@ SET heartbeat_at = pg_catalog.now(), stats = EXCLUDED.stats, version = EXCLUDED.
 -- name: leave
 DELETE FROM riskd.daemons WHERE instance = %(instance)s
 
+-- name: riskd_installed
+-- Is riskd installed: its version table exists. Read from the catalog, which any role may
+-- read (to_regclass on riskd's tables would need USAGE on schema riskd). riskd.migrate's
+-- installed_revision() reads schema_revision next; both are the one way to ask.
+SELECT EXISTS (
+    SELECT FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'riskd' AND c.relname = 'alembic_version' AND c.relkind = 'r'
+)
+
 -- name: schema_revision
 SELECT version_num FROM riskd.alembic_version
 
@@ -126,9 +136,6 @@ SELECT instance, host, pid, version, started_at, heartbeat_at, stats,
            AS heartbeat_age
 FROM riskd.daemons
 ORDER BY host, pid, instance
-
--- name: status_installed
-SELECT pg_catalog.to_regclass('riskd.alembic_version') IS NOT NULL
 
 -- name: status_summary
 -- riskd status: the rest of the figures in one round trip. The dirty set is an append-only
@@ -209,9 +216,6 @@ WHERE NOT CASE t.kind
 END
 ORDER BY t.n
 
--- name: riskd_schema_exists
--- Readable by any role (to_regclass on riskd's tables would need USAGE on the schema).
-SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'riskd')
 
 -- name: rls_hidden
 -- The mapped tables whose rows row-level security would hide from the current role (I8): RLS

@@ -18,10 +18,10 @@ from typing import Literal
 import psycopg
 
 from riskd import check as checks
-from riskd import numbers
 from riskd.daemon.debounce import Debouncer, busy_delay
-from riskd.daemon.faults import CHECK_FAULTS, TRANSIENT, reason
+from riskd.daemon.faults import CHECK_FAULTS, TRANSIENT
 from riskd.daemon.shared import BACKOFF_INITIAL, Shared
+from riskd.errors import reason
 
 log = logging.getLogger("riskd.daemon")
 
@@ -202,12 +202,7 @@ class Checker:
                 stats.events_by_level[r.level] = stats.events_by_level.get(r.level, 0) + 1
                 what, said = action(r, shared.settings.risk.auto_close)
                 log.info(
-                    "account %s: %s -> %s (utilisation %s)%s",
-                    r.account_id,
-                    r.previous_level,
-                    r.level,
-                    numbers.percent(r.utilization),
-                    f"; action: {said}" if said else "",
+                    "account.transition",
                     extra={
                         "account": r.account_id,
                         "from_level": r.previous_level,
@@ -216,6 +211,7 @@ class Checker:
                         "event_id": r.event_id,
                         "action": what,
                         "close_request_id": r.close_request_id,
+                        **({"outcome": said} if said else {}),
                     },
                 )
             if r.close_request_id is not None:
@@ -228,7 +224,7 @@ class Checker:
         busy = isinstance(exc, psycopg.errors.LockNotAvailable)
         what = on_failure(len(batch), busy=busy, transient=isinstance(exc, TRANSIENT))
         if what == "split":
-            log.warning("check of %d accounts failed: %s; splitting", len(ids), reason(exc))
+            log.warning("check.split", extra={"accounts": len(ids), "reason": reason(exc)})
             half = len(batch) // 2
             await self._check(batch[:half])
             await self._check(batch[half:])
@@ -236,11 +232,11 @@ class Checker:
             account, first = batch[0]
             self._defer_busy(account, first, exc)
         elif what == "requeue":
-            log.warning("check of %d accounts failed: %s; will retry", len(ids), reason(exc))
+            log.warning("check.requeued", extra={"accounts": len(ids), "reason": reason(exc)})
             self.requeue(batch)
             await shared.pause(BACKOFF_INITIAL)
         else:
-            log.error("check of account %s failed: %s", ids[0], reason(exc))
+            log.error("check.dropped", extra={"account": ids[0], "reason": reason(exc)})
             self._busy.pop(ids[0], None)  # not retried: the next sweep or mark starts afresh
             shared.debouncer.forget(ids)
 
@@ -255,11 +251,7 @@ class Checker:
         now = shared.clock()
         shared.debouncer.defer(account, now, first, now + delay)
         log.warning(
-            "check of account %s postponed: %s; retrying in %.1f s (attempt %d)",
-            account,
-            reason(exc),
-            delay,
-            attempt,
+            "check.postponed",
             extra={
                 "account": account,
                 "reason": reason(exc),

@@ -29,7 +29,7 @@ from riskd import check as checks
 from riskd.config import Settings, effective
 from riskd.daemon.checker import Checker
 from riskd.daemon.drain import Drainer
-from riskd.daemon.faults import SCHEMA_GONE, reason
+from riskd.daemon.faults import SCHEMA_GONE
 from riskd.daemon.listen import PING_TIMEOUT, Listener
 from riskd.daemon.preflight import preflight, schema_moved_or
 from riskd.daemon.report import Reporter
@@ -38,7 +38,7 @@ from riskd.daemon.shared import Shared
 from riskd.daemon.stats import Stats
 from riskd.daemon.sweep import Sweeper
 from riskd.db import apool
-from riskd.errors import ConfigError
+from riskd.errors import ConfigError, reason
 from riskd.sqlfiles import CHANGES_CHANNEL, query
 
 log = logging.getLogger("riskd.daemon")
@@ -104,7 +104,7 @@ class Daemon:
 
     def request_stop(self) -> None:
         """Stop the daemon as SIGTERM does (for an embedding program: the demo)."""
-        log.info("stop requested")
+        log.info("stop.requested")
         self.shared.request_stop()
 
     # the run
@@ -130,12 +130,7 @@ class Daemon:
         shared = self.shared
         running = effective(shared.settings)  # the DSN in it is masked
         log.info(
-            "riskd %s (schema revision %s) starting as %s on %s: %s",
-            __version__,
-            shared.stats.schema_revision,
-            shared.instance,
-            running["database"],
-            " ".join(f"{k}={v}" for k, v in running.items() if k != "database"),
+            "daemon.starting",
             extra={
                 "version": __version__,
                 "schema_revision": shared.stats.schema_revision,
@@ -193,9 +188,11 @@ class Daemon:
             nonlocal signals
             signals += 1
             if signals > 1:
-                log.warning("second %s: exiting at once", signal.Signals(signum).name)
+                log.warning(
+                    "signal.again", extra={"signal": signal.Signals(signum).name, "exit": 1}
+                )
                 os._exit(1)
-            log.info("%s: stopping", signal.Signals(signum).name)
+            log.info("signal.received", extra={"signal": signal.Signals(signum).name})
             self.shared.request_stop()
 
         loop = asyncio.get_running_loop()
@@ -211,18 +208,22 @@ class Daemon:
             # another revision or to base); say so in the fence's words, exit 2
             exc = await schema_moved_or(self.shared, exc)
         if isinstance(exc, ConfigError):
-            log.error("%s", exc)
+            log.error("daemon.refused", extra={"error": str(exc)})
             return 2
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
             # a grant revoked while running: not an outage to ride out, nor a bug
             log.error(
-                "%s: the daemon's role lost a privilege: %s (%s); stopping",
-                task.get_name(),
-                exc.diag.message_primary or reason(exc),
-                privileges.GRANTS_HINT,
+                "privilege.lost",
+                extra={
+                    "task": task.get_name(),
+                    "error": exc.diag.message_primary or reason(exc),
+                    "hint": privileges.GRANTS_HINT,
+                },
             )
             return 2
-        log.error("%s failed: %s", task.get_name(), reason(exc), exc_info=exc)
+        log.error(
+            "task.failed", extra={"task": task.get_name(), "reason": reason(exc)}, exc_info=exc
+        )
         return 1
 
     async def _announce_ready(self) -> None:
@@ -231,7 +232,7 @@ class Daemon:
         self.shared.stats.state = "running"
         self.reporter.ready.set()
         self.shared.notifier.ready(self.reporter.summary())
-        log.info("ready: listening on %s", CHANGES_CHANNEL)
+        log.info("daemon.ready", extra={"channel": CHANGES_CHANNEL})
 
     async def _shutdown(
         self,
@@ -257,7 +258,7 @@ class Daemon:
             where = "; ".join(
                 f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()
             )
-            log.error("%s did not stop when asked: %s", task.get_name(), where)
+            log.error("task.stuck", extra={"task": task.get_name(), "where": where})
         _report_failed_while_stopping(set(workers.values()) - reported)
         self.checker.wake()
         in_flight = [a for batch in self.checker.in_flight.values() for a, _ in batch]
@@ -266,9 +267,9 @@ class Daemon:
             await asyncio.wait_for(asyncio.gather(*checkers), timeout)
             in_flight = []
         except TimeoutError:
-            log.warning("checks still running at shutdown_timeout: abandoned, handed back")
+            log.warning("shutdown.timeout", extra={"checks": "abandoned, handed back"})
         except Exception as exc:  # noqa: BLE001 - already counted; the stop goes on
-            log.warning("checker: %s", reason(exc))
+            log.warning("shutdown.checker_failed", extra={"reason": reason(exc)})
         left = sorted({*in_flight, *shared.debouncer.drain_all()})
         handed_back = await self._hand_back(left)
         await self._leave()
@@ -289,12 +290,7 @@ class Daemon:
             async with self.shared.pool.connection(timeout=2.0) as conn:
                 await asyncio.wait_for(conn.execute(query("requeue"), {"rows": rows}), 5.0)
         except Exception as exc:  # noqa: BLE001 - the next sweep finds them anyway
-            log.warning(
-                "could not hand %d accounts back: %s",
-                len(accounts),
-                reason(exc),
-                extra={"accounts": len(accounts), "reason": reason(exc)},
-            )
+            log.warning("handback.failed", extra={"accounts": len(accounts), "reason": reason(exc)})
             return False
         return True
 
@@ -305,7 +301,7 @@ class Daemon:
                     conn.execute(query("leave"), {"instance": self.shared.instance}), 5.0
                 )
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not remove the heartbeat row: %s", reason(exc))
+            log.warning("heartbeat.not_removed", extra={"reason": reason(exc)})
 
 
 def _report_failed_while_stopping(tasks: Iterable[asyncio.Task[None]]) -> None:
@@ -314,7 +310,9 @@ def _report_failed_while_stopping(tasks: Iterable[asyncio.Task[None]]) -> None:
     never retrieved" traceback at exit."""
     for task in tasks:
         if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("%s stopped on: %s", task.get_name(), reason(exc))
+            log.warning(
+                "task.failed_stopping", extra={"task": task.get_name(), "reason": reason(exc)}
+            )
 
 
 def _log_stopped(accounts: int, handed_back: bool) -> None:
@@ -322,18 +320,13 @@ def _log_stopped(accounts: int, handed_back: bool) -> None:
     a hand-back that failed (riskd removed under the daemon, say) leaves them to the next
     sweep."""
     if not accounts:
-        log.info("stopped", extra={"left": 0})
+        log.info("daemon.stopped", extra={"left": 0})
     elif handed_back:
-        log.info(
-            "stopped (%d accounts handed back to the dirty set)",
-            accounts,
-            extra={"left": accounts, "handed_back": True},
-        )
+        log.info("daemon.stopped", extra={"left": accounts, "handed_back": True})
     else:
         log.warning(
-            "stopped (%d accounts could not be handed back: the next sweep checks them)",
-            accounts,
-            extra={"left": accounts, "handed_back": False},
+            "daemon.stopped",
+            extra={"left": accounts, "handed_back": False, "then": "the next sweep checks them"},
         )
 
 

@@ -1,5 +1,5 @@
 """What can go wrong under the daemon, by how it is met: ridden out, isolated, or the end of the
-run; and the one-line text every log line gives an exception."""
+run."""
 
 from __future__ import annotations
 
@@ -36,9 +36,3 @@ SCHEMA_GONE: tuple[type[Exception], ...] = (
     psycopg.errors.InternalError_,
 )
 CHECK_FAULTS: tuple[type[Exception], ...] = (psycopg.Error, *TRANSIENT)
-
-
-def reason(exc: BaseException) -> str:
-    """An exception as one line: its type and its message with the whitespace folded."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -20,9 +20,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from riskd.daemon.faults import LISTENER_FAULTS, ListenerStalled, reason
+from riskd.daemon.faults import LISTENER_FAULTS, ListenerStalled
 from riskd.daemon.shared import BACKOFF_INITIAL, Shared
 from riskd.db import aconnect
+from riskd.errors import reason
 from riskd.sqlfiles import CHANGES_CHANNEL, query
 
 log = logging.getLogger("riskd.daemon")
@@ -96,7 +97,7 @@ class Listener:
             conn = await shared.retry("listener", self._connect)
             if not first:
                 shared.stats.reconnects += 1
-                log.info("listener reconnected")
+                log.info("listener.reconnected")
             first = False
             self.listening = True
             self.ready.set()
@@ -107,10 +108,7 @@ class Listener:
             except LISTENER_FAULTS as exc:
                 shared.stats.errors += 1
                 log.warning(
-                    "listener lost: %s; retrying in %.1f s",
-                    reason(exc),
-                    BACKOFF_INITIAL,
-                    extra={"what": "listener", "reason": reason(exc), "retry_in": BACKOFF_INITIAL},
+                    "listener.lost", extra={"reason": reason(exc), "retry_in": BACKOFF_INITIAL}
                 )
             finally:
                 self.listening = False
@@ -158,7 +156,7 @@ class Listener:
                     PING_TIMEOUT,
                 )
         except Exception as exc:  # noqa: BLE001 - the listener judges by the missing answer
-            log.debug("ping not sent: %s", reason(exc))
+            log.debug("ping.failed", extra={"reason": reason(exc)})
 
     def _on_notify(self, notify: psycopg.Notify) -> bool:
         """Handle one notification; True when it answered our ping."""
@@ -187,10 +185,6 @@ class Listener:
             return
         pid, size = self._dropped.latest
         log.warning(
-            "dropped %d unexpected payload(s) on %s (latest from backend pid %d, %d bytes)",
-            dropped,
-            CHANGES_CHANNEL,
-            pid,
-            size,
+            "payloads.dropped",
             extra={"dropped": dropped, "channel": CHANGES_CHANNEL, "pid": pid, "bytes": size},
         )

@@ -116,7 +116,7 @@ class Metrics:
             raise ConfigError(
                 f"[daemon] metrics_port: cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from exc
-        log.info("metrics on http://%s:%d/metrics", host, port)
+        log.info("metrics.listening", extra={"url": f"http://{host}:{port}/metrics"})
 
     async def close(self) -> None:
         if self._server is not None:

@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 
 from riskd import __version__, capture, migrate, privileges
-from riskd.daemon.faults import SchemaMoved, reason
+from riskd.daemon.faults import SchemaMoved
 from riskd.daemon.shared import Shared
 from riskd.db import CONNECT_TIMEOUT, aconnect
-from riskd.errors import ConfigError
+from riskd.errors import ConfigError, reason
 from riskd.mapping import as_json as mapping_json
 from riskd.mapping import mapped_tables, rls_refusal
 from riskd.sqlfiles import query
@@ -95,25 +95,21 @@ async def check_capture(shared: Shared, conn: psycopg.AsyncConnection[Any]) -> N
     found = await capture.aproblems(conn, shared.settings.schema)
     if found != shared.stats.capture_problems:
         for problem in found:
-            log.error("%s: its changes wait for the sweep; run `riskd migrate`", problem)
+            log.error("capture.missing", extra={"problem": problem, "hint": "run riskd migrate"})
         if not found:
-            log.info("capture triggers in place again")
+            log.info("capture.restored")
     shared.stats.capture_problems = found
 
 
 async def preflight(shared: Shared) -> None:
     """Everything the daemon needs of the database, or a ConfigError saying what is not."""
-    conn = await shared.retry(
-        "database unreachable at start", lambda: _connect_at_start(shared.dsn)
-    )
+    conn = await shared.retry("start", lambda: _connect_at_start(shared.dsn))
     async with conn:
-        cur = await conn.execute(query("riskd_schema_exists"))
-        if not (await cur.fetchone() or (False,))[0]:
-            raise ConfigError(NOT_INSTALLED)
         # the revision first: the privileges to probe are those of this riskd's schema
         try:
-            cur = await conn.execute(query("schema_revision"))
-            row = await cur.fetchone()
+            revision = await migrate.ainstalled_revision(conn)
+            if revision is None:
+                raise ConfigError(NOT_INSTALLED)
             cur = await conn.execute(query("installed_mapping"))
             installed = await cur.fetchone()
         except psycopg.errors.UndefinedTable as exc:
@@ -123,7 +119,7 @@ async def preflight(shared: Shared) -> None:
                 f"the daemon's role lacks a privilege it needs: "
                 f"{exc.diag.message_primary or reason(exc)} ({privileges.GRANTS_HINT})"
             ) from exc
-        check_revision(shared, row[0] if row else None)
+        check_revision(shared, revision)
         wanted = mapping_json(shared.settings.schema)
         if installed is None or installed[0] != wanted:
             raise ConfigError(
@@ -139,7 +135,7 @@ async def preflight(shared: Shared) -> None:
         if hidden:
             raise rls_refusal(hidden, str(conn.info.user))
         await check_capture(shared, conn)
-        log.info("riskd schema at revision %s, as this riskd needs", row[0] if row else None)
+        log.info("schema.ok", extra={"revision": revision})
 
 
 async def schema_moved_or(shared: Shared, exc: BaseException) -> BaseException:
@@ -148,13 +144,12 @@ async def schema_moved_or(shared: Shared, exc: BaseException) -> BaseException:
     try:
         conn = await asyncio.wait_for(aconnect(shared.dsn), CONNECT_TIMEOUT)
         async with conn:
-            cur = await conn.execute(query("schema_revision"))
-            row = await cur.fetchone()
-        check_revision(shared, row[0] if row else None, running=True)
+            revision = await migrate.ainstalled_revision(conn)
+        if revision is None:
+            return SchemaMoved("riskd was removed from this database under the daemon: stopping")
+        check_revision(shared, revision, running=True)
     except SchemaMoved as moved:
         return moved
-    except psycopg.errors.UndefinedTable:
-        return SchemaMoved("riskd was removed from this database under the daemon: stopping")
     except (psycopg.Error, OSError, TimeoutError):
         pass
     return exc

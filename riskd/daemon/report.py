@@ -15,12 +15,13 @@ from datetime import datetime
 import psycopg
 
 from riskd import __version__
-from riskd.daemon.faults import SchemaMoved, reason
+from riskd.daemon.faults import SchemaMoved
 from riskd.daemon.listen import PING_INTERVAL, PING_TIMEOUT, Listener
 from riskd.daemon.preflight import check_revision
 from riskd.daemon.shared import BACKOFF_MAX, Shared
 from riskd.daemon.stats import HEARTBEAT_INTERVAL, STALE_ROW_TTL
 from riskd.db import CONNECT_TIMEOUT
+from riskd.errors import reason
 from riskd.sqlfiles import query
 
 log = logging.getLogger("riskd.daemon")
@@ -89,7 +90,7 @@ class Reporter:
                 ) from exc
             except Exception as exc:  # noqa: BLE001 - reported, never fatal
                 shared.stats.errors += 1
-                log.warning("heartbeat not written: %s", reason(exc))
+                log.warning("heartbeat.failed", extra={"reason": reason(exc)})
             shared.notifier.status(self.summary())
             await shared.pause(HEARTBEAT_INTERVAL)
 
@@ -104,5 +105,5 @@ class Reporter:
             if self.healthy():
                 shared.notifier.watchdog()
             else:
-                log.warning("listener unhealthy: withholding the systemd watchdog ping")
+                log.warning("watchdog.withheld", extra={"why": "listener unhealthy"})
             await asyncio.sleep(interval)

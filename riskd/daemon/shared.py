@@ -23,11 +23,12 @@ from tenacity import wait_exponential_jitter as backoff
 from riskd import migrate
 from riskd.config import Settings, risk_fingerprint
 from riskd.daemon.debounce import Debouncer
-from riskd.daemon.faults import LISTENER_FAULTS, reason
+from riskd.daemon.faults import LISTENER_FAULTS
 from riskd.daemon.metrics import Metrics
 from riskd.daemon.sdnotify import SdNotifier
 from riskd.daemon.stats import Stats
 from riskd.db import require_dsn
+from riskd.errors import reason
 
 if TYPE_CHECKING:
     import psycopg
@@ -102,13 +103,8 @@ class Shared:
             delay = state.next_action.sleep if state.next_action else 0.0
             said = reason(exc) if exc else "failed"
             log.warning(
-                "%s: %s; retrying in %.1f s (attempt %d)",
-                what,
-                said,
-                delay,
-                state.attempt_number,
+                f"{what}.retry",
                 extra={
-                    "what": what,
                     "reason": said,
                     "retry_in": round(delay, 3),
                     "attempt": state.attempt_number,
@@ -123,6 +119,7 @@ class Shared:
         )
 
     async def retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()``, retried through transient faults; each retry logged as ``<what>.retry``."""
         async for attempt in self._retrying(what):
             with attempt:
                 return await fn()

@@ -17,10 +17,11 @@ import psycopg
 
 from riskd import check as checks
 from riskd.daemon.checker import Checker
-from riskd.daemon.faults import TRANSIENT, reason
+from riskd.daemon.faults import TRANSIENT
 from riskd.daemon.preflight import check_capture
 from riskd.daemon.shared import Shared
 from riskd.db import aconnect
+from riskd.errors import reason
 from riskd.sqlfiles import SWEEP_LEADER_CLASS, SWEEP_LEADER_KEY, query
 
 log = logging.getLogger("riskd.daemon")
@@ -50,7 +51,7 @@ class Sweeper:
         interval = shared.settings.daemon.sweep_interval
         await self.listening.wait()
         while not shared.stopping.is_set():
-            conn = await shared.retry("sweep connection", lambda: aconnect(shared.dsn))
+            conn = await shared.retry("sweep", lambda: aconnect(shared.dsn))
             try:
                 shared.stats.leader = False
                 while not shared.stopping.is_set():
@@ -67,7 +68,7 @@ class Sweeper:
                         await shared.pause(min(interval, FOLLOWER_RETRY))
             except TRANSIENT as exc:
                 shared.stats.errors += 1
-                log.warning("sweep connection lost: %s; reconnecting", reason(exc))
+                log.warning("sweep.lost", extra={"reason": reason(exc)})
             finally:
                 shared.stats.leader = False
                 with contextlib.suppress(Exception):
@@ -80,7 +81,7 @@ class Sweeper:
         row = await cur.fetchone()
         leader = bool(row and row[0])
         if leader:
-            log.info("this instance is the sweep leader")
+            log.info("sweep.leader")
         return leader
 
     async def _until_next(self, conn: psycopg.AsyncConnection[Any], interval: float) -> None:
@@ -104,9 +105,7 @@ class Sweeper:
         row = await cur.fetchone()
         requests, reasons = row if row else (0, None)
         if requests:
-            log.info(
-                "sweep requested: %s", reasons, extra={"requests": requests, "reason": reasons}
-            )
+            log.info("sweep.requested", extra={"requests": requests, "reason": reasons})
             self.on_request()
         return int(requests)
 
@@ -122,8 +121,6 @@ class Sweeper:
         shared.stats.last_sweep_duration = round(took, 3)
         shared.metrics.sweep.observe(took)
         log.info(
-            "swept in %.2f s: %d accounts to check",
-            shared.stats.last_sweep_duration,
-            len(candidates),
-            extra={"duration": shared.stats.last_sweep_duration, "checked": len(candidates)},
+            "sweep.done",
+            extra={"seconds": shared.stats.last_sweep_duration, "candidates": len(candidates)},
         )

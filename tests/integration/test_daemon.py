@@ -164,7 +164,9 @@ def test_second_signal_exits_at_once(db: Db, start: Start) -> None:
             "the check to wait on the lock",
         )
         daemon.signal(signal.SIGTERM)
-        wait_until(lambda: "stopping" in daemon.log(), 10, "the first signal taken")
+        wait_until(
+            lambda: "signal.received signal=SIGTERM" in daemon.log(), 10, "the first signal taken"
+        )
         assert daemon.alive()  # waiting for the check in flight
         daemon.signal(signal.SIGTERM)
         assert daemon.proc is not None

@@ -30,21 +30,21 @@ def test_bad_payloads_are_counted_whole_and_a_transition_says_its_action(
         for payload in ("one", "two", "three"):
             conn.execute("SELECT pg_notify('riskd_changes', %s)", (payload,))
     wait_until(
-        lambda: "dropped 3 unexpected payload(s) on riskd_changes" in daemon.log(),
+        lambda: "payloads.dropped dropped=3 channel=riskd_changes " in daemon.log(),
         10,
         "the three payloads said",
     )
-    assert "dropped 1 " not in daemon.log()
+    assert "dropped=1 " not in daemon.log()
     set_quantity(db, account, "95")
     row = wait_until(
         lambda: db.conn.execute("SELECT id FROM riskd.close_requests").fetchone(),
         10,
         "the close request",
     )
-    said = f"account {account}: ok -> critical "
+    said = f"account.transition account={account} from_level=ok to_level=critical "
     wait_until(lambda: said in daemon.log(), 10, "the transition logged")
     (line,) = [line for line in daemon.log().splitlines() if said in line]
-    assert line.endswith(f"); action: close request {row[0]} opened"), line
+    assert line.endswith(f'close_request_id={row[0]} outcome="close request {row[0]} opened"'), line
     assert daemon.stop() == 0
 
 
@@ -60,14 +60,14 @@ def test_an_outage_is_logged_one_line_per_event(db: Db, start: Start) -> None:
         daemon.wait_ready()
         proxy.close()  # every connection reset, every new one refused
         wait_until(
-            lambda: daemon.log().count("retrying in") >= 4 and "listener lost" in daemon.log(),
+            lambda: daemon.log().count("retry_in=") >= 4 and "listener.lost" in daemon.log(),
             20,
             "the outage logged",
         )
         assert daemon.stop() == 0
     lines = daemon.log().splitlines()
     assert [line for line in lines if not RECORD.match(line)] == []
-    (lost,) = [line for line in lines if "listener lost: " in line]
-    assert lost.endswith("; retrying in 0.2 s")
+    (lost,) = [line for line in lines if "listener.lost " in line]
+    assert lost.endswith(" retry_in=0.2")
     assert "Connection refused Is the server running" in daemon.log()  # flattened, not cut
     assert "error connecting in" not in daemon.log()

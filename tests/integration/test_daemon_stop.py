@@ -26,7 +26,8 @@ Start = Callable[..., DaemonProcess]
 
 # marks wait in the debouncer far longer than any of these tests: the stop finds them there
 HOLD = {"debounce": "60s", "max_delay": "120s"}
-HANDED_BACK = "handed back to the dirty set"
+HANDED_BACK = "handed_back=true"
+NOT_HANDED_BACK = 'daemon.stopped left=3 handed_back=false then="the next sweep checks them"'
 
 
 @pytest.fixture
@@ -58,17 +59,17 @@ def dirty(db: Db) -> set[str]:
 
 
 def stop_lines(daemon: DaemonProcess) -> list[str]:
-    """The daemon's last words, as logged (text format: time level logger: message)."""
+    """The daemon's last words, as logged (text format: time level logger: event fields)."""
     prefix = "riskd.daemon: "
     lines = daemon.log().splitlines()
-    return [line.split(prefix, 1)[1] for line in lines if f"{prefix}stopped" in line]
+    return [line.split(prefix, 1)[1] for line in lines if f"{prefix}daemon.stopped" in line]
 
 
 def test_a_stop_with_nothing_left_says_stopped(db: Db, start: Start) -> None:
     daemon = start()
     daemon.wait_ready()
     assert daemon.stop() == 0
-    assert stop_lines(daemon) == ["stopped"]
+    assert stop_lines(daemon) == ["daemon.stopped left=0"]
 
 
 def test_accounts_held_at_the_stop_are_handed_back(db: Db, start: Start) -> None:
@@ -76,7 +77,7 @@ def test_accounts_held_at_the_stop_are_handed_back(db: Db, start: Start) -> None
     assert dirty(db) == set()  # drained: the debouncer has them
     assert daemon.stop() == 0
     assert dirty(db) == set(accounts)
-    assert stop_lines(daemon) == [f"stopped (3 accounts {HANDED_BACK})"]
+    assert stop_lines(daemon) == [f"daemon.stopped left=3 {HANDED_BACK}"]
 
 
 def test_a_refused_hand_back_is_not_claimed(db: Db, start: Start) -> None:
@@ -94,11 +95,9 @@ def test_a_refused_hand_back_is_not_claimed(db: Db, start: Start) -> None:
     assert daemon.stop() == 0
     assert dirty(db) == set()
     log = daemon.log()
-    assert "could not hand 3 accounts back" in log and "the test refuses the hand-back" in log
+    assert "handback.failed accounts=3 " in log and "the test refuses the hand-back" in log
     assert HANDED_BACK not in log, log
-    assert stop_lines(daemon) == [
-        "stopped (3 accounts could not be handed back: the next sweep checks them)"
-    ]
+    assert stop_lines(daemon) == [NOT_HANDED_BACK]
 
 
 def test_riskd_removed_under_the_daemon_leaves_nothing_claimed(db: Db, start: Start) -> None:
@@ -111,9 +110,7 @@ def test_riskd_removed_under_the_daemon_leaves_nothing_claimed(db: Db, start: St
     log = daemon.log()
     assert HANDED_BACK not in log, log
     assert "Traceback" not in log, log  # a worker failing on the way out says so in a line
-    assert stop_lines(daemon) == [
-        "stopped (3 accounts could not be handed back: the next sweep checks them)"
-    ]
+    assert stop_lines(daemon) == [NOT_HANDED_BACK]
 
 
 def used_margin(db: Db, account: str) -> Decimal | None:

@@ -250,7 +250,7 @@ def test_database_unreachable_at_start_keeps_retrying(start: Start) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     daemon = start(dsn=f"postgresql://riskd@127.0.0.1:{port}/trading")
-    wait_until(lambda: daemon.log().count("retrying in") >= 3, 20, "three retries logged")
+    wait_until(lambda: daemon.log().count("start.retry ") >= 3, 20, "three retries logged")
     assert daemon.alive()
     assert "password" not in daemon.log()
     assert daemon.stop() == 0

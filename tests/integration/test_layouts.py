@@ -247,7 +247,7 @@ def test_truncate_asks_for_a_sweep(db: Db, tmp_path: Path, limit: str | None) ->
             conn.execute("TRUNCATE public.positions")
         wait_until(lambda: level(db, "a") == "ok", WAIT, "a swept back to ok")
         daemon.wait_stats(lambda s: s["sweeps"] >= 2, WAIT, "the second sweep counted")
-        assert "sweep requested: TRUNCATE public.positions" in daemon.log()
+        assert 'sweep.requested requests=1 reason="TRUNCATE public.positions"' in daemon.log()
         # the TRUNCATE drew the wake-up without a mark to drain: the daemon re-armed it all
         # the same, so the next trade notifies instead of waiting for the timer drain
         armed = "SELECT pg_sequence_last_value('riskd.wakeup') IS NULL"

@@ -218,7 +218,7 @@ def wait_ready(daemon: DaemonProcess) -> None:
 
     def ready() -> bool:
         assert daemon.alive(), f"daemon exited early:\n{daemon.log()}"
-        return "ready: listening" in daemon.log()
+        return "daemon.ready" in daemon.log()
 
     wait_until(ready, 15, "the daemon to be ready")
 
@@ -365,7 +365,7 @@ class Outcome:
 
 def settled(stderr: str) -> bool:
     """The daemon carries on: it accepted the role, or took a refusal for an outage."""
-    return any(sign in stderr for sign in ("ready: listening", "retrying in", "Traceback"))
+    return any(sign in stderr for sign in ("daemon.ready", "retry_in=", "Traceback"))
 
 
 def run_daemon(db: Db, user: str, tmp_path: Path, **env: str) -> Outcome:

@@ -63,7 +63,7 @@ def test_metrics_and_healthz(db: Db, start: Start) -> None:
     assert "riskd_debouncer_accounts" in text and "riskd_lag_seconds" in text
     assert get(port, "/nope")[0] == 404
     # loopback only by default
-    listening = [line for line in daemon.log().splitlines() if "metrics on" in line]
+    listening = [line for line in daemon.log().splitlines() if "metrics.listening" in line]
     assert listening and "http://127.0.0.1:" in listening[0]
     assert daemon.stop() == 0
 
@@ -94,11 +94,14 @@ def test_json_logs_and_no_password(db: Db, start: Start) -> None:
     assert "sekrit-pw" not in log
     records = [json.loads(line) for line in log.splitlines() if line.strip()]
     assert records and all({"timestamp", "level", "event"} <= r.keys() for r in records)
-    (transition,) = [r for r in records if "ok -> critical" in r["event"]]
-    assert transition["account"] == a and transition["to_level"] == "critical"
-    assert transition["event_id"] >= 1 and transition["utilization"] == "0.9500000000"
-    assert any("duration" in r and "checked" in r for r in records)  # the sweep
-    assert any("starting" in r["event"] and "***" in r["event"] for r in records)
+    (transition,) = [r for r in records if r["event"] == "account.transition"]
+    assert transition["account"] == a and transition["from_level"] == "ok"
+    assert transition["to_level"] == "critical" and transition["event_id"] >= 1
+    assert transition["utilization"] == "0.9500000000"
+    assert transition["outcome"] == f"close request {transition['close_request_id']} opened"
+    assert any(r["event"] == "sweep.done" and "candidates" in r for r in records)
+    (start_line,) = [r for r in records if r["event"] == "daemon.starting"]
+    assert "***" in start_line["database"] and start_line["batch_size"] == 500
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def test_a_running_daemon_blocks_the_removal_and_a_forced_one_stops_it_in_one_li
         errors = [line for line in log.splitlines() if " ERROR " in line]
         assert len(errors) == 1, log
         assert errors[0].endswith(
-            "riskd was removed from this database under the daemon: stopping"
+            'daemon.refused error="riskd was removed from this database under the daemon: stopping"'
         ), log
     finally:
         daemon.close()

@@ -105,9 +105,9 @@ def test_healthy_with_a_running_daemon_then_unhealthy_once_it_stops(
 
     # issue 10: the start line says what the daemon runs with, the heartbeat carries the risk
     # settings, and a live instance configured otherwise is named with the setting
-    (start,) = [line for line in daemon.log().splitlines() if "starting as" in line]
+    (start,) = [line for line in daemon.log().splitlines() if "daemon.starting" in line]
     assert start.endswith(
-        ": warning_threshold=0.80 auto_close_threshold=0.90 hysteresis=0.02 auto_close=request "
+        " warning_threshold=0.80 auto_close_threshold=0.90 hysteresis=0.02 auto_close=request "
         "debounce=0.2s max_delay=1s sweep_interval=60s batch_size=500"
     ), start
     assert instance["risk"] == instance["stats"]["risk"] == DEFAULT_RISK

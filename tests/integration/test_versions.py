@@ -86,7 +86,7 @@ def test_the_start_line_names_the_revision(db: Db, tmp_path: Path) -> None:
     daemon = _daemon(db, tmp_path).start()
     try:
         daemon.wait_ready()
-        assert f"riskd {__version__} (schema revision {HEAD}) starting as" in daemon.log()
+        assert f"daemon.starting version={__version__} schema_revision={HEAD} " in daemon.log()
         assert daemon.stop() == 0
     finally:
         daemon.close()

@@ -12,11 +12,11 @@ from riskd import migrate
 from riskd.daemon.checker import next_batch, on_failure
 from riskd.daemon.debounce import Debouncer
 from riskd.daemon.drain import Arming
-from riskd.daemon.faults import SchemaMoved, reason
+from riskd.daemon.faults import SchemaMoved
 from riskd.daemon.listen import PING_TIMEOUT, DropCount, Ping, ping_step
 from riskd.daemon.preflight import revision_error
 from riskd.daemon.report import HEALTH_WINDOW, healthy
-from riskd.errors import ConfigError
+from riskd.errors import ConfigError, reason
 
 
 def test_a_due_account_goes_before_sweep_work() -> None:

@@ -262,7 +262,7 @@ def test_riskd_status_and_the_daemon_log_never_show_the_password(
     logs = _run_daemon(loaded)
     for text in logs.rendered:
         _assert_secret_free(text, secrets, "a log record")
-    starts = [r for r in logs.records if "starting as" in r.getMessage()]
+    starts = [r for r in logs.records if r.getMessage() == "daemon.starting"]
     assert len(starts) == 1 and starts[0].__dict__["database"] == mask_dsn(dsn)
     assert any(r.levelno >= logging.WARNING for r in logs.records)  # it did try to connect
 

@@ -62,7 +62,7 @@ def failing() -> None:
 
 def test_every_record_is_one_line(captured: io.StringIO, log_format: str) -> None:
     log = logging.getLogger("riskd.test")
-    log.warning("lost: %s; retrying in %.1f s", REFUSED, 0.2, extra={"reason": REFUSED})
+    log.warning("listener.lost", extra={"reason": REFUSED, "retry_in": 0.2})
     try:
         failing()
     except RuntimeError:
@@ -73,11 +73,7 @@ def test_every_record_is_one_line(captured: io.StringIO, log_format: str) -> Non
     assert len(lines) == 4
     if log_format == "json":
         lost, failed, forged, _ = (json.loads(line) for line in lines)
-        assert lost["event"] == (
-            'lost: connection failed: connection to server at "127.0.0.1", port 5432 failed: '
-            "Connection refused Is the server running on that host and accepting TCP/IP "
-            "connections?; retrying in 0.2 s"
-        )
+        assert lost["event"] == "listener.lost" and lost["retry_in"] == 0.2
         assert lost["reason"] == REFUSED  # a field keeps its value: JSON escapes the break
         assert failed["exception"] == (
             "RuntimeError: the failure; from OSError: the cause over two lines"
@@ -90,9 +86,10 @@ def test_every_record_is_one_line(captured: io.StringIO, log_format: str) -> Non
     else:
         lost, failed, forged, _ = lines
         assert lost.endswith(
-            "WARNING riskd.test: lost: connection failed: connection to server at "
-            '"127.0.0.1", port 5432 failed: Connection refused Is the server running on that '
-            "host and accepting TCP/IP connections?; retrying in 0.2 s"
+            "WARNING riskd.test: listener.lost reason="
+            '"connection failed: connection to server at \\"127.0.0.1\\", port 5432 failed: '
+            "Connection refused\\n\\tIs the server running on that host and accepting TCP/IP "
+            'connections?" retry_in=0.2'
         )
         assert (
             "checker failed | exception RuntimeError: the failure; from OSError: the cause over "
@@ -125,3 +122,36 @@ def test_one_line() -> None:
     assert logs.one_line("a\n\tb\r\nc\u2028d\n\n") == "a b c d"
     assert logs.one_line("tab\tkept, \x00 escaped") == "tab\tkept, \\x00 escaped"
     assert logs.one_line("é ü 💸") == "é ü 💸"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (3, "3"),
+        (0.25, "0.25"),
+        (True, "true"),
+        (None, "null"),
+        ("critical", "critical"),
+        ("acc-1:x", "acc-1:x"),
+        ("", '""'),
+        ("two words", '"two words"'),
+        ('say "x"', '"say \\"x\\""'),
+        ("a=b", '"a=b"'),
+        ("line\nbreak", '"line\\nbreak"'),
+        (["a", 1], '["a", 1]'),
+        ({"k": "v"}, '{"k": "v"}'),
+    ],
+)
+def test_a_field_is_one_value_in_text(value: object, shown: str) -> None:
+    assert logs.field_text(value) == shown
+
+
+def test_text_renders_the_fields_after_the_event(captured: io.StringIO, log_format: str) -> None:
+    logging.getLogger("riskd.test").info(
+        "daemon.stopped", extra={"left": 3, "handed_back": True, "note": "a b"}
+    )
+    (line,) = records(captured, log_format)
+    if log_format == "json":
+        assert json.loads(line)["left"] == 3
+    else:
+        assert line.endswith('INFO riskd.test: daemon.stopped left=3 handed_back=true note="a b"')
