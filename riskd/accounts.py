@@ -181,25 +181,22 @@ def by_level(
     settings: Settings, levels: tuple[str, ...] = AT_RISK, limit: int = DEFAULT_LIMIT
 ) -> Listing:
     """The accounts at these levels, critical first, then by utilisation, highest first."""
-    params = _thresholds(settings) | {"levels": list(levels), "limit": limit}
-    with (
-        _read(settings) as conn,
-        conn.transaction(),
-        conn.cursor(row_factory=class_row(AccountFigures)) as cur,
-    ):
-        rows = cur.execute(query("accounts_by_level"), params).fetchall()
-    return Listing(rows, rows[0].total if rows else 0)
+    return _listing(settings, "accounts_by_level", {"levels": list(levels), "limit": limit})
 
 
 def nearest(settings: Settings, n: int) -> Listing:
     """The ``n`` accounts below critical nearest the next threshold up."""
-    params = _thresholds(settings) | {"limit": n}
+    return _listing(settings, "accounts_nearest", {"limit": n})
+
+
+def _listing(settings: Settings, name: str, params: dict[str, Any]) -> Listing:
+    """A named query's accounts, each with the total the query counted."""
     with (
         _read(settings) as conn,
         conn.transaction(),
         conn.cursor(row_factory=class_row(AccountFigures)) as cur,
     ):
-        rows = cur.execute(query("accounts_nearest"), params).fetchall()
+        rows = cur.execute(query(name), _thresholds(settings) | params).fetchall()
     return Listing(rows, rows[0].total if rows else 0)
 
 
