@@ -48,6 +48,12 @@ WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ORDER BY total_exec_time DESC
 """
 
+STATS = """
+SELECT sum((stats->>'checks')::bigint), sum((stats->>'check_batches')::bigint),
+       sum((stats->>'drains')::bigint), sum((stats->>'drained_accounts')::bigint)
+FROM riskd.daemons
+"""
+
 # pgbench's trading statements, by how they begin; everything else top-level is riskd's
 # (the daemon's drains, checks, heartbeats; the sweep) or this script's.
 TRADING = ("INSERT INTO executions", "UPDATE positions", "UPDATE trading_accounts", "BEGIN", "END")
@@ -127,6 +133,7 @@ def main() -> None:
             caught_up(db.dsn, time.monotonic() + 300)
             with psycopg.connect(db.dsn, autocommit=True) as conn:
                 rows = conn.execute(READ).fetchall()
+                stats = conn.execute(STATS).fetchone()
         finally:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -144,6 +151,13 @@ def main() -> None:
         f"{time.monotonic() - started:.0f} s in all\n"
     )
     print("\n".join(report(rows, tx)))
+    if stats is not None:
+        checks, batches, drains, drained = (int(v or 0) for v in stats)
+        print(
+            f"\nthe daemon since its start (its start-up sweep included): {checks} checks in "
+            f"{batches} batches ({checks / max(batches, 1):.1f} accounts each), {drains} drains "
+            f"({drained / max(drains, 1):.1f} accounts each)"
+        )
 
 
 class _Cluster:

@@ -28,9 +28,7 @@ from riskd import migrate as migrations
 from riskd import status as status_report
 from riskd import units as systemd_units
 from riskd.config import Settings, load_settings, mask_dsn
-from riskd.daemon.daemon import run as run_daemon
 from riskd.db import CONNECT_TIMEOUT, connect
-from riskd.demo import demo as demos
 from riskd.errors import DatabaseUnavailable, RiskdError, SchemaMappingError, message
 from riskd.levels import LEVELS
 
@@ -233,6 +231,8 @@ def run(opts: _Options, verbose: bool) -> None:
     settings = opts.settings()
     _refuse_a_wrong_mapping(settings)
     logs.configure(settings.daemon.log_format, logging.DEBUG if verbose else logging.INFO)
+    from riskd.daemon.daemon import run as run_daemon  # the daemon's alone: asyncio, the pool
+
     sys.exit(run_daemon(settings))
 
 
@@ -467,6 +467,8 @@ def demo(accounts: int, positions: int, duration: float, keep: bool) -> None:
     the demo (the daemon does not): stop it with the printed pg_ctl command, then delete the
     printed directory.
     """
+    from riskd.demo import demo as demos  # the demo's alone: rich, the daemon, the cluster
+
     options = demos.DemoOptions(
         accounts=accounts, positions=positions, duration=duration, keep=keep
     )
