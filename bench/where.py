@@ -118,6 +118,7 @@ def main() -> None:
     with seeded_database(args.accounts, args.positions, server=server) as db:
         with psycopg.connect(db.dsn, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pg_stat_statements")
+        OUT.mkdir(exist_ok=True)
         config = OUT / "where.toml"
         config.write_text("# riskd at its defaults: the DSN comes from RISKD_DSN\n")
         run_sweep(db.dsn, config)  # every account's state recorded, as in production
