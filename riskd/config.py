@@ -16,11 +16,14 @@ the DSN's source and quotes none of it).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
@@ -112,6 +115,28 @@ class DaemonSettings:
     metrics_host: str = "127.0.0.1"  # where /metrics and /healthz listen; loopback by default
 
 
+# Standard Webhooks' retry schedule: the first attempt at once, then these waits.
+RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class WebhookSettings:
+    """The platform's endpoint for risk events (DESIGN §4 "Webhooks"); url "" = off."""
+
+    url: str = ""
+    secret: str = field(default="", compare=False)  # whsec_<base64>: never in a repr or a log
+    timeout: float = 15.0
+    retry_schedule: tuple[float, ...] = RETRY_SCHEDULE
+    concurrency: int = 4
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookSettings(url={self.url!r}, secret={'***' if self.secret else ''!r}, "
+            f"timeout={self.timeout:g}, retry_schedule={self.retry_schedule!r}, "
+            f"concurrency={self.concurrency})"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaMapping:
     """Where the platform keeps its data; the defaults are the reference schema."""
@@ -138,6 +163,7 @@ class Settings:
     risk: RiskSettings = field(default_factory=RiskSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     schema: SchemaMapping = field(default_factory=SchemaMapping)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
     config_path: Path | None = None
 
 
@@ -249,6 +275,57 @@ def _choice(*options: str) -> Converter:
     return convert
 
 
+def _webhook_url(value: object) -> str:
+    text = _string(value).strip()
+    if not text:
+        return ""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not text.isprintable():
+        raise ValueError(f"expected an http:// or https:// URL, got {_show(_url_shown(text))}")
+    if " " in text:
+        raise ValueError("a URL holds no spaces (percent-encode them)")
+    return text
+
+
+def _url_shown(url: str) -> str:
+    """A webhook URL as riskd shows it: without user info or query, which may hold tokens."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else url[:20]
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (``whsec_`` and the base64 of 24 to 64 random
+    bytes), or ValueError; the message never quotes the secret."""
+    encoded = secret.strip().removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError("expected whsec_ and a base64 key (the value is not shown)") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"the key must be 24 to 64 bytes, this one is {len(key)}")
+    return key
+
+
+def _webhook_secret(value: object) -> str:
+    text = _string(value).strip()
+    if text:
+        webhook_key(text)
+    return text
+
+
+def _retry_schedule(value: object) -> tuple[float, ...]:
+    """A list of durations (TOML), or the same comma-separated (an environment variable)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ValueError('expected a non-empty list of durations, e.g. ["5s", "5m"]')
+    if len(items) > 20:
+        raise ValueError(f"at most 20 steps, got {len(items)}")
+    steps = tuple(_bounded(parse_duration, 0, above=True)(item) for item in items)
+    return steps
+
+
 _SECTIONS: dict[str, dict[str, Converter]] = {
     "database": {"dsn": _string},
     "risk": {
@@ -270,6 +347,14 @@ _SECTIONS: dict[str, dict[str, Converter]] = {
     "schema": {
         key: (lambda v: TableName.parse(_string(v))) if key.endswith("_table") else _identifier
         for key in (f.name for f in fields(SchemaMapping))
+    },
+    "webhook": {
+        "url": _webhook_url,
+        "secret": _webhook_secret,
+        "secret_file": lambda v: Path(_string(v).strip()) if _string(v).strip() else None,
+        "timeout": _bounded(parse_duration, 0, 300, above=True),
+        "retry_schedule": _retry_schedule,
+        "concurrency": _bounded(_integer, 1, 64),
     },
 }
 
@@ -408,13 +493,42 @@ def load_settings(
     risk = RiskSettings(**values["risk"])
     daemon = DaemonSettings(**values["daemon"])
     _validate(risk, daemon, raw)
+    webhook = _webhook(values["webhook"], raw)
     return Settings(
         database=_database(dsn, environ, values["database"].get("dsn"), raw),
         risk=risk,
         daemon=daemon,
         schema=SchemaMapping(**values["schema"]),
+        webhook=webhook,
         config_path=path,
     )
+
+
+def _webhook(values: dict[str, Any], raw: _Raw) -> WebhookSettings:
+    """[webhook]: the secret from ``secret`` (or RISKD_WEBHOOK_SECRET) or ``secret_file``, and
+    required once ``url`` is set."""
+    path = values.pop("secret_file", None)
+    if path is not None:
+        if values.get("secret"):
+            raise ConfigError("[webhook] secret and secret_file: set one of them, not both")
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ConfigError(
+                f"[webhook] secret_file: cannot read {_name(path)}: {reason}"
+            ) from None
+        try:
+            values["secret"] = _webhook_secret(text)
+        except ValueError as exc:
+            raise ConfigError(f"[webhook] secret_file: {exc} ({_name(path)})") from None
+    if values.get("url") and not values.get("secret"):
+        where = raw["webhook", "url"][1]
+        raise ConfigError(
+            f"[webhook] secret: required once [webhook] url is set ({where}); give it in "
+            "RISKD_WEBHOOK_SECRET or [webhook] secret_file"
+        )
+    return WebhookSettings(**values)
 
 
 def _database(
