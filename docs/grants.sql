@@ -120,6 +120,11 @@ GRANT SELECT, INSERT ON riskd.risk_events TO :"daemon_role";
 GRANT SELECT, INSERT, UPDATE ON riskd.close_requests TO :"daemon_role";
 GRANT SELECT ON riskd.account_limits TO :"daemon_role";
 
+-- The webhook outbox (issue 13): the check's events get their delivery row in the same
+-- transaction (a trigger, with these privileges), and the delivery task claims due rows
+-- (SELECT … FOR UPDATE SKIP LOCKED) and records each attempt (UPDATE).
+GRANT SELECT, INSERT, UPDATE ON riskd.deliveries TO :"daemon_role";
+
 -- The functions the daemon calls, and the SQL functions they call in turn (a function called
 -- from a function is checked against the caller too). PostgreSQL grants EXECUTE to PUBLIC by
 -- default; `riskd migrate` revokes that, and these grants give it back to the daemon alone.
@@ -202,7 +207,8 @@ GRANT SELECT ON
     riskd.account_state,
     riskd.risk_events,
     riskd.close_requests,
-    riskd.account_limits
+    riskd.account_limits,
+    riskd.deliveries
 TO :"monitor_role";
 
 -- ============================================================================ memberships

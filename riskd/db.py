@@ -36,7 +36,7 @@ def connect(
     dsn = require_dsn(settings)
     kwargs.setdefault("connect_timeout", 10)
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             dsn, autocommit=autocommit, application_name=APPLICATION_NAME, **kwargs
         )
     except psycopg.OperationalError as exc:
@@ -45,6 +45,24 @@ def connect(
         problem = dsn_problem(dsn) or "cannot be read as a connection string"
         source = settings.database.source or "[database] dsn"
         raise ConfigError(f"{source}: invalid DSN: {problem}") from exc
+    if settings.webhook.url:
+        _webhook_session(conn)
+    return conn
+
+
+def _webhook_session(conn: psycopg.Connection[Any]) -> None:
+    """The events this session writes get their webhook delivery (sql/outbox.sql); set on its
+    own, outside any transaction the caller opens next."""
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        conn.execute(query("webhook_session"))
+    except BaseException:
+        conn.close()
+        raise
+    finally:
+        if not conn.closed:
+            conn.autocommit = autocommit
 
 
 # The daemon's connections. Keepalives, so that a dead peer is noticed by the kernel in
@@ -72,9 +90,12 @@ async def aconnect(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     )
 
 
-def apool(dsn: str, timeout: float) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+def apool(
+    dsn: str, timeout: float, *, webhook: bool = False
+) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
     """The daemon's pool (opened by the caller, inside its loop): the same connections as
-    ``aconnect``, each checked before it is handed out (psycopg_pool does not, unless asked)."""
+    ``aconnect``, each checked before it is handed out (psycopg_pool does not, unless asked);
+    with ``webhook``, the events they write get their delivery (sql/outbox.sql)."""
     from psycopg_pool import AsyncConnectionPool  # the daemon's alone: no other command loads it
 
     return AsyncConnectionPool(
@@ -89,7 +110,7 @@ def apool(dsn: str, timeout: float) -> AsyncConnectionPool[psycopg.AsyncConnecti
             "connect_timeout": CONNECT_TIMEOUT,
             **KEEPALIVES,
         },
-        configure=_configure,
+        configure=_configure_webhook if webhook else _configure,
         check=AsyncConnectionPool.check_connection,
         name="riskd",
     )
@@ -97,3 +118,8 @@ def apool(dsn: str, timeout: float) -> AsyncConnectionPool[psycopg.AsyncConnecti
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(query("pool_session"))
+
+
+async def _configure_webhook(conn: psycopg.AsyncConnection[Any]) -> None:
+    await _configure(conn)
+    await conn.execute(query("webhook_session"))

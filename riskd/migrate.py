@@ -79,6 +79,7 @@ OFFLINE_ACCOUNT_ID_TYPE = "text"
 # What an empty database gets for head, in this order (sql/).
 HEAD_INSTALL = (
     "schema.sql",
+    "outbox.sql",
     "fence.sql",
     "check.sql",
     "sweep.sql",

@@ -92,6 +92,7 @@ RISKD_GRANTS = (
     Grant("state", ("SELECT", "INSERT", "UPDATE"), "table", ("riskd.account_state",)),
     Grant("events", ("SELECT", "INSERT"), "table", ("riskd.risk_events",)),
     Grant("close_requests", ("SELECT", "INSERT", "UPDATE"), "table", ("riskd.close_requests",)),
+    Grant("deliveries", ("SELECT", "INSERT", "UPDATE"), "table", ("riskd.deliveries",)),
     Grant("limits", ("SELECT",), "table", ("riskd.account_limits",)),
     Grant("functions", ("EXECUTE",), "function", FUNCTIONS),
     Grant("views", ("SELECT",), "table", ("riskd.platform_positions", "riskd.platform_accounts")),
@@ -114,6 +115,7 @@ MONITOR_GRANTS = (
             "riskd.risk_events",
             "riskd.close_requests",
             "riskd.account_limits",
+            "riskd.deliveries",
         ),
     ),
 )

@@ -114,6 +114,11 @@ GRANT CONNECT ON DATABASE :"DBNAME" TO :"daemon_role";
 {close_requests}
 {limits}
 
+-- The webhook outbox (issue 13): the check's events get their delivery row in the same
+-- transaction (a trigger, with these privileges), and the delivery task claims due rows
+-- (SELECT … FOR UPDATE SKIP LOCKED) and records each attempt (UPDATE).
+{deliveries}
+
 -- The functions the daemon calls, and the SQL functions they call in turn (a function called
 -- from a function is checked against the caller too). PostgreSQL grants EXECUTE to PUBLIC by
 -- default; `riskd migrate` revokes that, and these grants give it back to the daemon alone.

@@ -94,6 +94,11 @@ SELECT count(*)::int AS requests, string_agg(DISTINCT r.reason, ', ') AS reasons
 -- account's check.
 SET plan_cache_mode = force_generic_plan
 
+-- name: webhook_session
+-- A session whose configuration has a [webhook] url: every event it writes gets its row in the
+-- webhook outbox, in the event's transaction (sql/outbox.sql).
+SELECT pg_catalog.set_config('riskd.webhook', 'on', false)
+
 -- name: listen
 LISTEN {channel}
 

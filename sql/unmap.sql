@@ -1,7 +1,8 @@
 -- Takes off what head renders from the [schema] mapping, so that `riskd migrate` with a changed
 -- mapping (a platform's migration renamed a table or a column, or swapped a table) can install
 -- it again in place, keeping every row of riskd's tables (I9): riskd's views, its functions but
--- the version fence, and the check's row types. Run in the migration's transaction after
+-- the triggers' on riskd's own tables (the version fence, the webhook outbox), which no
+-- mapping renders, and the check's row types. Run in the migration's transaction after
 -- drop_capture.sql (the capture triggers, wherever they sit now), followed by check.sql,
 -- sweep.sql, capture.sql and privileges.sql.
 DO $unmap$
@@ -19,7 +20,7 @@ BEGIN
         SELECT p.oid::pg_catalog.regprocedure::text AS fn
         FROM pg_catalog.pg_proc AS p
         WHERE p.pronamespace = 'riskd'::pg_catalog.regnamespace
-          AND p.proname <> 'fence_heartbeat'
+          AND p.proname NOT IN ('fence_heartbeat', 'enqueue_event_deliveries')
     LOOP
         EXECUTE 'DROP FUNCTION ' || r.fn;
     END LOOP;

@@ -162,7 +162,9 @@ class Daemon:
     ) -> tuple[dict[str, asyncio.Task[None]], list[asyncio.Task[None]], asyncio.Task[None]]:
         """Every task of the loop, started here and nowhere else."""
         shared = self.shared
-        shared.pool = apool(shared.dsn, timeout=PING_TIMEOUT)
+        shared.pool = apool(
+            shared.dsn, timeout=PING_TIMEOUT, webhook=bool(shared.settings.webhook.url)
+        )
         daemon_settings = shared.settings.daemon
         if daemon_settings.metrics_port:
             await shared.metrics.serve(daemon_settings.metrics_host, daemon_settings.metrics_port)

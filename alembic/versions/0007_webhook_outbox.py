@@ -1,0 +1,29 @@
+"""the webhook outbox: riskd.deliveries, one row per risk event, written with the event.
+
+Issue 13: a session configured with a [webhook] url (riskd.webhook = 'on') gets a pending
+delivery for every event it writes, in the event's transaction; the delivery task POSTs them.
+
+Frozen with its release: alembic/versions/0007/ holds the SQL, never to be edited once released
+(FROZEN_SHA256 is checked by tests/unit/test_revisions.py).
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from riskd.migrate import run_frozen
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+RELEASE = "0.2.0"
+FROZEN_SHA256 = "ce22796f168d7fdd84ebae93b1b474170211ae31391b50c6393bfd273bc26443"
+
+
+def upgrade() -> None:
+    run_frozen(revision, "upgrade.sql")
+
+
+def downgrade() -> None:
+    run_frozen(revision, "downgrade.sql")
