@@ -583,3 +583,47 @@ WHERE c.relkind IN ('r', 'm')
       WHERE x.indrelid = t.relid AND x.indisvalid AND x.indisready
         AND a.attname::text = %(account)s::text)
 ORDER BY t.depth, 1, 2
+
+-- name: claim_deliveries
+-- The delivery task (riskd/daemon/deliver.py): take up to %(limit)s due deliveries and lease
+-- them (next_attempt_at moved past the attempt's timeout), so that any number of instances
+-- share the outbox (SKIP LOCKED) and one that dies mid-POST leaves the delivery to whichever
+-- claims it once the lease is over: at least once, never lost. In order per account: a
+-- delivery waits while an earlier one of its account is pending (due, leased or waiting for a
+-- retry). With each, its event and the close request the event's check opened, if any (the
+-- same transaction: the same created_at).
+WITH due AS (
+    SELECT d.id
+    FROM riskd.deliveries AS d
+    JOIN riskd.risk_events AS e ON e.id = d.event_id
+    WHERE d.status = 'pending' AND d.next_attempt_at <= pg_catalog.now()
+      AND NOT EXISTS (
+          SELECT FROM riskd.deliveries AS d2
+          JOIN riskd.risk_events AS e2 ON e2.id = d2.event_id
+          WHERE d2.status = 'pending' AND e2.account_id = e.account_id AND d2.event_id < d.event_id)
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+), leased AS (
+    UPDATE riskd.deliveries AS d
+    SET next_attempt_at = pg_catalog.now() + %(lease)s * interval '1 second'
+    FROM due WHERE d.id = due.id
+    RETURNING d.id, d.event_id, d.attempts
+)
+SELECT l.id, l.event_id, l.attempts, e.created_at, e.account_id::text AS account_id, e.user_id,
+       e.from_level, e.to_level, e.utilization, e.equity, e.used_margin,
+       (SELECT c.id FROM riskd.close_requests AS c
+        WHERE c.account_id = e.account_id AND c.created_at = e.created_at
+        ORDER BY c.id DESC LIMIT 1) AS close_request_id
+FROM leased AS l JOIN riskd.risk_events AS e ON e.id = l.event_id
+ORDER BY l.id
+
+-- name: record_delivery
+-- What an attempt came to (riskd.webhooks.after): delivered, pending again at the next step, or
+-- failed (the dead letter).
+UPDATE riskd.deliveries
+SET status = %(status)s, attempts = attempts + 1,
+    next_attempt_at = COALESCE(%(next_attempt_at)s, next_attempt_at),
+    last_status = %(last_status)s, last_error = %(last_error)s,
+    delivered_at = CASE WHEN %(status)s = 'delivered' THEN pg_catalog.now() END
+WHERE id = %(id)s

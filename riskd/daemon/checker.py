@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 import psycopg
@@ -89,8 +90,9 @@ def action(r: checks.CheckResult, auto_close: str) -> tuple[str, str | None]:
 
 
 class Checker:
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, on_events: Callable[[], None] = lambda: None) -> None:
         self.shared = shared
+        self.on_events = on_events  # events were written: the delivery task has work
         self.work = shared.event()  # due accounts or sweep work for the main lane
         self.risk_work = shared.event()
         self.sweep_queue: deque[str] = deque()
@@ -216,6 +218,8 @@ class Checker:
                 )
             if r.close_request_id is not None:
                 stats.close_requests += 1
+        if any(r.event_id is not None for r in results):
+            self.on_events()
 
     async def _failed(self, batch: Batch, exc: BaseException) -> None:
         shared = self.shared

@@ -28,6 +28,7 @@ from riskd import __version__, privileges
 from riskd import check as checks
 from riskd.config import Settings, effective
 from riskd.daemon.checker import Checker
+from riskd.daemon.deliver import Deliverer
 from riskd.daemon.drain import Drainer
 from riskd.daemon.faults import SCHEMA_GONE
 from riskd.daemon.listen import PING_TIMEOUT, Listener
@@ -70,7 +71,8 @@ class Daemon:
             clock,
             probe_ok=lambda: self.reporter.probe_ok(),
         )
-        self.checker = Checker(shared)
+        self.deliverer = Deliverer(shared)
+        self.checker = Checker(shared, on_events=self.deliverer.wake)
         self.drainer = Drainer(shared, on_found=self.checker.wake)
         self.listener = Listener(shared, on_connect=self._on_connect, on_wakeup=self._on_wakeup)
         self.sweeper = Sweeper(
@@ -176,6 +178,8 @@ class Daemon:
             "reporter": asyncio.create_task(self.reporter.run(), name="reporter"),
             "watchdog": asyncio.create_task(self.reporter.watchdog(), name="watchdog"),
         }
+        if shared.settings.webhook.url:
+            workers["deliverer"] = asyncio.create_task(self.deliverer.run(), name="deliverer")
         checkers = [
             asyncio.create_task(self.checker.run(), name="checker"),
             asyncio.create_task(self.checker.run(risk_lane=True), name="risk lane"),

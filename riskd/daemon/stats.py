@@ -22,6 +22,8 @@ class Stats:
     check_batches: int = 0
     events: int = 0
     close_requests: int = 0
+    deliveries: int = 0  # webhook deliveries made (2xx)
+    delivery_failures: int = 0  # webhook deliveries given up (the dead letter, or 410)
     errors: int = 0
     malformed_payloads: int = 0
     reconnects: int = 0
