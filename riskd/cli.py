@@ -22,6 +22,7 @@ import psycopg
 from riskd import __version__, logs, mapping, pipes, removal
 from riskd import accounts as account_views
 from riskd import check as checks
+from riskd import deliveries as outbox
 from riskd import events as event_log
 from riskd import grants as grant_scripts
 from riskd import migrate as migrations
@@ -580,6 +581,71 @@ def close_requests(opts: _Options, status: str, limit: int, as_json: bool) -> No
         click.echo("no close request" if status == "all" else f"no {status} close request")
     elif found.more:
         click.echo(f"... and {found.more} more (--limit to show them)")
+
+
+@main.group(invoke_without_command=True)
+@click.option(
+    "--status",
+    type=click.Choice([*outbox.STATUSES, "all"]),
+    default="all",
+    show_default=True,
+    help="Which deliveries.",
+)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=outbox.DEFAULT_LIMIT,
+    show_default=True,
+    help="Show at most this many (the rest are counted).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.pass_context
+def deliveries(ctx: click.Context, status: str, limit: int, as_json: bool) -> None:
+    """Webhook deliveries: pending ones oldest first (the backlog) with their next attempt,
+    then the others newest first, each with its attempts and the endpoint's last answer.
+
+    Reads riskd's tables only, so the monitoring role runs it. `riskd deliveries retry` sends
+    failed ones again. Exit 0; 1 on a database error; 2 when the configuration is wrong or the
+    database cannot be reached.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    opts: _Options = ctx.obj
+    found = outbox.listing(opts.settings(), None if status == "all" else status, limit)
+    total = found[0].total if found else 0
+    if as_json:
+        _print_json({"deliveries": [row.as_json() for row in found], "total": total})
+        return
+    for row in found:
+        click.echo(row.line())
+    if not found:
+        click.echo("no delivery" if status == "all" else f"no {status} delivery")
+    elif total > len(found):
+        click.echo(f"... and {total - len(found)} more (--limit to show them)")
+
+
+@deliveries.command("retry")
+@click.argument("ids", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all-failed", is_flag=True, help="Every failed delivery.")
+@click.pass_obj
+def deliveries_retry(opts: _Options, ids: tuple[int, ...], all_failed: bool) -> None:
+    """Send failed deliveries (these IDS, or --all-failed) again, from the schedule's start.
+
+    A delivery that is not failed is left as it is and named. Writes riskd.deliveries: run it
+    as the daemon's role or the owner. Exit 0 when every one named was failed, 1 otherwise.
+    """
+    if bool(ids) == all_failed:
+        raise click.UsageError("give delivery ids or --all-failed (not both)")
+    retried = outbox.retry(opts.settings(), ids, all_failed)
+    click.echo(f"{len(retried)} failed deliveries pending again" + (f": {retried}" if ids else ""))
+    left = sorted(set(ids) - set(retried))
+    for delivery_id in left:
+        click.echo(
+            f"delivery {delivery_id}: not failed (or no such delivery), left as it is", err=True
+        )
+    if left:
+        sys.exit(1)
 
 
 # --- grants and systemd units (owned by the operator set-up work) ------------------------

@@ -627,3 +627,29 @@ SET status = %(status)s, attempts = attempts + 1,
     last_status = %(last_status)s, last_error = %(last_error)s,
     delivered_at = CASE WHEN %(status)s = 'delivered' THEN pg_catalog.now() END
 WHERE id = %(id)s
+
+-- name: deliveries_list
+-- riskd deliveries: the webhook outbox with this status (NULL: every one), pending ones oldest
+-- first (the backlog), the others newest first, with their event, their ages on the server's
+-- clock and how many match in all.
+SELECT d.id, d.event_id, d.alert_id, d.status, d.attempts, d.last_status, d.last_error,
+       d.created_at, d.delivered_at, e.account_id::text AS account_id, e.to_level,
+       greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - d.created_at))::float8
+           AS age,
+       CASE WHEN d.status = 'pending' THEN
+           extract(epoch FROM d.next_attempt_at - pg_catalog.clock_timestamp())::float8
+       END AS next_in,
+       count(*) OVER () AS total
+FROM riskd.deliveries AS d
+LEFT JOIN riskd.risk_events AS e ON e.id = d.event_id
+WHERE %(status)s::text IS NULL OR d.status = %(status)s::text
+ORDER BY d.status <> 'pending', CASE WHEN d.status = 'pending' THEN d.id END, d.id DESC
+LIMIT %(limit)s
+
+-- name: retry_deliveries
+-- riskd deliveries retry: failed deliveries (these ids, or every one) pending again from the
+-- schedule's start, due now. What is not failed is left as it is.
+UPDATE riskd.deliveries
+SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), last_error = NULL
+WHERE status = 'failed' AND (%(all)s OR id = ANY (%(ids)s::bigint[]))
+RETURNING id
