@@ -343,6 +343,12 @@ def sweep(opts: _Options, as_json: bool) -> None:
     help="Unhealthy when an instance's oldest unchecked change is older (a duration).",
 )
 @click.option(
+    "--max-delivery-age",
+    default=f"{status_report.MAX_DELIVERY_AGE:g}s",
+    show_default=True,
+    help="Unhealthy when a webhook delivery has been pending longer (a duration).",
+)
+@click.option(
     "--events",
     "recent",
     type=click.IntRange(min=0),
@@ -357,6 +363,7 @@ def status(
     stale_after: str,
     max_queue_usage: float,
     max_lag: str,
+    max_delivery_age: str,
     recent: int,
 ) -> None:
     """Daemons, lag, queue, levels, close requests, recent events.
@@ -365,7 +372,9 @@ def status(
     "UNHEALTHY:" (in --json: the list "problems"). Exit 0 healthy, 1 unhealthy, 2 when the
     database cannot be reached.
     """
-    limits = status_report.limits_from_options(stale_after, max_queue_usage, max_lag)
+    limits = status_report.limits_from_options(
+        stale_after, max_queue_usage, max_lag, max_delivery_age
+    )
     settings = opts.settings()
     report = status_report.collect(settings, recent)
     if report.installed:

@@ -46,6 +46,9 @@ from riskd.sqlfiles import query
 STALE_AFTER = 5 * HEARTBEAT_INTERVAL
 MAX_QUEUE_USAGE = 0.5
 MAX_LAG = 30.0
+# a webhook delivery pending longer: the endpoint keeps failing, or no instance delivers (the
+# schedule's first two steps are 5 s and 5 min)
+MAX_DELIVERY_AGE = 600.0
 RECENT_EVENTS = 10
 COUNTERS = (
     "notifications",
@@ -72,6 +75,7 @@ class Limits:
     stale_after: float = STALE_AFTER
     max_queue_usage: float = MAX_QUEUE_USAGE
     max_lag: float = MAX_LAG
+    max_delivery_age: float = MAX_DELIVERY_AGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,10 @@ class Status:
     levels: dict[str, int] = field(default_factory=dict)
     pending_close_requests: int = 0
     oldest_close_request_age: float | None = None
+    # the webhook outbox (issue 13); None: this role cannot read it
+    pending_deliveries: int | None = 0
+    oldest_delivery_age: float | None = None
+    failed_deliveries: int | None = 0
     recent_events: list[risk_events.Event] = field(default_factory=list)
     capture_problems: list[str] = field(default_factory=list)
     # what slows riskd down without making it unhealthy (a missing index), one line each
@@ -174,6 +182,7 @@ class Status:
                 "stale_after": limits.stale_after,
                 "max_queue_usage": limits.max_queue_usage,
                 "max_lag": limits.max_lag,
+                "max_delivery_age": limits.max_delivery_age,
             },
             "instances": [i.as_json(stale=False) for i in self.live(limits)],
             "stale_instances": [i.as_json(stale=True) for i in self.stale(limits)],
@@ -185,6 +194,9 @@ class Status:
             "levels": {level: self.levels.get(level, 0) for level in LEVELS},
             "pending_close_requests": self.pending_close_requests,
             "oldest_close_request_age": self.oldest_close_request_age,
+            "pending_deliveries": self.pending_deliveries,
+            "oldest_delivery_age": self.oldest_delivery_age,
+            "failed_deliveries": self.failed_deliveries,
             "recent_events": [e.as_json() for e in self.recent_events],
             "capture_problems": self.capture_problems,
             "warnings": self.warnings,
@@ -207,6 +219,7 @@ def collect(settings: Settings, recent: int = RECENT_EVENTS) -> Status:
                 return status
             _summary(conn, status)
             _dirty_instruments(conn, status)
+            _deliveries(conn, status)
             cur = conn.cursor(row_factory=dict_row).execute(query("status_instances"))
             status.instances = [
                 Instance(**(row | {"stats": _as_dict(row["stats"])})) for row in cur.fetchall()
@@ -231,6 +244,19 @@ def _summary(conn: psycopg.Connection[Any], status: Status) -> None:
     status.levels = {str(k): int(v) for k, v in row["levels"].items()}
     status.pending_close_requests = int(row["pending_close_requests"])
     status.oldest_close_request_age = row["oldest_close_request_age"]
+
+
+def _deliveries(conn: psycopg.Connection[Any], status: Status) -> None:
+    """The webhook outbox, when this role may read it (else None: status still runs)."""
+    readable = conn.execute(query("status_reads_deliveries")).fetchone()
+    if not readable or not readable[0]:
+        status.pending_deliveries = status.failed_deliveries = None
+        return
+    row = conn.cursor(row_factory=dict_row).execute(query("status_deliveries")).fetchone()
+    assert row is not None  # one row, always
+    status.pending_deliveries = int(row["pending_deliveries"])
+    status.oldest_delivery_age = row["oldest_delivery_age"]
+    status.failed_deliveries = int(row["failed_deliveries"])
 
 
 def _dirty_instruments(conn: psycopg.Connection[Any], status: Status) -> None:
@@ -277,6 +303,13 @@ def assess(status: Status, limits: Limits) -> list[str]:
                 f"instance {i.instance}: lag {_secs(i.lag)}, over {_secs(limits.max_lag)} "
                 "(checks fall behind the changes)"
             )
+    age = status.oldest_delivery_age
+    if age is not None and age > limits.max_delivery_age:
+        problems.append(
+            f"webhook backlog: {status.pending_deliveries} pending, the "
+            f"oldest {_secs(age)} old, over {_secs(limits.max_delivery_age)} (the endpoint "
+            "keeps failing, or no instance delivers: `riskd deliveries`)"
+        )
     disagreement = _risk_disagreement(live)
     if disagreement:
         problems.append(disagreement)
@@ -471,6 +504,16 @@ def render(status: Status, limits: Limits, console: Console) -> None:
         else ""
     )
     console.print(f"close requests pending: {status.pending_close_requests}{oldest}")
+    if status.pending_deliveries or status.failed_deliveries:
+        waited = (
+            f", oldest {_secs(status.oldest_delivery_age)} old"
+            if status.oldest_delivery_age is not None
+            else ""
+        )
+        console.print(
+            f"webhook deliveries: {status.pending_deliveries} pending{waited}, "
+            f"{status.failed_deliveries} failed (riskd deliveries)"
+        )
     instruments = (
         f"{status.dirty_instrument_marks} marks for {status.dirty_instruments} instruments"
         if status.dirty_instruments is not None and status.dirty_instrument_marks is not None
@@ -497,7 +540,9 @@ def render(status: Status, limits: Limits, console: Console) -> None:
         console.print("recent events: none")
 
 
-def limits_from_options(stale_after: str, max_queue_usage: float, max_lag: str) -> Limits:
+def limits_from_options(
+    stale_after: str, max_queue_usage: float, max_lag: str, max_delivery_age: str = "600s"
+) -> Limits:
     """Limits from the command line's text, with one line naming a bad option."""
     try:
         stale = parse_duration(stale_after)
@@ -507,7 +552,11 @@ def limits_from_options(stale_after: str, max_queue_usage: float, max_lag: str) 
         lag = parse_duration(max_lag)
     except ValueError as exc:
         raise ConfigError(f"--max-lag: {exc}") from None
-    return Limits(stale_after=stale, max_queue_usage=max_queue_usage, max_lag=lag)
+    try:
+        delivery_age = parse_duration(max_delivery_age)
+    except ValueError as exc:
+        raise ConfigError(f"--max-delivery-age: {exc}") from None
+    return Limits(stale, max_queue_usage, lag, delivery_age)
 
 
 def console() -> Console:

@@ -25,6 +25,8 @@ CREATE TABLE riskd.deliveries (
 CREATE UNIQUE INDEX deliveries_event_idx ON riskd.deliveries (event_id);
 -- what the delivery task claims: the due ones
 CREATE INDEX deliveries_due_idx ON riskd.deliveries (next_attempt_at) WHERE status = 'pending';
+-- the dead letters, which `riskd status` counts and `riskd deliveries retry` takes
+CREATE INDEX deliveries_failed_idx ON riskd.deliveries (id) WHERE status = 'failed';
 
 -- A statement trigger: one INSERT of the batch's events, one INSERT into the outbox, and
 -- nothing at all in a session without riskd.webhook.

@@ -376,6 +376,20 @@ ORDER BY t.depth, 1, 2
 SELECT coalesce(pg_catalog.has_table_privilege(
            pg_catalog.to_regclass('riskd.dirty_instruments'), 'SELECT'), false)
 
+-- name: status_reads_deliveries
+-- riskd status: whether this role can read the webhook outbox (a schema before revision 0007
+-- has no riskd.deliveries; a monitoring role granted before it may not read it).
+SELECT coalesce(pg_catalog.has_table_privilege(
+           pg_catalog.to_regclass('riskd.deliveries'), 'SELECT'), false)
+
+-- name: status_deliveries
+-- riskd status: the webhook outbox's backlog, its oldest pending delivery's age, its dead
+-- letters: each through its partial index, never the delivered rows.
+SELECT (SELECT count(*) FROM riskd.deliveries WHERE status = 'pending') AS pending_deliveries,
+       (SELECT extract(epoch FROM pg_catalog.clock_timestamp() - min(created_at))::float8
+          FROM riskd.deliveries WHERE status = 'pending') AS oldest_delivery_age,
+       (SELECT count(*) FROM riskd.deliveries WHERE status = 'failed') AS failed_deliveries
+
 -- name: status_dirty_instruments
 -- riskd status: the instrument half of the dirty set, an append-only log like the accounts':
 -- marks waiting for a drain (which fans them out to the holders), and the distinct instruments

@@ -18,7 +18,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "ce22796f168d7fdd84ebae93b1b474170211ae31391b50c6393bfd273bc26443"
+FROZEN_SHA256 = "63f4ad5b63cbb09176e81f0e3ba09df4b1bf168aa821e65e8fb1fd931822ad60"
 
 
 def upgrade() -> None:

@@ -207,6 +207,32 @@ def test_lag_over_the_limit_is_unhealthy(db: Db) -> None:
     assert status(db, "--max-lag", "1m").exit_code == 0
 
 
+def test_a_webhook_backlog_over_the_limit_is_unhealthy(db: Db) -> None:
+    """Issue 13: the outbox's oldest pending delivery, against --max-delivery-age."""
+    setup_account(db, "a1", quantity="95")
+    setup_account(db, "a2", quantity="95")
+    check_one(db, "a1")
+    check_one(db, "a2")
+    heartbeat(db, "live:1")
+    db.conn.execute(
+        "INSERT INTO riskd.deliveries (event_id, created_at, status)"
+        " SELECT id, now() - interval '20 min', CASE WHEN account_id = 'a1' THEN 'pending'"
+        " ELSE 'failed' END FROM riskd.risk_events"
+    )
+    result = status(db)
+    assert result.exit_code == 1
+    (line,) = unhealthy_lines(result)
+    assert line == (
+        "UNHEALTHY: webhook backlog: 1 pending, the oldest 20.0 min old, over 10.0 min (the "
+        "endpoint keeps failing, or no instance delivers: `riskd deliveries`)"
+    )
+    assert "webhook deliveries: 1 pending, oldest" in result.stdout and "1 failed" in result.stdout
+    assert status(db, "--max-delivery-age", "1h").exit_code == 0
+    code, doc = as_json(db, "--max-delivery-age", "1h")
+    assert (doc["pending_deliveries"], doc["failed_deliveries"]) == (1, 1)
+    assert 1190 < doc["oldest_delivery_age"] < 1300
+
+
 def test_notification_queue_usage_over_the_limit_is_unhealthy(db: Db) -> None:
     heartbeat(db, "live:1")
     # A listener inside a transaction reads nothing, so the queue keeps what is sent after its
@@ -271,14 +297,25 @@ def test_json_document_shape(db: Db) -> None:
         "healthy", "problems", "summary", "checked_at", "database", "installed", "revision",
         "head", "at_head", "limits", "instances", "stale_instances", "queue_usage",
         "dirty_marks", "dirty_accounts", "dirty_instrument_marks", "dirty_instruments",
-        "levels", "pending_close_requests", "oldest_close_request_age", "recent_events",
-        "capture_problems", "warnings",
+        "levels", "pending_close_requests", "oldest_close_request_age", "pending_deliveries",
+        "oldest_delivery_age", "failed_deliveries", "recent_events", "capture_problems",
+        "warnings",
     }  # fmt: skip
     assert doc["summary"].startswith("riskd OK: ") and doc["warnings"] == []
     assert (doc["dirty_marks"], doc["dirty_accounts"]) == (3, 2)
     assert (doc["dirty_instrument_marks"], doc["dirty_instruments"]) == (2, 2)
     assert doc["levels"] == {"ok": 0, "warning": 1, "critical": 0}
-    assert doc["limits"] == {"stale_after": 10.0, "max_queue_usage": 0.5, "max_lag": 30.0}
+    assert doc["limits"] == {
+        "stale_after": 10.0,
+        "max_queue_usage": 0.5,
+        "max_lag": 30.0,
+        "max_delivery_age": 600.0,
+    }
+    assert (doc["pending_deliveries"], doc["oldest_delivery_age"], doc["failed_deliveries"]) == (
+        0,
+        None,
+        0,
+    )
     (instance,) = doc["instances"]
     assert set(instance) >= {
         "instance", "host", "pid", "version", "started_at", "heartbeat_at", "uptime",
@@ -334,6 +371,8 @@ def test_instrument_marks_this_role_cannot_read_are_unknown_not_an_error(db: Db)
         assert "instrument marks unknown" in result.stdout
         doc = json.loads(status(None, "--json", dsn=dsn).stdout)
         assert (doc["dirty_instrument_marks"], doc["dirty_instruments"]) == (None, None)
+        # nor the webhook outbox, granted since (revision 0007): unknown, not an error
+        assert (doc["pending_deliveries"], doc["failed_deliveries"]) == (None, None)
         assert doc["healthy"] is True
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
