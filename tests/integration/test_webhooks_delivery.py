@@ -53,6 +53,9 @@ class Endpoint:
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     url: str = ""
+    # while set, each POST is recorded, then held unanswered until release is set
+    hold: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         endpoint = self
@@ -63,6 +66,8 @@ class Endpoint:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, extra = endpoint.answers.pop(0) if endpoint.answers else (200, {})
                 endpoint.received.append(Received(time.monotonic(), headers, body))
+                if endpoint.hold.is_set():
+                    endpoint.release.wait(60)
                 self.send_response(status)
                 for name, value in extra.items():
                     self.send_header(name, value)
@@ -85,16 +90,19 @@ def endpoint() -> Iterator[Endpoint]:
     try:
         yield found
     finally:
+        found.release.set()
         server.shutdown()
         server.server_close()
 
 
-def webhook_env(endpoint: Endpoint, schedule: str = "1s,1s,1s") -> dict[str, str]:
+def webhook_env(
+    endpoint: Endpoint, schedule: str = "1s,1s,1s", timeout: str = "2s"
+) -> dict[str, str]:
     return {
         "RISKD_WEBHOOK_URL": endpoint.url,
         "RISKD_WEBHOOK_SECRET": SECRET,
         "RISKD_WEBHOOK_RETRY_SCHEDULE": schedule,
-        "RISKD_WEBHOOK_TIMEOUT": "2s",
+        "RISKD_WEBHOOK_TIMEOUT": timeout,
     }
 
 
@@ -179,3 +187,97 @@ def test_410_ends_the_delivery_and_the_last_step_makes_a_dead_letter(
     assert db.scalar("SELECT status FROM riskd.deliveries WHERE last_status = 410") == "failed"
     assert "delivery.endpoint_gone" in daemon.log()
     assert daemon.stop() == 0
+
+
+def by_id(endpoint: Endpoint) -> dict[str, int]:
+    """How many times each webhook-id arrived."""
+    seen: dict[str, int] = {}
+    for got in endpoint.received:
+        seen[got.headers["webhook-id"]] = seen.get(got.headers["webhook-id"], 0) + 1
+    return seen
+
+
+@pytest.mark.slow
+def test_three_instances_deliver_every_event_once_in_order_per_account(
+    db: Db, start: Start, endpoint: Endpoint
+) -> None:
+    accounts = add_accounts(db, 12)
+    env = webhook_env(endpoint)
+    daemons = [start(extra_env=env) for _ in range(3)]
+    for daemon in daemons:
+        daemon.wait_ready()
+    for account in accounts:  # ok -> critical, then -> ok, then -> critical: 3 events each
+        set_quantity(db, account, "95")
+    wait_until(lambda: db.scalar("SELECT count(*) FROM riskd.risk_events") >= 12, 20, "12 events")
+    for account in accounts:
+        set_quantity(db, account, "10")
+    wait_until(lambda: db.scalar("SELECT count(*) FROM riskd.risk_events") >= 24, 20, "24 events")
+    for account in accounts:
+        set_quantity(db, account, "95")
+    wait_until(lambda: db.scalar("SELECT count(*) FROM riskd.risk_events") >= 36, 20, "36 events")
+    wait_until(lambda: len(endpoint.received) >= 36, 30, "36 deliveries")
+    events = db.conn.execute(
+        "SELECT id, account_id::text FROM riskd.risk_events ORDER BY id"
+    ).fetchall()
+    assert len(events) == 36
+    assert by_id(endpoint) == {f"evt_{e}": 1 for e, _ in events}  # each once, none lost
+    arrived: dict[str, list[int]] = {}
+    for got in endpoint.received:
+        doc = json.loads(got.body)
+        arrived.setdefault(doc["data"]["account_id"], []).append(int(doc["id"][4:]))
+    assert all(ids == sorted(ids) for ids in arrived.values()), arrived  # in order per account
+    wait_until(
+        lambda: db.scalar("SELECT count(*) FROM riskd.deliveries WHERE status <> 'delivered'") == 0,
+        10,
+        "every delivery recorded",
+    )
+    assert db.scalar("SELECT count(*) FROM riskd.deliveries WHERE attempts <> 1") == 0
+    for daemon in daemons:
+        assert daemon.stop() == 0
+
+
+def test_a_later_event_waits_while_an_earlier_one_of_its_account_is_pending(
+    db: Db, start: Start, endpoint: Endpoint
+) -> None:
+    endpoint.answers = [(500, {})]  # the first event's first attempt fails
+    (account,) = add_accounts(db, 1)
+    daemon = start(extra_env=webhook_env(endpoint, schedule="2s"))
+    daemon.wait_ready()
+    set_quantity(db, account, "95")
+    wait_until(lambda: endpoint.received, 10, "the first attempt")
+    set_quantity(db, account, "10")  # the second event, written while the first waits
+    wait_until(lambda: len(endpoint.received) >= 3, 20, "both delivered")
+    ids = [got.headers["webhook-id"] for got in endpoint.received]
+    assert ids[0] == ids[1] and ids[2] != ids[0]  # the retry came before the later event
+    assert int(ids[2][4:]) > int(ids[0][4:])
+    assert daemon.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_daemon_killed_between_a_post_and_its_record_delivers_again_never_loses_it(
+    db: Db, start: Start, endpoint: Endpoint
+) -> None:
+    """SIGKILL while the endpoint holds the POST: the delivery stays pending under its lease;
+    once the lease is over (timeout + 30 s), another instance delivers it again. At least once,
+    and the repeat is counted."""
+    (account,) = add_accounts(db, 1)
+    env = webhook_env(endpoint, timeout="1s")
+    first = start(extra_env=env)
+    first.wait_ready()
+    endpoint.hold.set()
+    set_quantity(db, account, "95")
+    wait_until(lambda: endpoint.received, 10, "the POST")
+    first.kill()  # between the POST and its record
+    endpoint.release.set()
+    endpoint.hold.clear()
+    row = db.conn.execute(
+        "SELECT status, attempts, next_attempt_at > now() FROM riskd.deliveries"
+    ).fetchone()
+    assert row == ("pending", 0, True)  # leased, not lost, not counted as an attempt
+    second = start(extra_env=env)
+    second.wait_ready()
+    wait_until(lambda: len(endpoint.received) >= 2, 45, "the delivery made again")
+    assert len(by_id(endpoint)) == 1 and list(by_id(endpoint).values()) == [2]  # one repeat
+    (event_id,) = db.conn.execute("SELECT id FROM riskd.risk_events").fetchone() or (None,)
+    assert recorded(db, event_id) == ("delivered", 1, 200, True)
+    assert second.stop() == 0
