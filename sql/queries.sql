@@ -667,3 +667,7 @@ UPDATE riskd.deliveries
 SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), last_error = NULL
 WHERE status = 'failed' AND (%(all)s OR id = ANY (%(ids)s::bigint[]))
 RETURNING id
+
+-- name: delivery_backlog
+-- The outbox's pending deliveries, every instance's (the partial index on next_attempt_at).
+SELECT count(*) FROM riskd.deliveries WHERE status = 'pending'

@@ -69,6 +69,7 @@ class Deliverer:
                 if claimed:
                     await asyncio.gather(*(self._deliver(client, row) for row in claimed))
                     continue  # more may be due
+                await shared.retry("deliver", self._count_backlog)
                 await shared.pause(POLL_INTERVAL, self.work)
 
     async def _claim(self) -> list[dict[str, Any]]:
@@ -80,6 +81,12 @@ class Deliverer:
         ):
             await cur.execute(query("claim_deliveries"), params)
             return await cur.fetchall()
+
+    async def _count_backlog(self) -> None:
+        async with self.shared.pool.connection() as conn:
+            cur = await conn.execute(query("delivery_backlog"))
+            row = await cur.fetchone()
+        self.shared.stats.delivery_backlog = int(row[0]) if row else 0
 
     async def _deliver(self, client: httpx.AsyncClient, row: dict[str, Any]) -> None:
         shared = self.shared
@@ -101,7 +108,9 @@ class Deliverer:
             answer, attempts, shared.settings.webhook.retry_schedule, datetime.now(UTC),
             random.random(),
         )  # fmt: skip
-        self._said(msg_id, answer, step, attempts, time.monotonic() - started)
+        took = time.monotonic() - started
+        shared.metrics.delivery.observe(took)
+        self._said(msg_id, answer, step, attempts, took)
         params = {
             "id": row["id"],
             "status": step.status,
@@ -145,6 +154,7 @@ class Deliverer:
             stats.delivery_failures += 1
             log.error("delivery.failed", extra=fields)
         else:
+            stats.delivery_retries += 1
             retry_in = step.next_attempt_at and (step.next_attempt_at - datetime.now(UTC))
             log.warning(
                 "delivery.retry",

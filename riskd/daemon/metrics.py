@@ -62,6 +62,19 @@ class _StatsCollector(Collector):
             counter = CounterMetricFamily(name, help_text)
             counter.add_metric([], float(getattr(s, field)))
             yield counter
+        deliveries = CounterMetricFamily(
+            "riskd_webhook_deliveries",
+            "Webhook attempts by outcome: delivered, retry (waits for the next step), failed "
+            "(the dead letter, or the endpoint gone).",
+            labels=["outcome"],
+        )
+        for outcome, field in (
+            ("delivered", "deliveries"),
+            ("retry", "delivery_retries"),
+            ("failed", "delivery_failures"),
+        ):
+            deliveries.add_metric([outcome], float(getattr(s, field)))
+        yield deliveries
         events = CounterMetricFamily(
             "riskd_events", "Level transitions recorded, by new level.", labels=["level"]
         )
@@ -72,6 +85,11 @@ class _StatsCollector(Collector):
             ("riskd_debouncer_accounts", "Dirty accounts waiting for their check.", s.dirty),
             ("riskd_lag_seconds", "Age of the oldest unchecked change.", s.lag),
             ("riskd_sweep_leader", "1 on the instance that sweeps.", float(s.leader)),
+            (
+                "riskd_webhook_backlog",
+                "Webhook deliveries pending in the outbox (every instance's).",
+                s.delivery_backlog,
+            ),
             ("riskd_healthy", "1 while the loop and the listener are healthy.", self._healthy()),
         ):
             gauge = GaugeMetricFamily(name, help_text)
@@ -94,6 +112,12 @@ class Metrics:
         self.latency = Histogram(
             "riskd_change_to_check_seconds",
             "From a change's transaction to the end of its account's check.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.delivery = Histogram(
+            "riskd_webhook_delivery_seconds",
+            "One webhook attempt: the POST and the endpoint's answer (or its timeout).",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -23,7 +23,9 @@ class Stats:
     events: int = 0
     close_requests: int = 0
     deliveries: int = 0  # webhook deliveries made (2xx)
+    delivery_retries: int = 0  # webhook attempts that failed and wait for the next step
     delivery_failures: int = 0  # webhook deliveries given up (the dead letter, or 410)
+    delivery_backlog: int = 0  # the outbox's pending deliveries, as of the last idle pass
     errors: int = 0
     malformed_payloads: int = 0
     reconnects: int = 0

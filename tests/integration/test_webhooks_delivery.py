@@ -18,6 +18,7 @@ from conftest import Db
 from daemonproc import wait_until
 from standardwebhooks import Webhook
 from test_daemon import Start, add_accounts, set_quantity, start
+from test_metrics import free_port, get, sample
 
 __all__ = ["start"]  # the fixture, shared with test_daemon
 
@@ -139,7 +140,8 @@ def test_a_failing_endpoint_is_tried_again_with_the_same_id(
 ) -> None:
     endpoint.answers = [(500, {}), (503, {"retry-after": "1"})]
     (account,) = add_accounts(db, 1)
-    daemon = start(extra_env=webhook_env(endpoint))
+    port = free_port()
+    daemon = start(extra_env=webhook_env(endpoint), metrics_port=str(port))
     daemon.wait_ready()
     set_quantity(db, account, "95")
     wait_until(lambda: len(endpoint.received) >= 3, 20, "three attempts")
@@ -154,6 +156,16 @@ def test_a_failing_endpoint_is_tried_again_with_the_same_id(
     assert row == ("delivered", 3, 200, True)
     assert len(endpoint.received) == 3
     assert "delivery.retry" in daemon.log() and "delivery.delivered" in daemon.log()
+
+    def scraped() -> str | None:  # the counters are the heartbeat's, read at scrape time
+        text = get(port, "/metrics")[1]
+        done = 'riskd_webhook_deliveries_total{outcome="delivered"} 1.0' in text
+        return text if done and "riskd_webhook_backlog 0.0" in text else None
+
+    text = wait_until(scraped, 10, "the metrics")
+    assert sample(text, 'riskd_webhook_deliveries_total{outcome="retry"}') == 2
+    assert sample(text, 'riskd_webhook_deliveries_total{outcome="failed"}') == 0
+    assert sample(text, "riskd_webhook_delivery_seconds_count") == 3
     assert daemon.stop() == 0
 
 
