@@ -176,12 +176,12 @@ def main() -> None:
             f"{time.monotonic() - started:.0f} s\n"
         )
         print("| measure | value |\n|---|---|")
-        print(
-            f"| change's commit -> POST arrives (debounce 1 s included) | {quantiles(from_change)} |"
+        rows = (
+            ("change's commit -> POST arrives (debounce 1 s included)", quantiles(from_change)),
+            ("the event's check (its transaction's start) -> POST arrives", quantiles(from_event)),
         )
-        print(
-            f"| the event's check (its transaction's start) -> POST arrives | {quantiles(from_event)} |"
-        )
+        for label, value in rows:
+            print(f"| {label} | {value} |")
         print(
             f"| check of {args.batch} accounts, every one a transition: outbox on / off | "
             f"{on * 1000:.2f} / {off * 1000:.2f} ms, ratio {on / off:.2f} |"
