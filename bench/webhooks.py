@@ -5,10 +5,10 @@ outbox costs the check.
         [--batch 100] [--rounds 7] [--durable]
 
 1. Latency. `riskd run` at its defaults with `[webhook] url` pointing at a local HTTP server
-   (this process, answering 204 at once). One account at a time is moved across the auto-close
-   threshold and back, every 250 ms; for each event the time from the change's commit to the
-   POST's arrival (what the platform sees: the debounce included), and from the event's own
-   commit (the check's) to the arrival (the delivery's part), p50 / p99 / max.
+   (this process, answering 204 at once). One account at a time is moved across the
+   auto-close threshold, 250 ms after the previous one's POST; for each event the time from
+   the change's commit to the POST's arrival (what the platform sees: the debounce included),
+   and from the event's check to the arrival (the delivery's part), p50 / p99 / max.
 2. The check path. `riskd.check_accounts` over batches whose every account transitions (their
    positions moved across the threshold and back before each call, outside the timer),
    alternating a session with `riskd.webhook = on` (the outbox written) and one without, each
@@ -85,9 +85,8 @@ def latency(dsn: str, breaches: int) -> tuple[list[float], list[float]]:
                     "SELECT id FROM trading_accounts ORDER BY id LIMIT %s", (breaches,)
                 )
             ]
-            for n, account in enumerate(accounts):
-                factor = 40 if n % 2 == 0 else 1
-                conn.execute(MOVE, (factor, account))
+            for account in accounts:  # each moved across the auto-close threshold once
+                conn.execute(MOVE, (40, account))
                 committed = time.monotonic()
                 deadline = committed + 30
                 row = None

@@ -169,6 +169,8 @@ def configure(log_format: Literal["text", "json"], level: int = logging.INFO) ->
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("psycopg").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: the delivery task's own delivery.* events say it once
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     pool = logging.getLogger("psycopg.pool")
     if drop_pool_duplicates not in pool.filters:
         pool.addFilter(drop_pool_duplicates)
