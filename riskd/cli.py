@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
@@ -552,23 +553,36 @@ def accounts(
         click.echo(f"... and {found.more} more (--limit to show them)")
 
 
+def _listing_options(
+    statuses: Sequence[str], default: str, what: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--status (these, or all), -n/--limit and --json, as every listing command takes them."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option("--json", "as_json", is_flag=True, help="One JSON document.")(
+            command
+        )
+        command = click.option(
+            "-n",
+            "--limit",
+            type=click.IntRange(min=1),
+            default=account_views.DEFAULT_LIMIT,
+            show_default=True,
+            help="Show at most this many (the rest are counted).",
+        )(command)
+        return click.option(
+            "--status",
+            type=click.Choice([*statuses, "all"]),
+            default=default,
+            show_default=True,
+            help=f"Which {what}.",
+        )(command)
+
+    return decorate
+
+
 @main.command("close-requests")
-@click.option(
-    "--status",
-    type=click.Choice([*account_views.STATUSES, "all"]),
-    default="pending",
-    show_default=True,
-    help="Which close requests.",
-)
-@click.option(
-    "-n",
-    "--limit",
-    type=click.IntRange(min=1),
-    default=account_views.DEFAULT_LIMIT,
-    show_default=True,
-    help="Show at most this many (the rest are counted).",
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@_listing_options(account_views.STATUSES, "pending", "close requests")
 @click.pass_obj
 def close_requests(opts: _Options, status: str, limit: int, as_json: bool) -> None:
     """Close requests, pending ones oldest first with their age (what the platform has not
@@ -593,22 +607,7 @@ def close_requests(opts: _Options, status: str, limit: int, as_json: bool) -> No
 
 
 @main.group(invoke_without_command=True)
-@click.option(
-    "--status",
-    type=click.Choice([*outbox.STATUSES, "all"]),
-    default="all",
-    show_default=True,
-    help="Which deliveries.",
-)
-@click.option(
-    "-n",
-    "--limit",
-    type=click.IntRange(min=1),
-    default=outbox.DEFAULT_LIMIT,
-    show_default=True,
-    help="Show at most this many (the rest are counted).",
-)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@_listing_options(outbox.STATUSES, "all", "deliveries")
 @click.pass_context
 def deliveries(ctx: click.Context, status: str, limit: int, as_json: bool) -> None:
     """Webhook deliveries: pending ones oldest first (the backlog) with their next attempt,

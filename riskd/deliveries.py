@@ -15,13 +15,13 @@ from typing import Any
 from psycopg.rows import class_row
 
 from riskd import migrate, numbers, webhooks
+from riskd.accounts import DEFAULT_LIMIT
 from riskd.config import Settings
 from riskd.db import connect
 from riskd.errors import ConfigError
 from riskd.sqlfiles import query
 
 STATUSES = ("pending", "delivered", "failed")
-DEFAULT_LIMIT = 100
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,27 +246,34 @@ def _summary(conn: psycopg.Connection[Any], status: Status) -> None:
     status.oldest_close_request_age = row["oldest_close_request_age"]
 
 
-def _deliveries(conn: psycopg.Connection[Any], status: Status) -> None:
-    """The webhook outbox, when this role may read it (else None: status still runs)."""
-    readable = conn.execute(query("status_reads_deliveries")).fetchone()
+def _optional(conn: psycopg.Connection[Any], probe: str, read: str) -> dict[str, Any] | None:
+    """The one row of ``read``, or None when ``probe`` says this role cannot read its table
+    (a schema from before it, a role granted before it): status still runs."""
+    readable = conn.execute(query(probe)).fetchone()
     if not readable or not readable[0]:
+        return None
+    row = conn.cursor(row_factory=dict_row).execute(query(read)).fetchone()
+    assert row is not None  # one row, always
+    return row
+
+
+def _deliveries(conn: psycopg.Connection[Any], status: Status) -> None:
+    """The webhook outbox, when this role may read it (else None)."""
+    row = _optional(conn, "status_reads_deliveries", "status_deliveries")
+    if row is None:
         status.pending_deliveries = status.failed_deliveries = None
         return
-    row = conn.cursor(row_factory=dict_row).execute(query("status_deliveries")).fetchone()
-    assert row is not None  # one row, always
     status.pending_deliveries = int(row["pending_deliveries"])
     status.oldest_delivery_age = row["oldest_delivery_age"]
     status.failed_deliveries = int(row["failed_deliveries"])
 
 
 def _dirty_instruments(conn: psycopg.Connection[Any], status: Status) -> None:
-    """The instrument marks, when this role may count them (else None: status still runs)."""
-    readable = conn.execute(query("status_reads_dirty_instruments")).fetchone()
-    if not readable or not readable[0]:
+    """The instrument marks, when this role may count them (else None)."""
+    row = _optional(conn, "status_reads_dirty_instruments", "status_dirty_instruments")
+    if row is None:
         status.dirty_instrument_marks = status.dirty_instruments = None
         return
-    row = conn.cursor(row_factory=dict_row).execute(query("status_dirty_instruments")).fetchone()
-    assert row is not None  # one row, always
     status.dirty_instrument_marks = int(row["dirty_instrument_marks"])
     status.dirty_instruments = int(row["dirty_instruments"])
 
