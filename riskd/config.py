@@ -284,6 +284,10 @@ def _webhook_url(value: object) -> str:
         raise ValueError(f"expected an http:// or https:// URL, got {_show(_url_shown(text))}")
     if " " in text:
         raise ValueError("a URL holds no spaces (percent-encode them)")
+    try:
+        _ = parts.port  # urllib checks the port only when asked
+    except ValueError as exc:
+        raise ValueError(f"{exc} in {_show(_url_shown(text))}") from None
     return text
 
 
@@ -291,8 +295,7 @@ def _url_shown(url: str) -> str:
     """A webhook URL as riskd shows it: without user info or query, which may hold tokens."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else url[:20]
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else url[:20]
 
 
 def webhook_key(secret: str) -> bytes:

@@ -201,6 +201,7 @@ def _refused(env: dict[str, str]) -> str:
             "[webhook] url:",
         ),
         ({"RISKD_WEBHOOK_URL": "x.example/h", "RISKD_WEBHOOK_SECRET": SECRET}, "[webhook] url:"),
+        ({"RISKD_WEBHOOK_URL": "http://x.example:99999/h"}, "Port out of range"),
         ({"RISKD_WEBHOOK_SECRET": "whsec_not base64!"}, "[webhook] secret: expected whsec_"),
         (
             {"RISKD_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"short").decode()},
