@@ -21,7 +21,7 @@ from psycopg.types.json import set_json_loads
 from riskd import migrate, numbers
 from riskd.config import Settings
 from riskd.db import connect
-from riskd.errors import ConfigError, flat
+from riskd.errors import NotInstalled, flat
 from riskd.sqlfiles import query
 
 AT_RISK = ("warning", "critical")
@@ -155,12 +155,13 @@ class Listing:
         return max(0, self.total - len(self.rows))
 
 
-def _read(settings: Settings) -> psycopg.Connection[Any]:
-    """A read-only connection to a database riskd is installed in."""
+def reader(settings: Settings) -> psycopg.Connection[Any]:
+    """A read-only connection to a database riskd is installed in (NotInstalled if not), its
+    numbers decoded exactly: what every listing of riskd's tables reads through."""
     conn = connect(settings)
     try:
         if not migrate.installed(conn):
-            raise ConfigError("riskd is not installed in this database: run `riskd migrate`")
+            raise NotInstalled()
         conn.read_only = True
         # jsonb holds numerics: decode them exactly (a float would round money)
         set_json_loads(numbers.loads_exact, conn)
@@ -192,7 +193,7 @@ def nearest(settings: Settings, n: int) -> Listing:
 def _listing(settings: Settings, name: str, params: dict[str, Any]) -> Listing:
     """A named query's accounts, each with the total the query counted."""
     with (
-        _read(settings) as conn,
+        reader(settings) as conn,
         conn.transaction(),
         conn.cursor(row_factory=class_row(AccountFigures)) as cur,
     ):
@@ -207,7 +208,7 @@ def close_requests(
     others newest first."""
     params = {"status": status, "limit": limit}
     with (
-        _read(settings) as conn,
+        reader(settings) as conn,
         conn.transaction(),
         conn.cursor(row_factory=class_row(CloseRequest)) as cur,
     ):

@@ -14,11 +14,10 @@ from typing import Any
 
 from psycopg.rows import class_row
 
-from riskd import migrate, numbers, webhooks
-from riskd.accounts import DEFAULT_LIMIT
+from riskd import numbers, webhooks
+from riskd.accounts import DEFAULT_LIMIT, reader
 from riskd.config import Settings
 from riskd.db import connect
-from riskd.errors import ConfigError
 from riskd.sqlfiles import query
 
 STATUSES = ("pending", "delivered", "failed")
@@ -86,14 +85,12 @@ def listing(
 ) -> list[Delivery]:
     """The deliveries with this status (None: every one): pending oldest first, then the
     others newest first."""
-    with connect(settings) as conn:
-        if not migrate.installed(conn):
-            raise ConfigError("riskd is not installed in this database: run `riskd migrate`")
-        conn.read_only = True
-        with conn.transaction(), conn.cursor(row_factory=class_row(Delivery)) as cur:
-            return cur.execute(
-                query("deliveries_list"), {"status": status, "limit": limit}
-            ).fetchall()
+    with (
+        reader(settings) as conn,
+        conn.transaction(),
+        conn.cursor(row_factory=class_row(Delivery)) as cur,
+    ):
+        return cur.execute(query("deliveries_list"), {"status": status, "limit": limit}).fetchall()
 
 
 def retry(settings: Settings, ids: Sequence[int], every_failed: bool) -> list[int]:

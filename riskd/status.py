@@ -214,7 +214,7 @@ def collect(settings: Settings, recent: int = RECENT_EVENTS) -> Status:
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for all
         with conn.transaction():
-            status.installed = migrate.installed_revision(conn) is not None
+            status.installed = migrate.installed(conn)  # the revision: status_summary
             if not status.installed:
                 return status
             _summary(conn, status)

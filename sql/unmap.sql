@@ -20,7 +20,13 @@ BEGIN
         SELECT p.oid::pg_catalog.regprocedure::text AS fn
         FROM pg_catalog.pg_proc AS p
         WHERE p.pronamespace = 'riskd'::pg_catalog.regnamespace
-          AND p.proname NOT IN ('fence_heartbeat', 'enqueue_event_deliveries')
+          -- kept: the functions of triggers on riskd's own tables (the version fence, the
+          -- webhook outbox); drop_capture.sql took the triggers on the platform's tables off
+          AND NOT EXISTS (
+              SELECT FROM pg_catalog.pg_trigger AS t
+              JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
+              WHERE t.tgfoid = p.oid
+                AND c.relnamespace = 'riskd'::pg_catalog.regnamespace)
     LOOP
         EXECUTE 'DROP FUNCTION ' || r.fn;
     END LOOP;

@@ -150,3 +150,10 @@ def test_riskd_deliveries_lists_the_outbox_and_retries_the_dead_letters(db: Db) 
     assert cli("retry")[0] == 2  # neither ids nor --all-failed: a usage error
     code, out, _ = cli("--status", "pending")
     assert code == 0 and len(out.splitlines()) == 2 and "next attempt now" in out
+
+
+def test_riskd_deliveries_without_riskd_is_one_line(bare_db: Db) -> None:
+    env = {"RISKD_CONFIG": "", "DATABASE_URL": "", "RISKD_DSN": bare_db.dsn}
+    result = CliRunner().invoke(main, ["deliveries"], env=env)
+    assert result.exit_code == 2
+    assert result.stderr == "riskd: riskd is not installed in this database (run `riskd migrate`)\n"
