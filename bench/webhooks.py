@@ -30,6 +30,7 @@ from common import DURABLE, OUT, machine, seeded_database, start_daemon
 
 from riskd.check import check_accounts
 from riskd.config import DatabaseSettings, Settings
+from riskd.db import session_values
 from riskd.sqlfiles import query
 
 SECRET = "whsec_" + "QmVuY2htYXJrIHdlYmhvb2sga2V5IDAxMjM0NTY3"  # 30 bytes, a bench's own
@@ -129,7 +130,7 @@ def check_path(dsn: str, batch: int, rounds: int) -> tuple[float, float]:
     off = psycopg.connect(dsn, autocommit=True)
     for conn in (on, off):
         conn.execute(query("pool_session"))
-    on.execute(query("webhook_session"))
+    on.execute(query("session_settings"), session_values(settings) | {"webhook": "on"})
     timings: dict[str, list[float]] = {"on": [], "off": []}
     with psycopg.connect(dsn, autocommit=True) as admin:
         pool = [

@@ -120,6 +120,12 @@ GRANT SELECT, INSERT ON riskd.risk_events TO :"daemon_role";
 GRANT SELECT, INSERT, UPDATE ON riskd.close_requests TO :"daemon_role";
 GRANT SELECT ON riskd.account_limits TO :"daemon_role";
 
+-- The safety rails (issue 14): the check records what a rail held back (riskd.alerts) and
+-- reads the kill switch (riskd.controls); it changes the switch only through riskd.pause and
+-- riskd.resume (SECURITY DEFINER, below with the functions), as `riskd pause` does.
+GRANT SELECT, INSERT ON riskd.alerts TO :"daemon_role";
+GRANT SELECT ON riskd.controls TO :"daemon_role";
+
 -- The webhook outbox (issue 13): the check's events get their delivery row in the same
 -- transaction (a trigger, with these privileges), and the delivery task claims due rows
 -- (SELECT … FOR UPDATE SKIP LOCKED) and records each attempt (UPDATE).
@@ -137,7 +143,11 @@ GRANT EXECUTE ON FUNCTION
     riskd.position_pnl(numeric),
     riskd.position_data_error(numeric, numeric, numeric, numeric),
     riskd.position_untrusted(numeric, numeric, numeric, numeric),
-    riskd.drain_instruments()
+    riskd.drain_instruments(),
+    riskd.act(riskd.checked_account[], riskd.check_result[], numeric, numeric),
+    riskd.setting_number(text),
+    riskd.pause(text, text, jsonb),
+    riskd.resume(text, text)
 TO :"daemon_role";
 
 -- The check and the sweep read the platform's tables through two views of riskd's
@@ -208,7 +218,9 @@ GRANT SELECT ON
     riskd.risk_events,
     riskd.close_requests,
     riskd.account_limits,
-    riskd.deliveries
+    riskd.deliveries,
+    riskd.alerts,
+    riskd.controls
 TO :"monitor_role";
 
 -- ============================================================================ memberships

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from riskd import __version__, logs, mapping, pipes, removal
+from riskd import __version__, logs, mapping, pipes, rails, removal
 from riskd import accounts as account_views
 from riskd import check as checks
 from riskd import deliveries as outbox
@@ -403,6 +403,12 @@ def status(
 @click.option("--level", type=click.Choice(LEVELS), help="Only events reaching this level.")
 @click.option("--since", help="Only events since: a duration before now (10m) or ISO 8601.")
 @click.option("-f", "--follow", is_flag=True, help="Then print new events live (Ctrl-C ends).")
+@click.option(
+    "--alerts",
+    "show_alerts",
+    is_flag=True,
+    help="The safety rails' alerts instead (pause, resume, breaker, held closes).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj
 def events(
@@ -412,9 +418,19 @@ def events(
     level: str | None,
     since: str | None,
     follow: bool,
+    show_alerts: bool,
     as_json: bool,
 ) -> None:
-    """The latest risk events, oldest first; --follow tails them live (exit 0 on Ctrl-C)."""
+    """The latest risk events, oldest first; --follow tails them live (exit 0 on Ctrl-C).
+
+    --alerts: what the safety rails did instead (riskd.alerts), oldest first.
+    """
+    if show_alerts:
+        if follow or level is not None or since is not None:
+            raise click.UsageError("--alerts goes with --limit, --account and --json only")
+        for alert in rails.alerts(opts.settings(), limit, account):
+            click.echo(json.dumps(alert.as_json()) if as_json else alert.line())
+        return
     since_at, ago = event_log.parse_since(since) if since is not None else (None, None)
     filt = event_log.EventFilter(account=account, level=level, since=since_at, ago=ago)
     try:
@@ -431,6 +447,38 @@ def events(
                     click.echo(event.line())
     except KeyboardInterrupt:
         pass  # a closed pipe (`| head`) is the stdout guard's (riskd/pipes.py)
+
+
+@main.command()
+@click.option("--reason", help="Why, recorded with the pause and shown by `riskd status`.")
+@click.pass_obj
+def pause(opts: _Options, reason: str | None) -> None:
+    """The kill switch: stop every auto-close on every instance, until `riskd resume`.
+
+    Levels, events and webhook deliveries go on; no close request is opened and nothing is
+    flattened. Kept in the database (riskd.controls): it holds across restarts, and returns
+    once no instance is still closing. `riskd status` says PAUSED (exit 1). Exit 0, also when
+    riskd was paused already (it says by whom).
+    """
+    changed, now = rails.pause(opts.settings(), reason)
+    click.echo(("riskd paused: " if changed else "riskd was paused already: ") + now.line())
+
+
+@main.command()
+@click.option("--reason", help="Why, recorded with the resume.")
+@click.pass_obj
+def resume(opts: _Options, reason: str | None) -> None:
+    """Lift the kill switch (or the circuit breaker's pause).
+
+    The accounts still critical are checked again at once, worst first, and closed within
+    [risk] max_closes_per_minute. Exit 0, also when riskd was not paused.
+    """
+    changed, _ = rails.resume(opts.settings(), reason)
+    click.echo(
+        "riskd resumed: accounts still critical are closed at their next check, worst first"
+        if changed
+        else "riskd was not paused: nothing to resume"
+    )
 
 
 # --- demo (owned by the demo work) --------------------------------------------------------

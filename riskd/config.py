@@ -101,6 +101,9 @@ class RiskSettings:
     auto_close_threshold: Decimal = Decimal("0.90")
     auto_close: Literal["request", "flatten", "off"] = "request"
     hysteresis: Decimal = Decimal("0.02")
+    # the safety rails (DESIGN §1): 0 = off
+    max_closes_per_minute: int = 0  # the circuit breaker, across all instances
+    max_price_age: float = 0.0  # seconds: the stale-price guard (needs instrument_price_time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,7 @@ class SchemaMapping:
     instrument_id: str = "id"
     instrument_price: str = "price"
     instrument_margin_rate: str = "marginRate"
+    instrument_price_time: str = ""  # optional: when the price was set ("" = not mapped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +208,14 @@ def _identifier(value: object) -> str:
     if len(text.encode()) > _MAX_IDENTIFIER_BYTES:
         raise ValueError(f"identifier longer than {_MAX_IDENTIFIER_BYTES} bytes: {_show(text)}")
     return text
+
+
+# [schema] keys that may stay unmapped ("")
+OPTIONAL_COLUMNS = ("instrument_price_time",)
+
+
+def _optional_identifier(value: object) -> str:
+    return _identifier(value) if _string(value) else ""
 
 
 def _decimal(value: object) -> Decimal:
@@ -281,20 +293,20 @@ def _webhook_url(value: object) -> str:
         return ""
     parts = urllib.parse.urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname or not text.isprintable():
-        raise ValueError(f"expected an http:// or https:// URL, got {_show(_url_shown(text))}")
+        raise ValueError(f"expected an http:// or https:// URL, got {_show(url_shown(text))}")
     if " " in text:
         raise ValueError("a URL holds no spaces (percent-encode them)")
     try:
         _ = parts.port  # urllib checks the port only when asked
     except ValueError as exc:
-        raise ValueError(f"{exc} in {_show(_url_shown(text))}") from None
+        raise ValueError(f"{exc} in {_show(url_shown(text))}") from None
     return text
 
 
-def _url_shown(url: str) -> str:
+def url_shown(url: str) -> str:
     """A webhook URL as riskd shows it: without user info or query, which may hold tokens."""
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+    host = parts.netloc.rpartition("@")[2]  # host and port, without user info
     return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else url[:20]
 
 
@@ -336,6 +348,8 @@ _SECTIONS: dict[str, dict[str, Converter]] = {
         "auto_close_threshold": _fraction(),
         "auto_close": _choice("request", "flatten", "off"),
         "hysteresis": _fraction(zero_ok=True),
+        "max_closes_per_minute": _bounded(_integer, 0, 1_000_000),
+        "max_price_age": parse_duration,
     },
     "daemon": {
         "debounce": parse_duration,  # parse_duration refuses negative values itself
@@ -348,7 +362,13 @@ _SECTIONS: dict[str, dict[str, Converter]] = {
         "log_format": _choice("text", "json"),
     },
     "schema": {
-        key: (lambda v: TableName.parse(_string(v))) if key.endswith("_table") else _identifier
+        key: (
+            (lambda v: TableName.parse(_string(v)))
+            if key.endswith("_table")
+            else _optional_identifier
+            if key in OPTIONAL_COLUMNS
+            else _identifier
+        )
         for key in (f.name for f in fields(SchemaMapping))
     },
     "webhook": {
@@ -432,7 +452,7 @@ def _order_error(
     )
 
 
-def _validate(risk: RiskSettings, daemon: DaemonSettings, raw: _Raw) -> None:
+def _validate(risk: RiskSettings, daemon: DaemonSettings, schema: SchemaMapping, raw: _Raw) -> None:
     """Rules that involve two keys; single-key rules live in the converters.
 
     Hysteresis holds an account at a level until it is ``hysteresis`` below that level's
@@ -457,6 +477,11 @@ def _validate(risk: RiskSettings, daemon: DaemonSettings, raw: _Raw) -> None:
             f"{_described(raw, 'risk', 'auto_close_threshold', auto_close)}, "
             f"{auto_close - warning}: a wider one keeps a critical account critical under the "
             "warning threshold"
+        )
+    if risk.max_price_age > 0 and not schema.instrument_price_time:
+        raise ConfigError(
+            f"{_described(raw, 'risk', 'max_price_age', f'{risk.max_price_age:g}s')} needs "
+            "[schema] instrument_price_time: the column that says when a price was set"
         )
     if daemon.debounce > daemon.max_delay:
         low, high = ("debounce", f"{daemon.debounce:g}s"), ("max_delay", f"{daemon.max_delay:g}s")
@@ -495,13 +520,14 @@ def load_settings(
     values = {section: _convert(section, raw) for section in _SECTIONS}
     risk = RiskSettings(**values["risk"])
     daemon = DaemonSettings(**values["daemon"])
-    _validate(risk, daemon, raw)
+    schema = SchemaMapping(**values["schema"])
+    _validate(risk, daemon, schema, raw)
     webhook = _webhook(values["webhook"], raw)
     return Settings(
         database=_database(dsn, environ, values["database"].get("dsn"), raw),
         risk=risk,
         daemon=daemon,
-        schema=SchemaMapping(**values["schema"]),
+        schema=schema,
         webhook=webhook,
         config_path=path,
     )
@@ -558,13 +584,22 @@ def _database(
     return DatabaseSettings()
 
 
-RISK_KEYS = ("warning_threshold", "auto_close_threshold", "hysteresis", "auto_close")
+RISK_KEYS = (
+    "warning_threshold",
+    "auto_close_threshold",
+    "hysteresis",
+    "auto_close",
+    "max_closes_per_minute",
+    "max_price_age",
+)
 
 
 def risk_fingerprint(risk: RiskSettings) -> dict[str, str]:
     """The risk settings that decide levels and actions, as the heartbeat carries them
     (numbers as written, compared as numbers): instances that differ fight each other."""
-    return {key: str(getattr(risk, key)) for key in RISK_KEYS}
+    shown = {key: str(getattr(risk, key)) for key in RISK_KEYS}
+    shown["max_price_age"] = f"{risk.max_price_age:g}s"
+    return shown
 
 
 def effective(settings: Settings) -> dict[str, object]:

@@ -45,18 +45,28 @@ def connect(
         problem = dsn_problem(dsn) or "cannot be read as a connection string"
         source = settings.database.source or "[database] dsn"
         raise ConfigError(f"{source}: invalid DSN: {problem}") from exc
-    if settings.webhook.url:
-        _webhook_session(conn)
+    set_session(conn, settings)
     return conn
 
 
-def _webhook_session(conn: psycopg.Connection[Any]) -> None:
-    """The events this session writes get their webhook delivery (sql/outbox.sql); set on its
+def session_values(settings: Settings) -> dict[str, str]:
+    """The session settings of every riskd connection that checks or writes (the named query
+    session_settings): the webhook outbox on or off, the safety rails' limits."""
+    risk = settings.risk
+    return {
+        "webhook": "on" if settings.webhook.url else "off",
+        "max_closes_per_minute": str(risk.max_closes_per_minute),
+        "max_price_age": f"{risk.max_price_age:.3f}",
+    }
+
+
+def set_session(conn: psycopg.Connection[Any], settings: Settings) -> None:
+    """The session settings of ``settings`` on ``conn`` (:func:`session_values`), set on their
     own, outside any transaction the caller opens next."""
     autocommit = conn.autocommit
     conn.autocommit = True
     try:
-        conn.execute(query("webhook_session"))
+        conn.execute(query("session_settings"), session_values(settings))
     except BaseException:
         conn.close()
         raise
@@ -91,12 +101,16 @@ async def aconnect(dsn: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
 
 
 def apool(
-    dsn: str, timeout: float, *, webhook: bool = False
+    dsn: str, timeout: float, session: dict[str, str]
 ) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
     """The daemon's pool (opened by the caller, inside its loop): the same connections as
-    ``aconnect``, each checked before it is handed out (psycopg_pool does not, unless asked);
-    with ``webhook``, the events they write get their delivery (sql/outbox.sql)."""
+    ``aconnect``, each checked before it is handed out (psycopg_pool does not, unless asked),
+    each with the session settings ``session`` (:func:`session_values`)."""
     from psycopg_pool import AsyncConnectionPool  # the daemon's alone: no other command loads it
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(query("pool_session"))
+        await conn.execute(query("session_settings"), session)
 
     return AsyncConnectionPool(
         dsn,
@@ -110,16 +124,7 @@ def apool(
             "connect_timeout": CONNECT_TIMEOUT,
             **KEEPALIVES,
         },
-        configure=_configure_webhook if webhook else _configure,
+        configure=configure,
         check=AsyncConnectionPool.check_connection,
         name="riskd",
     )
-
-
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute(query("pool_session"))
-
-
-async def _configure_webhook(conn: psycopg.AsyncConnection[Any]) -> None:
-    await _configure(conn)
-    await conn.execute(query("webhook_session"))

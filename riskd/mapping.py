@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from riskd.config import SchemaMapping, Settings, TableName
+from riskd.config import OPTIONAL_COLUMNS, SchemaMapping, Settings, TableName
 from riskd.db import connect
 from riskd.errors import SchemaMappingError
 from riskd.sqlfiles import query
@@ -34,8 +34,13 @@ _LAYOUT: tuple[tuple[str, tuple[str, ...]], ...] = (
             "position_pnl",
         ),
     ),
-    ("instruments_table", ("instrument_id", "instrument_price", "instrument_margin_rate")),
+    (
+        "instruments_table",
+        ("instrument_id", "instrument_price", "instrument_margin_rate", "instrument_price_time"),
+    ),
 )
+# the types a price's time may have (or a domain over one)
+_TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +104,16 @@ def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedM
             )
         for column_key in column_keys:
             column: str = getattr(mapping, column_key)
+            if not column and column_key in OPTIONAL_COLUMNS:
+                continue
             if column not in columns:
                 raise SchemaMappingError(
                     f"[schema] {column_key}: column {column!r} does not exist in "
                     f"{table.schema}.{table.name}"
                 )
             types[column_key] = columns[column]
+    if "instrument_price_time" in types:
+        _check_time(conn, types["instrument_price_time"], mapping)
     # the capture triggers store a position's account id as an account id: a type that would
     # not convert would fail trading writes at run time, so refuse it here
     source, target = types["position_account"], types["account_id"]
@@ -125,6 +134,17 @@ def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedM
         balance_scale=types["account_balance"].numeric_scale,
         column_types=tuple((key, column.type) for key, column in types.items()),
     )
+
+
+def _check_time(conn: psycopg.Connection[_Row], column: Column, mapping: SchemaMapping) -> None:
+    """The stale-price guard compares a price's time with the clock: the column must hold one
+    (timestamptz, or timestamp read in the session's time zone, or date)."""
+    row = conn.execute(query("base_type"), {"type": column.type_oid}).fetchone()
+    if not row or row[0] not in _TIME_TYPES:
+        raise SchemaMappingError(
+            f"[schema] instrument_price_time: column {mapping.instrument_price_time!r} is "
+            f"{column.type}, not a time stamp (timestamptz, timestamp or date)"
+        )
 
 
 def verify(settings: Settings, **connect_options: Any) -> ResolvedMapping:
@@ -218,5 +238,6 @@ def as_json(mapping: SchemaMapping) -> dict[str, str]:
         table: TableName = getattr(mapping, table_key)
         out[table_key] = f"{table.schema}.{table.name}"
         for column_key in column_keys:
-            out[column_key] = getattr(mapping, column_key)
+            if getattr(mapping, column_key) or column_key not in OPTIONAL_COLUMNS:
+                out[column_key] = getattr(mapping, column_key)
     return out

@@ -79,9 +79,11 @@ OFFLINE_ACCOUNT_ID_TYPE = "text"
 # What an empty database gets for head, in this order (sql/).
 HEAD_INSTALL = (
     "schema.sql",
+    "rails.sql",
     "outbox.sql",
     "fence.sql",
     "check.sql",
+    "act.sql",
     "sweep.sql",
     "capture.sql",
     "privileges.sql",
@@ -104,7 +106,7 @@ class Action(enum.Enum):
 
 # What head renders from the [schema] mapping: taken off by drop_capture.sql and unmap.sql,
 # installed again by these.
-REMAP_INSTALL = ("check.sql", "sweep.sql", "capture.sql", "privileges.sql")
+REMAP_INSTALL = ("check.sql", "act.sql", "sweep.sql", "capture.sql", "privileges.sql")
 
 
 def plan(before: str | None, target: str, head: str, below_before: set[str]) -> Action:

@@ -69,6 +69,10 @@ FUNCTIONS = (
     "riskd.position_data_error(numeric, numeric, numeric, numeric)",
     "riskd.position_untrusted(numeric, numeric, numeric, numeric)",
     "riskd.drain_instruments()",
+    "riskd.act(riskd.checked_account[], riskd.check_result[], numeric, numeric)",
+    "riskd.setting_number(text)",
+    "riskd.pause(text, text, jsonb)",
+    "riskd.resume(text, text)",
 )
 FLATTEN_FUNCTION = "riskd.flatten(riskd.check_result[], numeric, numeric)"
 # what flatten reads and writes the platform's tables through; their argument types follow the
@@ -94,6 +98,8 @@ RISKD_GRANTS = (
     Grant("close_requests", ("SELECT", "INSERT", "UPDATE"), "table", ("riskd.close_requests",)),
     Grant("deliveries", ("SELECT", "INSERT", "UPDATE"), "table", ("riskd.deliveries",)),
     Grant("limits", ("SELECT",), "table", ("riskd.account_limits",)),
+    Grant("alerts", ("SELECT", "INSERT"), "table", ("riskd.alerts",)),
+    Grant("controls", ("SELECT",), "table", ("riskd.controls",)),
     Grant("functions", ("EXECUTE",), "function", FUNCTIONS),
     Grant("views", ("SELECT",), "table", ("riskd.platform_positions", "riskd.platform_accounts")),
 )
@@ -116,6 +122,8 @@ MONITOR_GRANTS = (
             "riskd.close_requests",
             "riskd.account_limits",
             "riskd.deliveries",
+            "riskd.alerts",
+            "riskd.controls",
         ),
     ),
 )
@@ -162,7 +170,13 @@ def platform_grants(m: SchemaMapping) -> tuple[Grant, ...]:
             ("SELECT",),
             "column",
             (_table(m.instruments_table),),
-            _columns(m, "instrument_id", "instrument_price", "instrument_margin_rate"),
+            _columns(
+                m,
+                "instrument_id",
+                "instrument_price",
+                "instrument_margin_rate",
+                *(("instrument_price_time",) if m.instrument_price_time else ()),
+            ),
             "instruments_table",
         ),
     )

@@ -27,6 +27,11 @@ SWEEP_LEADER_KEY = 1
 # account locks and the sweep leader's, held from before the version is read to the end.
 MIGRATE_LOCK_CLASS = 0x72736B4D
 MIGRATE_LOCK_KEY = 1
+# The safety rails' lock ("rskR", transaction-level): a check about to close takes it shared
+# (exclusively when it counts closes for the circuit breaker), pause and resume exclusively, so
+# that once `riskd pause` returns no check that read the switch before it is still closing.
+RAILS_LOCK_CLASS = 0x72736B52
+RAILS_LOCK_KEY = 1
 # The channels (DESIGN §4): the triggers wake the daemon on the first, the checks tell the
 # platform on the second.
 CHANGES_CHANNEL = "riskd_changes"
@@ -126,7 +131,15 @@ def template_params(
         "set_pnl_zero": sql.SQL("") if pnl_generated else sql.SQL(", {} = 0").format(pnl),
         "balance_bookable": sql.SQL("false" if balance_generated else "true"),
         "balance_scale": sql.SQL("NULL") if balance_scale is None else sql.Literal(balance_scale),
+        "price_time": (
+            sql.SQL("i.{}::timestamptz").format(sql.Identifier(mapping.instrument_price_time))
+            if mapping.instrument_price_time
+            else sql.SQL("NULL::timestamptz")
+        ),
         "lock_class": sql.Literal(LOCK_CLASS),
+        "rails_lock": sql.SQL("{}, {}").format(
+            sql.Literal(RAILS_LOCK_CLASS), sql.Literal(RAILS_LOCK_KEY)
+        ),
         # each mapped column's SQL type as the catalog has it ({type_p_account}, …); without a
         # database (--sql), the reference schema's
         **{

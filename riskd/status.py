@@ -12,6 +12,8 @@ Health rules, each failing one a line in ``problems``:
   from the database; a clean stop removes its row);
 * ``pg_notification_queue_usage()`` at most ``max_queue_usage``;
 * the lag of every live instance (its oldest change not yet checked) at most ``max_lag``;
+* not paused: the kill switch (``riskd pause``, or the circuit breaker) holds every
+  auto-close, which an operator must lift;
 * every live instance runs with the same risk settings (warning and auto-close thresholds,
   hysteresis, auto_close mode, as its heartbeat carries them): two instances that disagree
   undo each other's events and close requests.
@@ -31,7 +33,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from riskd import __version__, capture, migrate, numbers
+from riskd import __version__, capture, migrate, numbers, rails
 from riskd import events as risk_events
 from riskd import mapping as schema_mapping
 from riskd.config import RISK_KEYS, Settings, mask_dsn, parse_duration
@@ -155,6 +157,9 @@ class Status:
     oldest_delivery_age: float | None = None
     failed_deliveries: int | None = 0
     recent_events: list[risk_events.Event] = field(default_factory=list)
+    # the safety rails (issue 14); switch None: this database or role has none to read
+    switch: rails.Switch | None = None
+    recent_alerts: list[rails.Alert] = field(default_factory=list)
     capture_problems: list[str] = field(default_factory=list)
     # what slows riskd down without making it unhealthy (a missing index), one line each
     warnings: list[str] = field(default_factory=list)
@@ -198,6 +203,8 @@ class Status:
             "oldest_delivery_age": self.oldest_delivery_age,
             "failed_deliveries": self.failed_deliveries,
             "recent_events": [e.as_json() for e in self.recent_events],
+            "paused": None if self.switch is None else self.switch.as_json(),
+            "recent_alerts": [a.as_json() for a in self.recent_alerts],
             "capture_problems": self.capture_problems,
             "warnings": self.warnings,
         }
@@ -225,6 +232,8 @@ def collect(settings: Settings, recent: int = RECENT_EVENTS) -> Status:
                 Instance(**(row | {"stats": _as_dict(row["stats"])})) for row in cur.fetchall()
             ]
             status.recent_events = risk_events.recent(conn, risk_events.EventFilter(), recent)
+            status.switch = rails.read_switch(conn)
+            status.recent_alerts = rails.recent(conn, recent)
             status.capture_problems = capture.problems(conn, settings.schema)
             status.warnings = schema_mapping.account_index_warnings(conn, settings.schema)
     return status
@@ -283,6 +292,8 @@ def assess(status: Status, limits: Limits) -> list[str]:
     if not status.installed:
         return ["riskd is not installed in this database (run `riskd migrate`)"]
     problems: list[str] = []
+    if status.switch is not None and status.switch.paused:
+        problems.append(status.switch.line())
     if status.revision != status.head:
         problems.append(migrate.compare(status.revision)[0])
     problems += [f"{p} (run `riskd migrate`)" for p in status.capture_problems]
@@ -492,6 +503,8 @@ def _events_table(events: list[risk_events.Event]) -> Table:
 def render(status: Status, limits: Limits, console: Console) -> None:
     """The text report: a one-line summary, one ``UNHEALTHY:`` line per problem, tables."""
     problems = assess(status, limits)
+    if status.switch is not None and status.switch.paused:
+        console.print(f"*** {status.switch.line()} ***")
     console.print(summary(status, limits, problems))
     for problem in problems:
         console.print(f"UNHEALTHY: {problem}")
@@ -545,6 +558,10 @@ def render(status: Status, limits: Limits, console: Console) -> None:
         console.print(_events_table(status.recent_events))
     else:
         console.print("recent events: none")
+    if status.recent_alerts:
+        console.print("recent alerts (riskd events --alerts):")
+        for alert in status.recent_alerts:
+            console.print(f"  {alert.line()}")
 
 
 def limits_from_options(

@@ -81,15 +81,18 @@ RETURN NULLIF(jsonb_strip_nulls(jsonb_build_object(
 -- with the caller's grants and row-level security, as if it read the tables. Every figure is
 -- cast to numeric: the platform may keep any numeric type.
 CREATE VIEW riskd.platform_positions WITH (security_invoker = true) AS
-SELECT v.*,
+SELECT v.position_id, v.account_id, v.instrument, v.quantity, v.price, v.margin_rate, v.pnl,
        riskd.position_margin(v.quantity, v.price, v.margin_rate) AS margin,
        riskd.position_pnl(v.pnl) AS pnl_value,
-       riskd.position_data_error(v.quantity, v.price, v.margin_rate, v.pnl) AS data_error
+       riskd.position_data_error(v.quantity, v.price, v.margin_rate, v.pnl) AS data_error,
+       -- when the price was set ([schema] instrument_price_time; NULL when not mapped), which
+       -- the stale-price guard reads
+       v.price_time
 FROM (
     SELECT p.{p_id} AS position_id, p.{p_account} AS account_id,
            p.{p_instrument}::text AS instrument, p.{p_quantity}::numeric AS quantity,
            i.{i_price}::numeric AS price, i.{i_margin_rate}::numeric AS margin_rate,
-           p.{p_pnl}::numeric AS pnl
+           p.{p_pnl}::numeric AS pnl, {price_time} AS price_time
     FROM {positions} AS p
     LEFT JOIN {instruments} AS i ON i.{i_id} = p.{p_instrument}
     WHERE p.{p_quantity} <> 0
@@ -147,7 +150,9 @@ CREATE TYPE riskd.checked_account AS (
     level          text,
     utilization    numeric,
     rewrite        boolean,
-    evidence       jsonb    -- for a transition or a critical account: {{positions, data_errors}}
+    evidence       jsonb,   -- for a transition or a critical account: {{positions, data_errors}}
+    mode           text,    -- its auto-close mode: the account's limit, else the check's
+    price_time     timestamptz  -- its oldest price's time (-infinity: one has none)
 );
 
 -- Check a batch of accounts: lock them (transaction advisory locks, in one global order so
@@ -186,6 +191,7 @@ DECLARE
     v_new bigint;      -- accounts checked for the first time
     v_changed bigint;  -- known accounts whose level or figures changed
     v_act bigint;      -- accounts with a transition, or critical: events, close requests
+    v_close bigint;    -- critical accounts with positions open and a mode that closes
     v_notify bigint := 0;  -- results to announce on riskd_events
     -- as the triggers read it: a value that is not a plain number counts as the default, so
     -- that a typo in a setting can never stop every check
@@ -193,9 +199,6 @@ DECLARE
         WHEN current_setting('riskd.notify_queue_limit', true) ~ '^ *[0-9]{{0,6}}[.]?[0-9]{{1,12}} *$'
         THEN float8(current_setting('riskd.notify_queue_limit', true))
         ELSE 0.5 END;
-    -- a generated balance cannot take realised PnL: flatten falls back to a close request
-    v_mode text := CASE WHEN p_mode = 'flatten' AND NOT {balance_bookable} THEN 'request'
-                        ELSE p_mode END;
 BEGIN
     PERFORM pg_advisory_xact_lock({lock_class}, s.k)
     FROM (SELECT DISTINCT hashtext(i::text) AS k FROM unnest(v_ids) AS i ORDER BY 1) AS s;
@@ -206,6 +209,10 @@ BEGIN
                a.balance_value + COALESCE(agg.pnl, 0) AS equity,
                COALESCE(agg.used, 0) AS used_margin,
                a.data_error IS NULL AND COALESCE(agg.n_untrusted, 0) = 0 AS trusted,
+               agg.price_time,
+               -- a generated balance cannot take realised PnL: flatten becomes a close request
+               CASE WHEN COALESCE(l.auto_close, p_mode) = 'flatten' AND NOT {balance_bookable}
+                    THEN 'request' ELSE COALESCE(l.auto_close, p_mode) END AS mode,
                -- a limit that sets one threshold keeps the warning at or under auto-close
                LEAST(COALESCE(l.warning_threshold, p_warning),
                      COALESCE(l.auto_close_threshold, p_auto_close)) AS w,
@@ -219,7 +226,8 @@ BEGIN
             SELECT p.account_id, count(*) AS n_open, sum(p.pnl_value) AS pnl,
                    sum(p.margin) AS used,
                    count(*) FILTER (WHERE riskd.position_untrusted(
-                       p.quantity, p.price, p.margin_rate, p.pnl)) AS n_untrusted
+                       p.quantity, p.price, p.margin_rate, p.pnl)) AS n_untrusted,
+                   min(COALESCE(p.price_time, '-infinity')) AS price_time
             FROM riskd.platform_positions AS p
             WHERE p.account_id = ANY (v_ids)
             GROUP BY p.account_id
@@ -266,12 +274,15 @@ BEGIN
            array_agg(ROW(f.account_id, f.user_id, f.balance, f.account_error, f.n_open,
                          f.equity, f.used_margin, f.trusted, f.w, f.ac, f.known,
                          f.previous_level, f.level, f.utilization, f.rewrite,
-                         f.evidence)::riskd.checked_account ORDER BY f.account_id)
+                         f.evidence, f.mode, f.price_time)::riskd.checked_account
+                     ORDER BY f.account_id)
                FILTER (WHERE f.rewrite OR f.level <> f.previous_level OR f.level = 'critical'),
            count(*) FILTER (WHERE f.rewrite AND NOT f.known),
            count(*) FILTER (WHERE f.rewrite AND f.known),
-           count(*) FILTER (WHERE f.level <> f.previous_level OR f.level = 'critical')
-    INTO v_results, v_checked, v_new, v_changed, v_act
+           count(*) FILTER (WHERE f.level <> f.previous_level OR f.level = 'critical'),
+           count(*) FILTER (WHERE f.level = 'critical' AND f.n_open > 0
+                              AND f.mode IN ('request', 'flatten'))
+    INTO v_results, v_checked, v_new, v_changed, v_act, v_close
     FROM found AS f;
 
     IF v_new > 0 THEN
@@ -324,18 +335,6 @@ BEGIN
             FROM kept WHERE level <> previous_level
             ORDER BY account_id  -- one batch's events numbered in account order
             RETURNING id, account_id
-        ), requested AS (
-            INSERT INTO riskd.close_requests (account_id, status, utilization, detail)
-            SELECT account_id, 'pending', utilization,
-                   jsonb_build_object('equity', equity, 'used_margin', used_margin,
-                                      'positions', positions)
-            FROM kept
-            -- every check of a critical account with open positions and trustworthy data
-            -- asks, so that one whose request was done or cancelled while still critical asks
-            -- again; the unique index keeps it to one pending request (I3)
-            WHERE v_mode = 'request' AND level = 'critical' AND n_open > 0 AND trusted
-            ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
-            RETURNING id, account_id
         ), cancelled AS (
             -- leaving critical: a pending request is no longer wanted (every data-modifying
             -- CTE runs to completion whether or not the main query reads it)
@@ -347,16 +346,16 @@ BEGIN
         )
         SELECT array_agg(ROW(r.account_id, r.user_id, r.level, r.previous_level,
                              r.utilization, r.equity, r.used_margin, e.id,
-                             q.id)::riskd.check_result ORDER BY r.account_id),
-               count(*) FILTER (WHERE e.id IS NOT NULL OR q.id IS NOT NULL)
+                             NULL)::riskd.check_result ORDER BY r.account_id),
+               count(e.id)
         INTO v_results, v_notify
         FROM unnest(v_results) AS r
-        LEFT JOIN events AS e ON e.account_id = r.account_id
-        LEFT JOIN requested AS q ON q.account_id = r.account_id;
+        LEFT JOIN events AS e ON e.account_id = r.account_id;
     END IF;
 
-    IF v_mode = 'flatten' THEN
-        v_results := riskd.flatten(v_results, p_warning, p_auto_close);
+    -- the auto-close (sql/act.sql): a close request or a flatten, unless a safety rail holds it
+    IF v_close > 0 THEN
+        v_results := riskd.act(v_checked, v_results, p_warning, p_auto_close);
         v_notify := 1;
     END IF;
 
@@ -372,278 +371,5 @@ BEGIN
     END IF;
 
     RETURN QUERY SELECT * FROM unnest(v_results);
-END
-$fn$;
-
--- What flatten reads and writes of the platform's tables, as SQL-standard functions: their
--- names are resolved once, here, and recorded as dependencies, so that a platform's migration
--- renaming a mapped column or table carries them along and one dropping it is refused naming
--- them (I9), as for the views above. SECURITY INVOKER: with the daemon's own privileges.
---
--- A position is addressed by its key, its account and the table that holds the row (tableoid:
--- partitions and inheritance children each hold their own rows, and `riskd migrate` refuses a
--- table whose key is not unique), so a close touches only the breached account's own
--- positions, each once (I7).
-CREATE TYPE riskd.position_ref AS (
-    table_oid   oid,
-    position_id {type_p_id},
-    account_id  {account_id_type}
-);
-
--- The open positions of these accounts with their instrument's figures, locked NOWAIT (see
--- riskd.flatten). Straight from the table, not through the view: the row's table (tableoid)
--- is a system column, which the view cannot carry without asking every mode for a table-wide
--- SELECT.
-CREATE FUNCTION riskd.flatten_positions(p_accounts {account_id_type}[])
-RETURNS TABLE (table_oid oid, position_id {type_p_id}, account_id {account_id_type},
-               instrument text, quantity numeric, price numeric, margin_rate numeric,
-               pnl numeric)
-LANGUAGE sql
-BEGIN ATOMIC
-    SELECT p.tableoid, p.{p_id}, CAST(p.{p_account} AS {account_id_type}),
-           CAST(p.{p_instrument} AS text), CAST(p.{p_quantity} AS numeric),
-           CAST(i.{i_price} AS numeric), CAST(i.{i_margin_rate} AS numeric),
-           CAST(p.{p_pnl} AS numeric)
-    FROM {positions} AS p
-    LEFT JOIN {instruments} AS i ON i.{i_id} OPERATOR(pg_catalog.=) p.{p_instrument}
-    WHERE p.{p_account} OPERATOR(pg_catalog.=) ANY (p_accounts)
-      AND p.{p_quantity} OPERATOR(pg_catalog.<>) 0
-    FOR NO KEY UPDATE OF p NOWAIT;
-END;
-
-CREATE FUNCTION riskd.flatten_lock_accounts(p_accounts {account_id_type}[]) RETURNS bigint
-LANGUAGE sql
-BEGIN ATOMIC
-    SELECT pg_catalog.count(*) FROM (
-        SELECT 1 FROM {accounts} AS a
-        WHERE a.{a_id} OPERATOR(pg_catalog.=) ANY (p_accounts)
-        FOR NO KEY UPDATE NOWAIT
-    ) AS locked;
-END;
-
--- Closes these positions (quantity 0, and PnL 0 unless the platform computes it), returning
--- those it closed.
-CREATE FUNCTION riskd.flatten_close(p_positions riskd.position_ref[])
-RETURNS SETOF riskd.position_ref
-LANGUAGE sql
-BEGIN ATOMIC
-    UPDATE {positions} AS p SET {p_quantity} = 0{set_pnl_zero}
-    FROM pg_catalog.unnest(p_positions) AS c
-    WHERE p.tableoid OPERATOR(pg_catalog.=) c.table_oid
-      AND p.{p_id} OPERATOR(pg_catalog.=) c.position_id
-      AND p.{p_account} OPERATOR(pg_catalog.=) c.account_id
-    RETURNING c.table_oid, c.position_id, c.account_id;
-END;
-
--- Books realised PnL into the balance of one account; returns the amount the balance really
--- moved by (what the column could hold: rounded by its scale or its type, a domain's too), NULL
--- when the account is not exactly one row it may update. A generated balance takes no UPDATE
--- (check_accounts then asks for a close request instead of flattening): NULL.
-DO $do$
-BEGIN
-    IF {balance_bookable} THEN
-        EXECUTE $f$
-        CREATE FUNCTION riskd.flatten_book(p_account {account_id_type}, p_amount numeric)
-        RETURNS numeric
-        LANGUAGE sql
-        BEGIN ATOMIC
-            WITH before AS (
-                SELECT a.{a_id} AS id, a.{a_balance} AS balance FROM {accounts} AS a
-                WHERE a.{a_id} OPERATOR(pg_catalog.=) p_account
-            ), booked AS (
-                UPDATE {accounts} AS a
-                SET {a_balance} = COALESCE(a.{a_balance}, 0) OPERATOR(pg_catalog.+) p_amount
-                FROM before AS b
-                WHERE a.{a_id} OPERATOR(pg_catalog.=) b.id
-                RETURNING CAST(a.{a_balance} AS numeric) OPERATOR(pg_catalog.-)
-                          CAST(COALESCE(b.balance, 0) AS numeric) AS amount
-            )
-            SELECT CASE WHEN pg_catalog.count(*) OPERATOR(pg_catalog.=) 1
-                        THEN pg_catalog.max(booked.amount) END
-            FROM booked;
-        END
-        $f$;
-    ELSE
-        EXECUTE $f$
-        CREATE FUNCTION riskd.flatten_book(p_account {account_id_type}, p_amount numeric)
-        RETURNS numeric
-        LANGUAGE sql
-        BEGIN ATOMIC
-            SELECT CAST(NULL AS numeric);
-        END
-        $f$;
-    END IF;
-END
-$do$;
-
--- Auto-close mode `flatten`: for every account found critical, close its open positions at the
--- current price, largest loss first, until it is back under its warning threshold (all of them
--- when equity <= 0), realising their PnL into the balance (what the balance column holds:
--- rounded to its scale); record what was closed and what was booked in a close request with
--- status `done`. Every check of a
--- critical account flattens again, so none is left critical with positions open; an account
--- with data riskd cannot trust is never flattened (DESIGN §1).
---
--- Never make a trade wait, nor die in a deadlock, for a flatten: the positions and then the
--- account are locked with NOWAIT, in the order the platform's fills take them, before anything
--- is computed (FOR NO KEY UPDATE: a fill inserting a position that references the account
--- takes KEY SHARE, which this does not block); if any is held the batch fails with
--- lock_not_available, rolls back whole, and the daemon retries the account alone a moment
--- later. The closing set is then read from a new snapshot, so a fill that raced the check is
--- seen, and locked in the same statement, NOWAIT too. A close that does not touch exactly the
--- rows it chose, or whose balance cannot be booked, is undone (that account alone) and the
--- account gets a pending close request saying why, as does a critical account whose positions
--- the daemon's role may read but not update: the check and its event stand.
-CREATE FUNCTION riskd.flatten(
-    p_results riskd.check_result[], p_warning numeric, p_auto_close numeric
-)
-RETURNS riskd.check_result[]
-LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
-DECLARE
-    v_ids {account_id_type}[];
-    v_done riskd.check_result[];
-    v_accounts {account_id_type}[] := '{{}}';
-    v_requests bigint[] := '{{}}';
-    v_closed bigint;
-    v_booked numeric;
-    v_request bigint;
-    v_acct record;
-    v_failed {account_id_type}[] := '{{}}';
-    v_reasons text[] := '{{}}';
-BEGIN
-    SELECT array_agg(r.account_id ORDER BY r.account_id) INTO v_ids
-    FROM unnest(p_results) AS r
-    WHERE r.level = 'critical';
-    IF v_ids IS NULL THEN
-        RETURN p_results;
-    END IF;
-
-    PERFORM count(*) FROM riskd.flatten_positions(v_ids);
-    PERFORM riskd.flatten_lock_accounts(v_ids);
-
-    FOR v_acct IN
-        WITH pos AS (
-            SELECT v.*,
-                   riskd.position_margin(v.quantity, v.price, v.margin_rate) AS margin,
-                   riskd.position_pnl(v.pnl) AS pnl_value,
-                   riskd.position_data_error(v.quantity, v.price, v.margin_rate, v.pnl)
-                       AS data_error
-            -- a position committed since the lock above is locked here, or refused, too
-            FROM riskd.flatten_positions(v_ids) AS v
-        ), acct AS (
-            SELECT a.account_id,
-                   a.balance_value + COALESCE(sum(pos.pnl_value), 0) AS equity,
-                   COALESCE(sum(pos.margin), 0) AS used,
-                   LEAST(COALESCE(l.warning_threshold, p_warning),
-                         COALESCE(l.auto_close_threshold, p_auto_close)) AS w
-            FROM riskd.platform_accounts AS a
-            LEFT JOIN pos ON pos.account_id = a.account_id
-            LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
-            WHERE a.account_id = ANY (v_ids)
-            GROUP BY a.account_id, a.balance_value, a.data_error, l.warning_threshold,
-                     l.auto_close_threshold
-            -- data riskd cannot trust: no close is made on it
-            HAVING a.data_error IS NULL AND count(pos.data_error) = 0
-        ), ordered AS (
-            SELECT pos.*, acct.equity, acct.used, acct.w,
-                   acct.used - COALESCE(sum(pos.margin) OVER (
-                       PARTITION BY pos.account_id
-                       ORDER BY pos.pnl_value, pos.instrument, pos.position_id::text
-                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS used_before
-            FROM pos JOIN acct USING (account_id)
-        ), closing AS (
-            SELECT * FROM ordered
-            WHERE equity <= 0 OR used_before >= w * equity
-        )
-        SELECT c.account_id, c.equity, c.used,
-               array_agg(ROW(c.table_oid, c.position_id, c.account_id)::riskd.position_ref)
-                   AS refs,
-               sum(c.margin) AS closed_margin,
-               sum(c.pnl_value) AS realised,
-               -- what the balance column can hold: rounded to its scale (half away from zero)
-               COALESCE(round(sum(c.pnl_value), {balance_scale}), sum(c.pnl_value)) AS booked,
-               jsonb_agg(jsonb_build_object(
-                   'position', c.position_id, 'instrument', c.instrument,
-                   'quantity', c.quantity, 'price', c.price,
-                   'margin_rate', c.margin_rate, 'pnl', c.pnl_value)
-                   ORDER BY c.pnl_value, c.instrument, c.position_id::text) AS closed
-        FROM closing AS c
-        GROUP BY c.account_id, c.equity, c.used
-        ORDER BY c.account_id
-    LOOP
-        -- each account in a subtransaction (the daemon's, never a trade's): a close the
-        -- platform's table refuses or hides (an UPDATE policy, a trigger that skips the row)
-        -- undoes that account's close and books nothing; it gets a close request instead
-        v_request := NULL;
-        BEGIN
-            SELECT count(*) INTO v_closed FROM riskd.flatten_close(v_acct.refs);
-            IF v_closed <> cardinality(v_acct.refs) THEN
-                RAISE EXCEPTION USING MESSAGE = concat(
-                    'closed ', v_closed, ' rows for ', cardinality(v_acct.refs), ' positions');
-            END IF;
-            v_booked := riskd.flatten_book(v_acct.account_id, v_acct.booked);
-            IF v_booked IS NULL THEN
-                RAISE EXCEPTION USING MESSAGE = 'found no single balance row it may update';
-            END IF;
-            INSERT INTO riskd.close_requests
-                (account_id, status, utilization, completed_at, detail)
-            VALUES (v_acct.account_id, 'done',
-                    riskd.utilization(1, v_acct.equity, v_acct.used), now(),
-                    jsonb_build_object(
-                        'mode', 'flatten', 'equity', v_acct.equity,
-                        'used_margin_before', v_acct.used,
-                        'used_margin_after', v_acct.used - v_acct.closed_margin,
-                        'realised_pnl', v_acct.realised, 'booked_pnl', v_booked,
-                        'closed', v_acct.closed))
-            RETURNING id INTO v_request;
-        EXCEPTION
-            WHEN lock_not_available THEN
-                RAISE;  -- a trade holds a row: the daemon retries the account later
-            WHEN OTHERS THEN
-                v_failed := v_failed || v_acct.account_id;
-                v_reasons := v_reasons || SQLERRM;
-        END;
-        IF v_request IS NOT NULL THEN
-            v_accounts := v_accounts || v_acct.account_id;
-            v_requests := v_requests || v_request;
-        END IF;
-    END LOOP;
-
-    -- A critical account with positions open and trustworthy data that flatten did not
-    -- close (refused above, or none of its positions visible to the daemon's updates) is not
-    -- left so: a close request for the platform, saying why (DESIGN §1).
-    WITH fallback AS (
-        INSERT INTO riskd.close_requests (account_id, status, utilization, detail)
-        SELECT r.account_id, 'pending', r.utilization,
-               jsonb_build_object(
-                   'mode', 'flatten', 'equity', r.equity, 'used_margin', r.used_margin,
-                   'flatten_failed', COALESCE(f.reason, 'no open position it may close'))
-        FROM unnest(p_results) AS r
-        LEFT JOIN unnest(v_failed, v_reasons) AS f (account_id, reason)
-            ON f.account_id = r.account_id
-        WHERE r.level = 'critical' AND r.account_id <> ALL (v_accounts)
-          AND EXISTS (SELECT 1 FROM riskd.platform_positions AS p
-                      WHERE p.account_id = r.account_id)
-          AND NOT EXISTS (SELECT 1 FROM riskd.platform_positions AS p
-                          WHERE p.account_id = r.account_id AND p.data_error IS NOT NULL)
-          AND NOT EXISTS (SELECT 1 FROM riskd.platform_accounts AS a
-                          WHERE a.account_id = r.account_id AND a.data_error IS NOT NULL)
-        ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
-        RETURNING id, account_id
-    )
-    SELECT v_accounts || COALESCE(array_agg(account_id), '{{}}'),
-           v_requests || COALESCE(array_agg(id), '{{}}')
-    INTO v_accounts, v_requests
-    FROM fallback;
-
-    SELECT array_agg(ROW(r.account_id, r.user_id, r.level, r.previous_level, r.utilization,
-                         r.equity, r.used_margin, r.event_id,
-                         COALESCE(d.request_id, r.close_request_id))::riskd.check_result
-                     ORDER BY r.account_id)
-    INTO v_done
-    FROM unnest(p_results) AS r
-    LEFT JOIN unnest(v_accounts, v_requests) AS d (account_id, request_id)
-        ON d.account_id = r.account_id;
-    RETURN v_done;
 END
 $fn$;

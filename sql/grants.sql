@@ -114,6 +114,12 @@ GRANT CONNECT ON DATABASE :"DBNAME" TO :"daemon_role";
 {close_requests}
 {limits}
 
+-- The safety rails (issue 14): the check records what a rail held back (riskd.alerts) and
+-- reads the kill switch (riskd.controls); it changes the switch only through riskd.pause and
+-- riskd.resume (SECURITY DEFINER, below with the functions), as `riskd pause` does.
+{alerts}
+{controls}
+
 -- The webhook outbox (issue 13): the check's events get their delivery row in the same
 -- transaction (a trigger, with these privileges), and the delivery task claims due rows
 -- (SELECT … FOR UPDATE SKIP LOCKED) and records each attempt (UPDATE).

@@ -10,7 +10,7 @@
 CREATE TABLE riskd.deliveries (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id        bigint REFERENCES riskd.risk_events (id) ON DELETE CASCADE,
-    alert_id        bigint,
+    alert_id        bigint REFERENCES riskd.alerts (id) ON DELETE CASCADE,
     status          text NOT NULL DEFAULT 'pending'
                     CHECK (status IN ('pending', 'delivered', 'failed')),
     attempts        integer NOT NULL DEFAULT 0,
@@ -23,6 +23,7 @@ CREATE TABLE riskd.deliveries (
 );
 -- one delivery per event; also what ON DELETE CASCADE looks up
 CREATE UNIQUE INDEX deliveries_event_idx ON riskd.deliveries (event_id);
+CREATE UNIQUE INDEX deliveries_alert_idx ON riskd.deliveries (alert_id);
 -- what the delivery task claims: the due ones
 CREATE INDEX deliveries_due_idx ON riskd.deliveries (next_attempt_at) WHERE status = 'pending';
 -- the dead letters, which `riskd status` counts and `riskd deliveries retry` takes

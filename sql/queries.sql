@@ -42,6 +42,11 @@ SELECT %(source)s::oid = %(target)s::oid OR EXISTS (
     WHERE castsource = %(source)s::oid AND casttarget = %(target)s::oid
       AND castcontext IN ('a', 'i'))
 
+-- name: base_type
+-- A type without its precision, or the type a domain is over.
+SELECT pg_catalog.format_type(COALESCE(NULLIF(t.typbasetype, 0), t.oid), NULL)
+FROM pg_catalog.pg_type AS t WHERE t.oid = %(type)s::oid
+
 -- name: drain
 -- The daemon's drain (DESIGN §2.2): take every mark, one row per account, with the age of its
 -- oldest mark (so max_delay counts from the change, not from the drain) and its priority: its
@@ -94,10 +99,14 @@ SELECT count(*)::int AS requests, string_agg(DISTINCT r.reason, ', ') AS reasons
 -- account's check.
 SET plan_cache_mode = force_generic_plan
 
--- name: webhook_session
--- A session whose configuration has a [webhook] url: every event it writes gets its row in the
--- webhook outbox, in the event's transaction (sql/outbox.sql).
-SELECT pg_catalog.set_config('riskd.webhook', 'on', false)
+-- name: session_settings
+-- What the configuration tells the SQL a riskd session runs (riskd.db), for the session:
+-- riskd.webhook 'on' (a [webhook] url: every event and alert it writes gets its row in the
+-- webhook outbox, sql/outbox.sql), and the safety rails' limits the check reads
+-- (sql/act.sql), so that riskd.check_accounts keeps its signature.
+SELECT pg_catalog.set_config('riskd.webhook', %(webhook)s, false),
+       pg_catalog.set_config('riskd.max_closes_per_minute', %(max_closes_per_minute)s, false),
+       pg_catalog.set_config('riskd.max_price_age', %(max_price_age)s, false)
 
 -- name: listen
 LISTEN {channel}
@@ -114,6 +123,10 @@ VALUES (%(instance)s, %(host)s, %(pid)s, %(version)s, %(started_at)s, pg_catalog
         %(stats)s)
 ON CONFLICT (instance) DO UPDATE
 SET heartbeat_at = pg_catalog.now(), stats = EXCLUDED.stats, version = EXCLUDED.version
+
+-- name: daemon_controls
+-- The heartbeat reads the kill switch for the daemon's STATUS= line and its log.
+SELECT k.paused, k.paused_by, k.reason FROM riskd.controls AS k
 
 -- name: leave
 DELETE FROM riskd.daemons WHERE instance = %(instance)s
@@ -603,18 +616,23 @@ ORDER BY t.depth, 1, 2
 -- them (next_attempt_at moved past the attempt's timeout), so that any number of instances
 -- share the outbox (SKIP LOCKED) and one that dies mid-POST leaves the delivery to whichever
 -- claims it once the lease is over: at least once, never lost. In order per account: a
--- delivery waits while an earlier one of its account is pending (due, leased or waiting for a
--- retry). With each, its event and the close request the event's check opened, if any (the
--- same transaction: the same created_at).
+-- delivery waits while an earlier one of its account (an event's, or an alert's) is pending
+-- (due, leased or waiting for a retry); the alerts of no account (pause, resume, the breaker)
+-- keep their order among themselves. With each, its event or its alert, and the close request
+-- the event's check opened, if any (the same transaction: the same created_at).
 WITH due AS (
     SELECT d.id
     FROM riskd.deliveries AS d
-    JOIN riskd.risk_events AS e ON e.id = d.event_id
+    LEFT JOIN riskd.risk_events AS e ON e.id = d.event_id
+    LEFT JOIN riskd.alerts AS a ON a.id = d.alert_id
     WHERE d.status = 'pending' AND d.next_attempt_at <= pg_catalog.now()
       AND NOT EXISTS (
           SELECT FROM riskd.deliveries AS d2
-          JOIN riskd.risk_events AS e2 ON e2.id = d2.event_id
-          WHERE d2.status = 'pending' AND e2.account_id = e.account_id AND d2.event_id < d.event_id)
+          LEFT JOIN riskd.risk_events AS e2 ON e2.id = d2.event_id
+          LEFT JOIN riskd.alerts AS a2 ON a2.id = d2.alert_id
+          WHERE d2.status = 'pending' AND d2.id < d.id
+            AND COALESCE(e2.account_id, a2.account_id)
+                IS NOT DISTINCT FROM COALESCE(e.account_id, a.account_id))
     ORDER BY d.next_attempt_at, d.id
     LIMIT %(limit)s
     FOR UPDATE OF d SKIP LOCKED
@@ -622,15 +640,26 @@ WITH due AS (
     UPDATE riskd.deliveries AS d
     SET next_attempt_at = pg_catalog.now() + %(lease)s * interval '1 second'
     FROM due WHERE d.id = due.id
-    RETURNING d.id, d.event_id, d.attempts
+    RETURNING d.id, d.event_id, d.alert_id, d.attempts
 )
-SELECT l.id, l.event_id, l.attempts, e.created_at, e.account_id::text AS account_id, e.user_id,
+SELECT l.id, l.event_id, l.alert_id, l.attempts,
+       COALESCE(e.created_at, a.created_at) AS created_at,
+       COALESCE(e.account_id, a.account_id)::text AS account_id, e.user_id,
        e.from_level, e.to_level, e.utilization, e.equity, e.used_margin,
        (SELECT c.id FROM riskd.close_requests AS c
         WHERE c.account_id = e.account_id AND c.created_at = e.created_at
-        ORDER BY c.id DESC LIMIT 1) AS close_request_id
-FROM leased AS l JOIN riskd.risk_events AS e ON e.id = l.event_id
+        ORDER BY c.id DESC LIMIT 1) AS close_request_id,
+       a.kind, a.detail
+FROM leased AS l
+LEFT JOIN riskd.risk_events AS e ON e.id = l.event_id
+LEFT JOIN riskd.alerts AS a ON a.id = l.alert_id
 ORDER BY l.id
+
+-- name: endpoint_gone
+-- The webhook endpoint answered 410: an alert (never delivered: the endpoint is gone).
+INSERT INTO riskd.alerts (kind, detail)
+VALUES ('endpoint_gone', pg_catalog.jsonb_build_object(
+    'url', %(url)s::text, 'webhook_id', %(webhook_id)s::text, 'instance', %(instance)s::text))
 
 -- name: record_delivery
 -- What an attempt came to (riskd.webhooks.after): delivered, pending again at the next step, or
@@ -671,3 +700,37 @@ RETURNING id
 -- name: delivery_backlog
 -- The outbox's pending deliveries, every instance's (the partial index on next_attempt_at).
 SELECT count(*) FROM riskd.deliveries WHERE status = 'pending'
+
+-- name: reads_controls
+-- Whether this database has the kill switch (revision 0008 on) and this role may read it.
+SELECT pg_catalog.to_regclass('riskd.controls') IS NOT NULL
+       AND pg_catalog.has_table_privilege('riskd.controls', 'SELECT')
+
+-- name: controls
+-- The kill switch (riskd.rails.Switch), how long paused on the server's clock.
+SELECT k.paused, k.paused_by, k.reason, k.since,
+       extract(epoch FROM pg_catalog.clock_timestamp() - k.since)::float8 AS paused_for
+FROM riskd.controls AS k
+
+-- name: pause
+-- `riskd pause`: true when this call paused, false when riskd was paused already.
+SELECT riskd.pause(%(by)s, %(reason)s)
+
+-- name: resume
+-- `riskd resume`: true when this call resumed, false when riskd was not paused.
+SELECT riskd.resume(%(by)s, %(reason)s)
+
+-- name: reads_alerts
+-- Whether this database has riskd.alerts (revision 0008 on) and this role may read it.
+SELECT pg_catalog.to_regclass('riskd.alerts') IS NOT NULL
+       AND pg_catalog.has_table_privilege('riskd.alerts', 'SELECT')
+
+-- name: recent_alerts
+-- The latest alerts (of one account), newest first; ages on the server's clock.
+SELECT a.id, a.kind, a.account_id::text AS account_id, a.detail, a.created_at,
+       greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - a.created_at))::float8
+           AS age
+FROM riskd.alerts AS a
+WHERE %(account)s::text IS NULL OR a.account_id::text = %(account)s::text
+ORDER BY a.id DESC
+LIMIT %(limit)s

@@ -40,12 +40,16 @@ CREATE TABLE riskd.close_requests (
 -- I3: at most one pending close request per account, whatever the number of instances.
 CREATE UNIQUE INDEX close_requests_one_pending ON riskd.close_requests (account_id)
     WHERE status = 'pending';
+-- The circuit breaker counts the closes of the last minute, across instances (sql/act.sql).
+CREATE INDEX close_requests_created_idx ON riskd.close_requests (created_at);
 
 CREATE TABLE riskd.account_limits (
     account_id           {account_id_type} PRIMARY KEY,
     warning_threshold    numeric CHECK (warning_threshold > 0),
     auto_close_threshold numeric CHECK (auto_close_threshold > 0),
-    CHECK (warning_threshold < auto_close_threshold)
+    CHECK (warning_threshold < auto_close_threshold),
+    -- the auto-close mode of this account; NULL: [risk] auto_close
+    auto_close           text CHECK (auto_close IN ('request', 'flatten', 'off'))
 );
 
 CREATE TABLE riskd.daemons (

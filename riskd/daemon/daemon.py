@@ -38,7 +38,7 @@ from riskd.daemon.sdnotify import SdNotifier
 from riskd.daemon.shared import Shared
 from riskd.daemon.stats import Stats
 from riskd.daemon.sweep import Sweeper
-from riskd.db import apool
+from riskd.db import apool, session_values
 from riskd.errors import ConfigError, reason
 from riskd.sqlfiles import CHANGES_CHANNEL, query
 
@@ -164,9 +164,7 @@ class Daemon:
     ) -> tuple[dict[str, asyncio.Task[None]], list[asyncio.Task[None]], asyncio.Task[None]]:
         """Every task of the loop, started here and nowhere else."""
         shared = self.shared
-        shared.pool = apool(
-            shared.dsn, timeout=PING_TIMEOUT, webhook=bool(shared.settings.webhook.url)
-        )
+        shared.pool = apool(shared.dsn, PING_TIMEOUT, session_values(shared.settings))
         daemon_settings = shared.settings.daemon
         if daemon_settings.metrics_port:
             await shared.metrics.serve(daemon_settings.metrics_host, daemon_settings.metrics_port)

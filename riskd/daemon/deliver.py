@@ -21,8 +21,10 @@ from typing import Any
 import httpx
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
-from riskd import __version__, webhooks
+from riskd import __version__, numbers, webhooks
+from riskd.config import url_shown as webhook_url_shown
 from riskd.config import webhook_key
 from riskd.daemon.shared import Shared
 from riskd.errors import reason
@@ -32,7 +34,7 @@ log = logging.getLogger("riskd.daemon")
 
 POLL_INTERVAL = 1.0  # due retries, and deliveries other instances' checks wrote
 LEASE_MARGIN = 30.0  # a claimed delivery is another instance's only this long after its timeout
-DATA_KEYS = (
+EVENT_KEYS = (
     "account_id",
     "user_id",
     "from_level",
@@ -44,6 +46,14 @@ DATA_KEYS = (
 )
 
 
+def payload_of(row: dict[str, Any]) -> tuple[webhooks.Kind, int, dict[str, object]]:
+    """What a claimed delivery POSTs: a risk event's figures, or an alert's kind and detail."""
+    if row["event_id"] is not None:
+        return "event", int(row["event_id"]), {k: row[k] for k in EVENT_KEYS}
+    data = {"kind": row["kind"], "account_id": row["account_id"], "detail": row["detail"]}
+    return "alert", int(row["alert_id"]), data
+
+
 class Deliverer:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
@@ -52,6 +62,7 @@ class Deliverer:
         self.url = webhook.url
         self.key = webhook_key(webhook.secret) if webhook.url else b""
         self.gone = False  # the endpoint answered 410: nothing more is sent until a restart
+        self.alert_gone: str | None = None  # the delivery that met the 410, to record as an alert
 
     def wake(self) -> None:
         self.work.set()
@@ -79,6 +90,7 @@ class Deliverer:
             self.shared.pool.connection() as conn,
             conn.cursor(row_factory=dict_row) as cur,
         ):
+            set_json_loads(numbers.loads_exact, cur)  # an alert's numbers, exact
             await cur.execute(query("claim_deliveries"), params)
             return await cur.fetchall()
 
@@ -90,10 +102,9 @@ class Deliverer:
 
     async def _deliver(self, client: httpx.AsyncClient, row: dict[str, Any]) -> None:
         shared = self.shared
-        payload = webhooks.body(
-            "event", row["event_id"], row["created_at"], {k: row[k] for k in DATA_KEYS}
-        )
-        msg_id = webhooks.message_id("event", row["event_id"])
+        kind, row_id, data = payload_of(row)
+        payload = webhooks.body(kind, row_id, row["created_at"], data)
+        msg_id = webhooks.message_id(kind, row_id)
         headers = webhooks.headers(self.key, msg_id, int(time.time()), payload, __version__)
         started = time.monotonic()
         try:
@@ -120,8 +131,21 @@ class Deliverer:
         }
         try:
             await shared.retry("deliver", lambda: self._record(params))
+            if self.alert_gone is not None:
+                await shared.retry("deliver", self._record_gone)
         except psycopg.Error as exc:  # the lease runs out and the delivery is tried again
             log.warning("delivery.not_recorded", extra={"id": msg_id, "reason": reason(exc)})
+
+    async def _record_gone(self) -> None:
+        """An alert endpoint_gone, once per instance (riskd status and events --alerts say it)."""
+        params = {
+            "url": webhook_url_shown(self.url),
+            "webhook_id": self.alert_gone,
+            "instance": self.shared.instance,
+        }
+        async with self.shared.pool.connection() as conn:
+            await conn.execute(query("endpoint_gone"), params)
+        self.alert_gone = None
 
     async def _record(self, params: dict[str, Any]) -> None:
         async with self.shared.pool.connection() as conn:
@@ -150,6 +174,7 @@ class Deliverer:
             self.gone = True
             stats.delivery_failures += 1
             log.error("delivery.endpoint_gone", extra={**fields, "url": "answered 410"})
+            self.alert_gone = msg_id
         elif step.status == "failed":
             stats.delivery_failures += 1
             log.error("delivery.failed", extra=fields)

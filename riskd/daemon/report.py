@@ -52,8 +52,13 @@ class Reporter:
 
     def summary(self) -> str:
         s, shared = self.shared.stats, self.shared
+        paused = (
+            f"PAUSED by {s.paused_by}" + (f" ({s.paused_reason})" if s.paused_reason else "") + "; "
+            if s.paused
+            else ""
+        )
         return (
-            f"{s.state}; {'listening' if self.listener.listening else 'not listening'}; "
+            f"{paused}{s.state}; {'listening' if self.listener.listening else 'not listening'}; "
             f"{len(shared.debouncer)} dirty; {s.checks} checks, {s.events} events; "
             f"lag {s.lag:.1f} s{'; sweep leader' if s.leader else ''}"
         )
@@ -76,6 +81,8 @@ class Reporter:
                     cur = await asyncio.wait_for(conn.execute(query("schema_revision")), 5.0)
                     row = await cur.fetchone()
                     check_revision(shared, row[0] if row else None, running=True)
+                    cur = await asyncio.wait_for(conn.execute(query("daemon_controls")), 5.0)
+                    self._switch(await cur.fetchone())
                     await asyncio.wait_for(conn.execute(query("heartbeat"), params), 5.0)
                     await asyncio.wait_for(
                         conn.execute(query("prune_daemons"), {"after": STALE_ROW_TTL}), 5.0
@@ -93,6 +100,18 @@ class Reporter:
                 log.warning("heartbeat.failed", extra={"reason": reason(exc)})
             shared.notifier.status(self.summary())
             await shared.pause(HEARTBEAT_INTERVAL)
+
+    def _switch(self, row: tuple[object, ...] | None) -> None:
+        """The kill switch as this heartbeat read it; a change is logged once per instance."""
+        s = self.shared.stats
+        paused = bool(row and row[0])
+        if paused != s.paused:
+            event = "rails.paused" if paused else "rails.resumed"
+            fields = {"by": row[1], "reason": row[2]} if row and paused else {}
+            (log.warning if paused else log.info)(event, extra=fields)
+        s.paused = paused
+        s.paused_by = str(row[1]) if row and paused and row[1] is not None else None
+        s.paused_reason = str(row[2]) if row and paused and row[2] is not None else None
 
     async def watchdog(self) -> None:
         shared = self.shared

@@ -44,3 +44,7 @@ class Stats:
     events_by_level: dict[str, int] = field(default_factory=dict)
     # warning, auto-close, hysteresis, auto_close mode: `riskd status` compares instances
     risk: dict[str, str] = field(default_factory=dict)
+    # the kill switch as the last heartbeat read it (riskd.controls): who paused, and why
+    paused: bool = False
+    paused_by: str | None = None
+    paused_reason: str | None = None

@@ -27,12 +27,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import Db, Server
+from conftest import Db, Server, settings_for
 from daemonproc import DaemonProcess, wait_until
 from psycopg import sql
 
 from riskd.check import check_accounts
 from riskd.cli import main
+from riskd.db import set_session
 from riskd.sqlfiles import query
 
 
@@ -280,6 +281,39 @@ def test_flatten_mode_with_grants_flatten(db: Db, roles: Roles, start: Start) ->
     assert db.scalar("SELECT balance FROM trading_accounts WHERE id = 'a1'") == Decimal("990")
     assert daemon.stop() == 0
     assert problems(daemon.log()) == []
+
+
+def test_the_granted_role_runs_every_rail_and_asks_where_it_may_not_flatten(
+    db: Db, roles: Roles
+) -> None:
+    """As the daemon's role without the flatten grants: an account whose limit says flatten
+    gets a close request saying why (the check does not fail); the breaker pauses riskd through
+    riskd.pause; a close held for bad data records its alert."""
+    harden(db)
+    apply_grants(db, roles)
+    add_accounts(db, {"a1": "95", "a2": "96", "a3": "97"})
+    db.conn.execute("UPDATE positions SET \"unrealizedPnL\" = 'NaN' WHERE id = 'p-a3'")
+    db.conn.execute(
+        "INSERT INTO riskd.account_limits (account_id, auto_close) VALUES ('a1', 'flatten')"
+    )
+    settings = settings_for(db.dsn, risk={"max_closes_per_minute": 1})
+    with psycopg.connect(roles.dsn(db, roles.login), autocommit=True) as conn:
+        set_session(conn, settings)
+        results = check_accounts(conn, settings, ["a1", "a2", "a3"])
+    assert [r.level for r in results] == ["critical"] * 3
+    (row,) = db.conn.execute("SELECT account_id, status, detail FROM riskd.close_requests")
+    assert row[:2] == ("a2", "pending")  # the worse of the two it may close; then the cap
+    assert db.scalar("SELECT paused FROM riskd.controls") is True
+    kinds = db.conn.execute("SELECT kind, account_id FROM riskd.alerts ORDER BY id").fetchall()
+    assert kinds == [("close_held", "a3"), ("circuit_open", None)]
+    db.conn.execute("SELECT riskd.resume('test', NULL)")
+    db.conn.execute("UPDATE riskd.close_requests SET created_at = now() - interval '2 min'")
+    with psycopg.connect(roles.dsn(db, roles.login), autocommit=True) as conn:
+        set_session(conn, settings)
+        check_accounts(conn, settings, ["a1"])
+    detail = db.scalar("SELECT detail FROM riskd.close_requests WHERE account_id = 'a1'")
+    assert detail["flatten_failed"] == "the daemon may not flatten (riskd grants --flatten)"
+    assert db.scalar("SELECT quantity FROM positions WHERE id = 'p-a1'") == 95
 
 
 # ------------------------------------------------------------------ and no more than enough

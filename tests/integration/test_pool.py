@@ -6,7 +6,7 @@ import asyncio
 
 from conftest import Db
 
-from riskd.db import apool
+from riskd.db import apool, session_values
 
 
 def test_pool_connections_use_generic_plans_from_the_first_call(db: Db) -> None:
@@ -14,7 +14,7 @@ def test_pool_connections_use_generic_plans_from_the_first_call(db: Db) -> None:
     measured so (bench/check_cost.py); PostgreSQL would otherwise re-plan them on every call."""
 
     async def settings() -> tuple[str, str, bool]:
-        pool = apool(db.dsn, timeout=10.0)
+        pool = apool(db.dsn, 10.0, session_values(db.settings))
         await pool.open(wait=True)
         try:
             async with pool.connection() as conn:

@@ -100,7 +100,9 @@ def riskd_rows(conn: psycopg.Connection[Any]) -> dict[str, set[tuple[Any, ...]]]
     return {
         "events": rows("SELECT id, account_id, from_level, to_level FROM riskd.risk_events"),
         "close_requests": rows("SELECT id, account_id, status FROM riskd.close_requests"),
-        "limits": rows("SELECT * FROM riskd.account_limits"),
+        "limits": rows(
+            "SELECT account_id, warning_threshold, auto_close_threshold FROM riskd.account_limits"
+        ),
         "states": rows("SELECT account_id, level FROM riskd.account_state"),
     }
 

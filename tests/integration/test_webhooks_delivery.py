@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from click.testing import CliRunner
 from conftest import Db
 from daemonproc import wait_until
 from standardwebhooks import Webhook
 from test_daemon import Start, add_accounts, set_quantity, start
 from test_metrics import free_port, get, sample
+
+from riskd.cli import main
 
 __all__ = ["start"]  # the fixture, shared with test_daemon
 
@@ -199,6 +202,48 @@ def test_410_ends_the_delivery_and_the_last_step_makes_a_dead_letter(
     )
     assert db.scalar("SELECT status FROM riskd.deliveries WHERE last_status = 410") == "failed"
     assert "delivery.endpoint_gone" in daemon.log()
+    # 410 raises an alert, which riskd status and events --alerts show (and is not delivered)
+    gone = wait_until(
+        lambda: db.conn.execute(
+            "SELECT detail FROM riskd.alerts WHERE kind = 'endpoint_gone'"
+        ).fetchone(),
+        10,
+        "the endpoint_gone alert",
+    )
+    assert gone[0]["url"] == endpoint.url and gone[0]["webhook_id"].startswith("evt_")
+    assert db.scalar("SELECT count(*) FROM riskd.deliveries WHERE alert_id IS NOT NULL") == 0
+    assert daemon.stop() == 0
+
+
+def test_an_alert_arrives_signed_as_risk_alert_in_order_with_its_account(
+    db: Db, start: Start, endpoint: Endpoint
+) -> None:
+    """A rail's alert is delivered like an event (type risk.alert, id alr_<id>): the kill
+    switch's, and that of a close held (data riskd cannot trust) after the account's
+    transition."""
+    (account,) = add_accounts(db, 1)
+    daemon = start(extra_env=webhook_env(endpoint))
+    daemon.wait_ready()
+    paused = CliRunner().invoke(
+        main, ["--dsn", db.dsn, "pause", "--reason", "drill"], env=webhook_env(endpoint)
+    )
+    assert paused.exit_code == 0, paused.output
+    wait_until(lambda: endpoint.received, 10, "the pause's POST")
+    db.conn.execute(
+        """UPDATE positions SET "unrealizedPnL" = 'NaN' WHERE "tradingAccountId" = %s""",
+        (account,),
+    )
+    set_quantity(db, account, "95")
+    wait_until(lambda: len(endpoint.received) >= 3, 20, "three POSTs")
+    docs = [Webhook(SECRET).verify(r.body, r.headers) for r in endpoint.received]
+    alert_id = db.scalar("SELECT id FROM riskd.alerts WHERE kind = 'paused'")
+    assert docs[0]["type"] == "risk.alert" and docs[0]["id"] == f"alr_{alert_id}"
+    assert docs[0]["data"]["kind"] == "paused" and docs[0]["data"]["detail"]["reason"] == "drill"
+    assert docs[0]["data"]["account_id"] is None
+    # the account's transition first, then the alert that held its close
+    assert [d["type"] for d in docs[1:]] == ["risk.transition", "risk.alert"]
+    assert docs[2]["data"]["kind"] == "close_held" and docs[2]["data"]["account_id"] == account
+    assert docs[2]["data"]["detail"]["reason"] == "data_error"
     assert daemon.stop() == 0
 
 

@@ -277,9 +277,11 @@ def test_env_overrides_every_section(tmp_path: Path) -> None:
 def test_every_key_has_an_env_override() -> None:
     # An empty value is invalid for every key but the DSN (where it means "not set"), so an
     # error naming the key proves the variable reached that key.
+    # An optional column is the exception: empty leaves it unmapped; a NUL byte is refused.
     for section, key in KEYS:
         if key != "dsn":
-            message = config_error(env={f"RISKD_{section.upper()}_{key.upper()}": ""})
+            value = "a\x00b" if key in config.OPTIONAL_COLUMNS else ""
+            message = config_error(env={f"RISKD_{section.upper()}_{key.upper()}": value})
             assert message.startswith(f"[{section}] {key}: "), message
 
 
@@ -648,6 +650,8 @@ def test_the_effective_settings_hold_what_a_daemon_runs_with_and_no_password() -
         "auto_close_threshold": "0.90",
         "hysteresis": "0.05",
         "auto_close": "flatten",
+        "max_closes_per_minute": "0",
+        "max_price_age": "0s",
         "debounce": "0.25s",
         "max_delay": "5s",
         "sweep_interval": "60s",
@@ -658,7 +662,28 @@ def test_the_effective_settings_hold_what_a_daemon_runs_with_and_no_password() -
         "auto_close_threshold": "0.90",
         "hysteresis": "0.05",
         "auto_close": "flatten",
+        "max_closes_per_minute": "0",
+        "max_price_age": "0s",
     }
+
+
+def test_the_stale_price_guard_needs_the_price_time_mapped() -> None:
+    message = config_error(env={"RISKD_RISK_MAX_PRICE_AGE": "30s"})
+    assert message.startswith("[risk] max_price_age (30s, from env RISKD_RISK_MAX_PRICE_AGE)")
+    assert "[schema] instrument_price_time" in message
+    env = {"RISKD_RISK_MAX_PRICE_AGE": "30s", "RISKD_SCHEMA_INSTRUMENT_PRICE_TIME": "pricedAt"}
+    loaded = load_settings(env=env)
+    assert loaded.risk.max_price_age == 30.0
+    assert loaded.schema.instrument_price_time == "pricedAt"
+
+
+def test_the_circuit_breaker_takes_a_whole_number_of_closes() -> None:
+    assert (
+        load_settings(env={"RISKD_RISK_MAX_CLOSES_PER_MINUTE": "5"}).risk.max_closes_per_minute == 5
+    )
+    for bad in ("-1", "2.5", "many"):
+        message = config_error(env={"RISKD_RISK_MAX_CLOSES_PER_MINUTE": bad})
+        assert message.startswith("[risk] max_closes_per_minute: "), message
 
 
 def test_debounce_must_not_exceed_max_delay() -> None:
