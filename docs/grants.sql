@@ -149,6 +149,12 @@ GRANT EXECUTE ON FUNCTION
     riskd.pause(text, text, jsonb),
     riskd.resume(text, text)
 TO :"daemon_role";
+GRANT EXECUTE ON FUNCTION riskd.model_figures TO :"daemon_role";
+
+-- The platform's own margin model ([risk] model), which the check calls: what the function
+-- itself reads is its owner's to grant (or make it SECURITY DEFINER).
+
+-- [risk] model = "builtin": none of the platform's
 
 -- The check and the sweep read the platform's tables through two views of riskd's
 -- (security_invoker: with these privileges, as if they read the tables).
@@ -192,7 +198,8 @@ GRANT EXECUTE ON FUNCTION
     riskd.flatten_positions,
     riskd.flatten_lock_accounts,
     riskd.flatten_close,
-    riskd.flatten_book
+    riskd.flatten_book,
+    riskd.flatten_by_model
 TO :"daemon_role";
 GRANT SELECT ON "public"."positions" TO :"daemon_role";   -- [schema] positions_table
 GRANT UPDATE (

@@ -95,12 +95,22 @@ class DatabaseSettings:
         return f"DatabaseSettings(dsn={None if self.dsn is None else mask_dsn(self.dsn)!r})"
 
 
+BUILTIN_MODEL = "builtin"
+
+
+def model_function(risk: RiskSettings) -> TableName | None:
+    """The platform's margin model as schema and name; None for the built-in model."""
+    return None if risk.model == BUILTIN_MODEL else TableName.parse(risk.model)
+
+
 @dataclass(frozen=True, slots=True)
 class RiskSettings:
     warning_threshold: Decimal = Decimal("0.80")
     auto_close_threshold: Decimal = Decimal("0.90")
     auto_close: Literal["request", "flatten", "off"] = "request"
     hysteresis: Decimal = Decimal("0.02")
+    # the platform's own margin model, "schema.function" (DESIGN §1), or the built-in one
+    model: str = BUILTIN_MODEL
     # the safety rails (DESIGN §1): 0 = off
     max_closes_per_minute: int = 0  # the circuit breaker, across all instances
     max_price_age: float = 0.0  # seconds: the stale-price guard (needs instrument_price_time)
@@ -287,6 +297,17 @@ def _choice(*options: str) -> Converter:
     return convert
 
 
+def _model(value: object) -> str:
+    """ "builtin", or the platform's function as "schema.function" (or "function", in public)."""
+    text = _string(value).strip()
+    if text == BUILTIN_MODEL:
+        return text
+    try:
+        return str(TableName.parse(text))
+    except ValueError as exc:
+        raise ValueError(f"expected builtin or schema.function: {exc}") from None
+
+
 def _webhook_url(value: object) -> str:
     text = _string(value).strip()
     if not text:
@@ -348,6 +369,7 @@ _SECTIONS: dict[str, dict[str, Converter]] = {
         "auto_close_threshold": _fraction(),
         "auto_close": _choice("request", "flatten", "off"),
         "hysteresis": _fraction(zero_ok=True),
+        "model": _model,
         "max_closes_per_minute": _bounded(_integer, 0, 1_000_000),
         "max_price_age": parse_duration,
     },
@@ -589,6 +611,7 @@ RISK_KEYS = (
     "auto_close_threshold",
     "hysteresis",
     "auto_close",
+    "model",
     "max_closes_per_minute",
     "max_price_age",
 )

@@ -89,6 +89,9 @@ def script(settings: Settings, *, flatten: bool = False) -> str:
     daemon = privileges.daemon_grants(settings, flatten=flatten)
     statements = {g.name: statement(g, DAEMON_ROLE) for g in daemon if g not in flat}
     statements |= {g.name: statement(g, MONITOR_ROLE) for g in privileges.MONITOR_GRANTS}
+    if "model" not in statements:
+        statements["model_usage"] = sql.SQL("")
+        statements["model"] = sql.SQL('-- [risk] model = "builtin": none of the platform\'s')
     block = (
         _fill("flatten", {g.name: statement(g, DAEMON_ROLE) for g in daemon if g in flat})
         if flatten

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from riskd.config import OPTIONAL_COLUMNS, SchemaMapping, Settings, TableName
+from riskd.config import OPTIONAL_COLUMNS, SchemaMapping, Settings, TableName, model_function
 from riskd.db import connect
 from riskd.errors import SchemaMappingError
 from riskd.sqlfiles import query
@@ -67,6 +67,8 @@ class ResolvedMapping:
     balance_scale: int | None = None
     # every mapped column's type, by [schema] key (capture's accessors return them)
     column_types: tuple[tuple[str, str], ...] = ()
+    # the platform's margin model ([risk] model), its signature checked; None: built in
+    model: TableName | None = None
 
 
 _Row = tuple[Any, ...]
@@ -88,8 +90,11 @@ def _describe(
     }
 
 
-def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedMapping:
-    """Verify every mapped table and column exists; raise SchemaMappingError otherwise."""
+def resolve(
+    conn: psycopg.Connection[_Row], mapping: SchemaMapping, model: TableName | None = None
+) -> ResolvedMapping:
+    """Verify every mapped table and column exists, and that the margin model's function (if
+    any) fits; raise SchemaMappingError otherwise."""
     types: dict[str, Column] = {}
     for table_key, column_keys in _LAYOUT:
         table: TableName = getattr(mapping, table_key)
@@ -125,7 +130,16 @@ def resolve(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> ResolvedM
             f"[schema] position_account: type {source.type} cannot be stored as the account "
             f"id's type {target.type}"
         )
+    if model is not None:
+        rows = conn.execute(
+            query("model_signature"),
+            {"schema": model.schema, "name": model.name, "account_type": target.type_oid},
+        ).fetchall()
+        problem = model_problem(model, target.type, rows)
+        if problem is not None:
+            raise SchemaMappingError(problem)
     return ResolvedMapping(
+        model=model,
         mapping=mapping,
         account_id_type=target.type,
         instrument_id_type=types["instrument_id"].type,
@@ -147,11 +161,36 @@ def _check_time(conn: psycopg.Connection[_Row], column: Column, mapping: SchemaM
         )
 
 
+def model_problem(model: TableName, account_type: str, rows: list[_Row]) -> str | None:
+    """None when one function of the model's name fits DESIGN §1's signature, else one line
+    saying what does not. ``rows``: the named query model_signature's."""
+    wanted = (
+        f"(account_ids {account_type}[]) RETURNS TABLE (account_id {account_type}, "
+        "equity numeric, used_margin numeric) STABLE"
+    )
+    if not rows:
+        return f"[risk] model: function {model} does not exist; expected {model}{wanted}"
+    misfits = []
+    for signature, takes_ids, returns_set, volatility, names, id_type_ok, numeric in rows:
+        if not takes_ids:
+            why = "does not take one array of account ids"
+        elif not returns_set or list(names or []) != ["account_id", "equity", "used_margin"]:
+            why = "does not return TABLE (account_id, equity, used_margin)"
+        elif not id_type_ok or not numeric:
+            why = "returns account_id or figures of other types"
+        elif volatility == "v":
+            why = "is VOLATILE (a check reads it in its snapshot: declare it STABLE)"
+        else:
+            return None
+        misfits.append(f"{signature} {why}")
+    return f"[risk] model: {'; '.join(misfits)}; expected {model}{wanted}"
+
+
 def verify(settings: Settings, **connect_options: Any) -> ResolvedMapping:
     """:func:`resolve` on a connection of its own: what a command checks before it relies on
     the mapping (DatabaseUnavailable when the database cannot be reached)."""
     with connect(settings, **connect_options) as conn:
-        return resolve(conn, settings.schema)
+        return resolve(conn, settings.schema, model_function(settings.risk))
 
 
 def check_position_key(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> None:
@@ -229,6 +268,13 @@ def check_visibility(conn: psycopg.Connection[_Row], mapping: SchemaMapping) -> 
     rows = conn.execute(query("rls_hidden"), {"tables": mapped_tables(mapping)}).fetchall()
     if rows:
         raise rls_refusal([r[0] for r in rows], str(conn.info.user))
+
+
+def installed_json(settings: Settings) -> dict[str, str]:
+    """What riskd.installation records: the mapping, and the margin model when it is the
+    platform's (both render into what `riskd migrate` installs)."""
+    model = model_function(settings.risk)
+    return as_json(settings.schema) | ({"model": str(model)} if model else {})
 
 
 def as_json(mapping: SchemaMapping) -> dict[str, str]:

@@ -46,7 +46,7 @@ from psycopg import sql
 
 from riskd import __version__, capture
 from riskd import mapping as schema_mapping
-from riskd.config import Settings
+from riskd.config import Settings, model_function
 from riskd.db import connect
 from riskd.errors import (
     ConfigError,
@@ -360,7 +360,7 @@ def mapping_matches(settings: Settings) -> bool:
     """Were the installed triggers rendered from this [schema] mapping?"""
     with connect(settings) as conn:
         row = conn.execute(query("installed_mapping")).fetchone()
-    return row is not None and row[0] == schema_mapping.as_json(settings.schema)
+    return row is not None and row[0] == schema_mapping.installed_json(settings)
 
 
 def _remapped_keys(conn: sa.Connection, settings: Settings) -> str:
@@ -370,7 +370,7 @@ def _remapped_keys(conn: sa.Connection, settings: Settings) -> str:
     installed = conn.exec_driver_sql(queries()["installed_mapping"]).scalar()
     if not isinstance(installed, dict):
         return ""
-    configured = schema_mapping.as_json(settings.schema)
+    configured = schema_mapping.installed_json(settings)
     return "; ".join(
         f"{key}: {installed[key]} -> {value}"
         for key, value in configured.items()
@@ -382,7 +382,7 @@ def _capture_astray(conn: sa.Connection, settings: Settings) -> bool:
     """Another mapping than the one installed, or a capture trigger missing or disabled (a
     table swapped, a trigger dropped): head's mapping-dependent SQL is to be installed again."""
     installed = conn.exec_driver_sql(queries()["installed_mapping"]).scalar()
-    if installed != schema_mapping.as_json(settings.schema):
+    if installed != schema_mapping.installed_json(settings):
         return True
     driver = conn.connection.driver_connection
     return bool(capture.problems(driver, settings.schema))  # type: ignore[arg-type]
@@ -564,7 +564,7 @@ def _script_params(settings: Settings) -> tuple[dict[str, Any], str, str | None]
         )
         return offline, _reference_types("the database could not be reached"), note
     with conn:
-        resolved = schema_mapping.resolve(conn, settings.schema)
+        resolved = schema_mapping.resolve(conn, settings.schema, model_function(settings.risk))
         where = f"{conn.info.dbname} on {conn.info.host}"
     header = (
         f"-- column types read from database {where} (account id {resolved.account_id_type}, "
@@ -688,7 +688,7 @@ def run_sql(text: str) -> None:
 
 def record_statement(settings: Settings) -> str:
     """The statement that records the mapping the triggers were rendered from."""
-    payload = json.dumps(schema_mapping.as_json(settings.schema), sort_keys=True)
+    payload = json.dumps(schema_mapping.installed_json(settings), sort_keys=True)
     return _literal_sql("record_installation", mapping=payload)
 
 
@@ -700,10 +700,16 @@ def record_installation() -> None:
 def prepare_templates(conn: sa.Connection | None, settings: Settings) -> dict[str, Any]:
     """Resolve the mapping against the database (or assume, offline) for the templates."""
     if conn is None:
-        return template_params(settings.schema, OFFLINE_ACCOUNT_ID_TYPE)
+        return template_params(
+            settings.schema, OFFLINE_ACCOUNT_ID_TYPE, model=model_function(settings.risk)
+        )
     driver = conn.connection.driver_connection
     return template_params_of(
-        schema_mapping.resolve(driver, settings.schema)  # type: ignore[arg-type]
+        schema_mapping.resolve(
+            driver,  # type: ignore[arg-type]
+            settings.schema,
+            model_function(settings.risk),
+        )
     )
 
 
@@ -717,4 +723,5 @@ def template_params_of(resolved: schema_mapping.ResolvedMapping) -> dict[str, An
         balance_generated=resolved.balance_generated,
         balance_scale=resolved.balance_scale,
         column_types=dict(resolved.column_types),
+        model=resolved.model,
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from riskd.config import SchemaMapping, Settings, TableName
+from riskd.config import SchemaMapping, Settings, TableName, model_function
 
 # Where every privilege error points: the grants follow the [schema] mapping, so no file can
 # hold them; the command prints them for the configuration at hand.
@@ -82,6 +82,7 @@ FLATTEN_HELPERS = (
     "riskd.flatten_lock_accounts",
     "riskd.flatten_close",
     "riskd.flatten_book",
+    "riskd.flatten_by_model",
 )
 
 # The daemon on riskd's own objects, whatever the mapping.
@@ -101,6 +102,8 @@ RISKD_GRANTS = (
     Grant("alerts", ("SELECT", "INSERT"), "table", ("riskd.alerts",)),
     Grant("controls", ("SELECT",), "table", ("riskd.controls",)),
     Grant("functions", ("EXECUTE",), "function", FUNCTIONS),
+    # its argument type follows the mapping: by name (the only function of its name)
+    Grant("model_figures", ("EXECUTE",), "function", ("riskd.model_figures",)),
     Grant("views", ("SELECT",), "table", ("riskd.platform_positions", "riskd.platform_accounts")),
 )
 
@@ -213,6 +216,19 @@ def flatten_grants(m: SchemaMapping) -> tuple[Grant, ...]:
     )
 
 
+def model_grants(settings: Settings) -> tuple[Grant, ...]:
+    """The platform's margin model ([risk] model): the daemon calls it (what it reads is the
+    function's owner's to grant, or SECURITY DEFINER's)."""
+    model = model_function(settings.risk)
+    if model is None:
+        return ()
+    function = sql.Identifier(model.schema, model.name).as_string(None)
+    return (
+        Grant("model_usage", ("USAGE",), "schema", (model.schema,)),
+        Grant("model", ("EXECUTE",), "function", (function,)),
+    )
+
+
 def flattens(settings: Settings) -> bool:
     """Whether the configuration makes riskd write the platform's data."""
     return settings.risk.auto_close == "flatten"
@@ -221,7 +237,7 @@ def flattens(settings: Settings) -> bool:
 def daemon_grants(settings: Settings, *, flatten: bool | None = None) -> list[Grant]:
     """Everything the daemon's role is granted; the flatten writes with ``flatten`` (by
     default: when the configuration flattens)."""
-    grants = [*RISKD_GRANTS, *platform_grants(settings.schema)]
+    grants = [*RISKD_GRANTS, *platform_grants(settings.schema), *model_grants(settings)]
     if flattens(settings) if flatten is None else flatten:
         grants += flatten_grants(settings.schema)
     return grants

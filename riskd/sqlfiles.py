@@ -101,6 +101,7 @@ def template_params(
     balance_generated: bool = False,
     balance_scale: int | None = None,
     column_types: dict[str, str] | None = None,
+    model: TableName | None = None,
 ) -> dict[str, sql.Composable]:
     """What the install templates may refer to.
 
@@ -111,7 +112,7 @@ def template_params(
     the balance column's numeric scale, which flatten rounds what it books to.
     """
     pnl = sql.Identifier(mapping.position_pnl)
-    return {
+    return model_params(model) | {
         "accounts": _table(mapping.accounts_table),
         "a_id": sql.Identifier(mapping.account_id),
         "a_user": sql.Identifier(mapping.account_user),
@@ -149,6 +150,77 @@ def template_params(
     }
 
 
+# The margin model's pieces of the check and the sweep (sql/check.sql, sql/sweep.sql), over the
+# positions' aggregate ``agg`` and the account ``a``: the built-in model's figures, or those of
+# riskd.model_figures (the platform's function) joined as ``m``. A model's figures that are not
+# finite numbers, or an account it returns twice, are data riskd cannot trust (DESIGN §1).
+_BUILTIN_PIECES = {
+    "n_open": "COALESCE(agg.n_open, 0)",
+    "equity": "a.balance_value + COALESCE(agg.pnl, 0)",
+    "used_margin": "COALESCE(agg.used, 0)",
+    "account_error": "a.data_error",
+    "model_join": "",
+    "model_join_all": "",
+}
+_MODEL_PIECES = {
+    # an account the model does not return has nothing open
+    "n_open": "CASE WHEN m.account_id IS NULL THEN 0 ELSE GREATEST(COALESCE(agg.n_open, 0), 1) END",
+    "equity": "CASE WHEN m.account_id IS NULL THEN a.balance_value"
+    " ELSE riskd.position_pnl(m.equity) END",
+    "used_margin": "COALESCE(riskd.position_pnl(m.used_margin), 0)",
+    "account_error": (
+        "NULLIF(COALESCE(a.data_error, '{{}}'::jsonb) || CASE WHEN m.account_id IS NOT NULL"
+        " AND (m.n > 1 OR NOT COALESCE(m.equity > '-Infinity' AND m.equity < 'Infinity', false)"
+        " OR NOT COALESCE(m.used_margin > '-Infinity' AND m.used_margin < 'Infinity', false))"
+        " THEN jsonb_build_object('model', {name}, 'equity', m.equity::text,"
+        " 'used_margin', m.used_margin::text, 'rows', m.n) ELSE '{{}}'::jsonb END, '{{}}'::jsonb)"
+    ),
+    "model_join": (
+        "LEFT JOIN (SELECT f.account_id, min(f.equity) AS equity,"
+        " max(f.used_margin) AS used_margin, count(*) AS n"
+        " FROM riskd.model_figures(v_ids) AS f GROUP BY f.account_id) AS m"
+        " ON m.account_id = a.account_id"
+    ),
+    "model_join_all": (
+        "LEFT JOIN (SELECT f.account_id, min(f.equity) AS equity,"
+        " max(f.used_margin) AS used_margin FROM riskd.model_figures("
+        "ARRAY(SELECT x.account_id FROM riskd.platform_accounts AS x))"
+        " AS f GROUP BY f.account_id) AS m ON m.account_id = a.account_id"
+    ),
+}
+
+
+def model_params(model: TableName | None) -> dict[str, sql.Composable]:
+    """The templates' pieces for the margin model: built in, or the platform's function."""
+    name = sql.Literal(str(model)) if model else sql.SQL("NULL::text")
+    pieces = _MODEL_PIECES if model else _BUILTIN_PIECES
+    params: dict[str, sql.Composable] = {
+        key: sql.SQL(text).format(name=name) for key, text in pieces.items()
+    }
+    params["model_name"] = name
+    params["model_flatten"] = sql.SQL("true" if model else "false")
+    params["model_figures"] = (
+        sql.SQL(
+            "SELECT m.account_id, CAST(m.equity AS numeric), CAST(m.used_margin AS numeric)"
+            " FROM {}(p_accounts) AS m;"
+        ).format(sql.Identifier(model.schema, model.name))
+        if model
+        else sql.SQL(_BUILTIN_FIGURES)
+    )
+    return params
+
+
+# The built-in model as riskd.model_figures computes it (what flatten re-asks with a model;
+# the check and the sweep inline the same sums): SQL-standard body, every operator qualified.
+_BUILTIN_FIGURES = """SELECT a.account_id,
+           a.balance_value OPERATOR(pg_catalog.+) pg_catalog.sum(p.pnl_value),
+           pg_catalog.sum(p.margin)
+    FROM riskd.platform_accounts AS a
+    JOIN riskd.platform_positions AS p ON p.account_id OPERATOR(pg_catalog.=) a.account_id
+    WHERE a.account_id OPERATOR(pg_catalog.=) ANY (p_accounts)
+    GROUP BY a.account_id, a.balance_value;"""
+
+
 def render(name: str, params: dict[str, sql.Composable], folder: Path | None = None) -> str:
     """Fill the template ``<folder>/<name>`` (``sql/`` by default) and return it as SQL text;
     the fragments it inlines come from the same folder."""
@@ -169,6 +241,10 @@ def queries(file: str = QUERIES) -> dict[str, str]:
 def _queries(file: str) -> dict[str, str]:
     """Read once per file: ``-- name: <query>`` headers, the text up to the next one."""
     parts = _NAME.split(read(file))
+    names = parts[1::2]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # the later one would silently replace the earlier
+        raise RuntimeError(f"sql/{file} names {twice} twice")
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
 

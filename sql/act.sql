@@ -196,6 +196,10 @@ DECLARE
     v_failed {account_id_type}[] := '{{}}';
     v_reasons text[] := '{{}}';
 BEGIN
+    -- the platform's margin model: close one position at a time, asking it again after each
+    IF {model_flatten} THEN
+        RETURN riskd.flatten_by_model(p_results, p_warning, p_auto_close);
+    END IF;
     SELECT array_agg(r.account_id ORDER BY r.account_id) INTO v_ids
     FROM unnest(p_results) AS r
     WHERE r.level = 'critical';
@@ -333,6 +337,161 @@ BEGIN
 END
 $fn$;
 
+
+
+-- flatten with the platform's margin model ([risk] model): the same locks, order and audit as
+-- riskd.flatten, but one position at a time — largest loss first, its PnL booked at once —
+-- asking the model again after each close and stopping once the account is back under its
+-- warning threshold (DESIGN §1): riskd cannot compute what closing a position frees under a
+-- model it does not know. Each account in a subtransaction; a close the platform's table
+-- refuses undoes that account's closes and asks for a close request instead.
+CREATE FUNCTION riskd.flatten_by_model(
+    p_results riskd.check_result[], p_warning numeric, p_auto_close numeric
+)
+RETURNS riskd.check_result[]
+LANGUAGE plpgsql SET search_path = pg_catalog, riskd AS $fn$
+DECLARE
+    v_ids {account_id_type}[];
+    v_acct record;
+    v_pos record;
+    v_before record;
+    v_now record;
+    v_closed jsonb;
+    v_realised numeric;
+    v_booked numeric;
+    v_step numeric;
+    v_n bigint;
+    v_under boolean;
+    v_request bigint;
+    v_accounts {account_id_type}[] := '{{}}';
+    v_requests bigint[] := '{{}}';
+    v_settled {account_id_type}[] := '{{}}';  -- the model found them under warning: no close
+    v_failed {account_id_type}[] := '{{}}';
+    v_reasons text[] := '{{}}';
+    v_done riskd.check_result[];
+BEGIN
+    SELECT array_agg(r.account_id ORDER BY r.account_id) INTO v_ids
+    FROM unnest(p_results) AS r
+    WHERE r.level = 'critical';
+    IF v_ids IS NULL THEN
+        RETURN p_results;
+    END IF;
+
+    PERFORM count(*) FROM riskd.flatten_positions(v_ids);
+    PERFORM riskd.flatten_lock_accounts(v_ids);
+
+    FOR v_acct IN
+        SELECT u.id AS account_id,
+               LEAST(COALESCE(l.warning_threshold, p_warning),
+                     COALESCE(l.auto_close_threshold, p_auto_close)) AS w
+        FROM unnest(v_ids) AS u (id)
+        LEFT JOIN riskd.account_limits AS l ON l.account_id = u.id
+        ORDER BY u.id
+    LOOP
+        v_request := NULL;
+        v_under := false;
+        v_closed := '[]';
+        v_realised := 0;
+        v_booked := 0;
+        BEGIN
+            SELECT f.equity, f.used_margin INTO v_before
+            FROM riskd.model_figures(ARRAY[v_acct.account_id]) AS f;
+            FOR v_pos IN
+                SELECT v.*, riskd.position_pnl(v.pnl) AS pnl_value
+                FROM riskd.flatten_positions(ARRAY[v_acct.account_id]) AS v
+                ORDER BY riskd.position_pnl(v.pnl), v.instrument, v.position_id::text
+            LOOP
+                -- ask again: nothing open (no row), or under the warning threshold, is enough
+                SELECT f.equity, f.used_margin INTO v_now
+                FROM riskd.model_figures(ARRAY[v_acct.account_id]) AS f;
+                IF NOT FOUND
+                   OR (v_now.equity > 0 AND v_now.used_margin < v_acct.w * v_now.equity) THEN
+                    v_under := true;
+                    EXIT;
+                END IF;
+                SELECT count(*) INTO v_n FROM riskd.flatten_close(ARRAY[ROW(
+                    v_pos.table_oid, v_pos.position_id, v_pos.account_id)::riskd.position_ref]);
+                IF v_n <> 1 THEN
+                    RAISE EXCEPTION USING MESSAGE = concat('closed ', v_n, ' rows for 1 position');
+                END IF;
+                v_step := riskd.flatten_book(v_acct.account_id, COALESCE(
+                    round(v_pos.pnl_value, {balance_scale}), v_pos.pnl_value));
+                IF v_step IS NULL THEN
+                    RAISE EXCEPTION USING MESSAGE = 'found no single balance row it may update';
+                END IF;
+                v_realised := v_realised + v_pos.pnl_value;
+                v_booked := v_booked + v_step;
+                v_closed := v_closed || jsonb_build_object(
+                    'position', v_pos.position_id, 'instrument', v_pos.instrument,
+                    'quantity', v_pos.quantity, 'price', v_pos.price,
+                    'margin_rate', v_pos.margin_rate, 'pnl', v_pos.pnl_value);
+            END LOOP;
+            IF jsonb_array_length(v_closed) > 0 THEN
+                SELECT f.equity, f.used_margin INTO v_now
+                FROM riskd.model_figures(ARRAY[v_acct.account_id]) AS f;
+                INSERT INTO riskd.close_requests
+                    (account_id, status, utilization, completed_at, detail)
+                VALUES (v_acct.account_id, 'done',
+                        riskd.utilization(1, v_before.equity, v_before.used_margin), now(),
+                        jsonb_build_object(
+                            'mode', 'flatten', 'model', {model_name},
+                            'equity', v_before.equity,
+                            'used_margin_before', v_before.used_margin,
+                            'equity_after', COALESCE(v_now.equity, 0),
+                            'used_margin_after', COALESCE(v_now.used_margin, 0),
+                            'realised_pnl', v_realised, 'booked_pnl', v_booked,
+                            'closed', v_closed))
+                RETURNING id INTO v_request;
+            ELSIF v_under THEN
+                v_settled := v_settled || v_acct.account_id;
+            END IF;
+        EXCEPTION
+            WHEN lock_not_available THEN
+                RAISE;  -- a trade holds a row: the daemon retries the account later
+            WHEN OTHERS THEN
+                v_failed := v_failed || v_acct.account_id;
+                v_reasons := v_reasons || SQLERRM;
+        END;
+        IF v_request IS NOT NULL THEN
+            v_accounts := v_accounts || v_acct.account_id;
+            v_requests := v_requests || v_request;
+        END IF;
+    END LOOP;
+
+    -- as riskd.flatten: a critical account left so gets a close request saying why
+    WITH fallback AS (
+        INSERT INTO riskd.close_requests (account_id, status, utilization, detail)
+        SELECT r.account_id, 'pending', r.utilization,
+               jsonb_build_object(
+                   'mode', 'flatten', 'model', {model_name}, 'equity', r.equity,
+                   'used_margin', r.used_margin,
+                   'flatten_failed', COALESCE(f.reason, 'no open position it may close'))
+        FROM unnest(p_results) AS r
+        LEFT JOIN unnest(v_failed, v_reasons) AS f (account_id, reason)
+            ON f.account_id = r.account_id
+        WHERE r.level = 'critical' AND r.account_id <> ALL (v_accounts)
+          AND r.account_id <> ALL (v_settled)
+          AND EXISTS (SELECT 1 FROM riskd.platform_positions AS p
+                      WHERE p.account_id = r.account_id)
+        ON CONFLICT (account_id) WHERE status = 'pending' DO NOTHING
+        RETURNING id, account_id
+    )
+    SELECT v_accounts || COALESCE(array_agg(account_id), '{{}}'),
+           v_requests || COALESCE(array_agg(id), '{{}}')
+    INTO v_accounts, v_requests
+    FROM fallback;
+
+    SELECT array_agg(ROW(r.account_id, r.user_id, r.level, r.previous_level, r.utilization,
+                         r.equity, r.used_margin, r.event_id,
+                         COALESCE(d.request_id, r.close_request_id))::riskd.check_result
+                     ORDER BY r.account_id)
+    INTO v_done
+    FROM unnest(p_results) AS r
+    LEFT JOIN unnest(v_accounts, v_requests) AS d (account_id, request_id)
+        ON d.account_id = r.account_id;
+    RETURN v_done;
+END
+$fn$;
 
 -- The auto-close of the accounts a check found critical with positions open, in a mode that
 -- closes (the account's own, else the check's): returns the check's results with the close

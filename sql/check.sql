@@ -109,6 +109,18 @@ FROM (
     FROM {accounts} AS a
 ) AS v;
 
+-- The margin model's figures for these accounts, those with something open (DESIGN §1): the
+-- platform's own function when [risk] model names one, else the built-in model over
+-- the views above. The check and the sweep join it when the model is the platform's (they
+-- inline the built-in sums); flatten re-asks it after each close. SQL-standard: the platform's
+-- function is a recorded dependency, which its owner cannot drop from under riskd (I9).
+CREATE FUNCTION riskd.model_figures(p_accounts {account_id_type}[])
+RETURNS TABLE (account_id {account_id_type}, equity numeric, used_margin numeric)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    {model_figures}
+END;
+
 CREATE TYPE riskd.check_result AS (
     account_id       {account_id_type},
     user_id          text,
@@ -204,11 +216,12 @@ BEGIN
     FROM (SELECT DISTINCT hashtext(i::text) AS k FROM unnest(v_ids) AS i ORDER BY 1) AS s;
 
     WITH risk AS (
-        SELECT a.account_id, a.user_id, a.balance, a.data_error AS account_error,
-               COALESCE(agg.n_open, 0) AS n_open,
-               a.balance_value + COALESCE(agg.pnl, 0) AS equity,
-               COALESCE(agg.used, 0) AS used_margin,
-               a.data_error IS NULL AND COALESCE(agg.n_untrusted, 0) = 0 AS trusted,
+        -- the figures of the margin model (riskd.sqlfiles: built in, or the platform's)
+        SELECT a.account_id, a.user_id, a.balance, {account_error} AS account_error,
+               {n_open} AS n_open,
+               {equity} AS equity,
+               {used_margin} AS used_margin,
+               {account_error} IS NULL AND COALESCE(agg.n_untrusted, 0) = 0 AS trusted,
                agg.price_time,
                -- a generated balance cannot take realised PnL: flatten becomes a close request
                CASE WHEN COALESCE(l.auto_close, p_mode) = 'flatten' AND NOT {balance_bookable}
@@ -232,6 +245,7 @@ BEGIN
             WHERE p.account_id = ANY (v_ids)
             GROUP BY p.account_id
         ) AS agg ON agg.account_id = a.account_id
+        {model_join}
         LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
         LEFT JOIN riskd.account_state AS s ON s.account_id = a.account_id
         WHERE a.account_id = ANY (v_ids)
@@ -330,6 +344,7 @@ BEGIN
                        'balance', balance, 'positions', positions,
                        'warning_threshold', w, 'auto_close_threshold', ac,
                        'hysteresis', p_hysteresis, 'first_check', NOT known,
+                       'model', {model_name},
                        'data_errors', data_errors)),
                    p_instance
             FROM kept WHERE level <> previous_level

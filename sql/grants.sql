@@ -129,6 +129,12 @@ GRANT CONNECT ON DATABASE :"DBNAME" TO :"daemon_role";
 -- from a function is checked against the caller too). PostgreSQL grants EXECUTE to PUBLIC by
 -- default; `riskd migrate` revokes that, and these grants give it back to the daemon alone.
 {functions}
+{model_figures}
+
+-- The platform's own margin model ([risk] model), which the check calls: what the function
+-- itself reads is its owner's to grant (or make it SECURITY DEFINER).
+{model_usage}
+{model}
 
 -- The check and the sweep read the platform's tables through two views of riskd's
 -- (security_invoker: with these privileges, as if they read the tables).

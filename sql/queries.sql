@@ -734,3 +734,35 @@ FROM riskd.alerts AS a
 WHERE %(account)s::text IS NULL OR a.account_id::text = %(account)s::text
 ORDER BY a.id DESC
 LIMIT %(limit)s
+
+-- name: model_signature
+-- [risk] model: every function of that name, with what DESIGN §1 asks of it — one argument,
+-- an array of the account id's type; a set of (account_id, equity, used_margin), the id of the
+-- account id's type and the figures numbers; not VOLATILE (riskd.mapping.model_problem).
+SELECT p.oid::pg_catalog.regprocedure::text AS signature,
+       p.pronargs = 1 AND p.proargtypes[0] = t.typarray AS takes_ids,
+       p.proretset AS returns_set,
+       p.provolatile::text AS volatility,
+       ARRAY(SELECT o.name FROM unnest(p.proallargtypes, p.proargmodes::text[],
+                                                  p.proargnames)
+                                WITH ORDINALITY AS o (type, mode, name, n)
+             WHERE o.mode IN ('t', 'o') ORDER BY o.n) AS names,
+       EXISTS (SELECT FROM unnest(p.proallargtypes, p.proargmodes::text[])
+                               WITH ORDINALITY AS o (type, mode, n)
+               WHERE o.mode IN ('t', 'o') AND o.type = t.oid) AS id_type_ok,
+       NOT EXISTS (SELECT FROM unnest(p.proallargtypes, p.proargmodes::text[],
+                                                 p.proargnames) AS o (type, mode, name)
+                   JOIN pg_catalog.pg_type AS ot ON ot.oid = o.type
+                   WHERE o.mode IN ('t', 'o') AND o.name IN ('equity', 'used_margin')
+                     AND ot.typcategory <> 'N') AS numeric
+FROM pg_catalog.pg_proc AS p
+JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+CROSS JOIN pg_catalog.pg_type AS t
+WHERE n.nspname = %(schema)s AND p.proname = %(name)s AND t.oid = %(account_type)s::oid
+ORDER BY 1
+
+-- name: account_id_type_oid
+-- The account id's type as riskd installed it (riskd.account_state), its oid and its name.
+SELECT a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_attribute AS a
+WHERE a.attrelid = 'riskd.account_state'::pg_catalog.regclass AND a.attname = 'account_id'

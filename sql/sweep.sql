@@ -28,9 +28,9 @@ BEGIN
         GROUP BY p.account_id
     ), risk AS (
         SELECT a.account_id,
-               COALESCE(agg.n_open, 0) AS n_open,
-               a.balance_value + COALESCE(agg.pnl, 0) AS equity,
-               COALESCE(agg.used, 0) AS used_margin,
+               {n_open} AS n_open,
+               {equity} AS equity,
+               {used_margin} AS used_margin,
                LEAST(COALESCE(l.warning_threshold, p_warning),
                      COALESCE(l.auto_close_threshold, p_auto_close)) AS w,
                COALESCE(l.auto_close_threshold, p_auto_close) AS ac,
@@ -38,6 +38,7 @@ BEGIN
                s.equity AS recorded_equity, s.used_margin AS recorded_used_margin
         FROM riskd.platform_accounts AS a
         LEFT JOIN agg ON agg.account_id = a.account_id
+        {model_join_all}
         LEFT JOIN riskd.account_limits AS l ON l.account_id = a.account_id
         LEFT JOIN riskd.account_state AS s ON s.account_id = a.account_id
     ), decided AS (

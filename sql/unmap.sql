@@ -5,6 +5,8 @@
 -- mapping renders, and the check's row types. Run in the migration's transaction after
 -- drop_capture.sql (the capture triggers, wherever they sit now), followed by check.sql,
 -- sweep.sql, capture.sql and privileges.sql.
+-- the model's figures read the views (a recorded dependency): first
+DROP FUNCTION IF EXISTS riskd.model_figures;
 DO $unmap$
 DECLARE
     r record;

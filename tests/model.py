@@ -8,6 +8,7 @@ documented display rounding). No float anywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -138,11 +139,32 @@ def decide(ratio: Fraction, previous: Level, thresholds: Thresholds) -> Level:
     return raw
 
 
+def builtin_margin(quantity: Fraction, price: Fraction, margin_rate: Fraction) -> Fraction:
+    """DESIGN §1: |quantity| × price × margin rate."""
+    return abs(quantity) * price * margin_rate
+
+
+# One position's margin from its quantity, price and margin rate (all known).
+Margin = Callable[[Fraction, Fraction, Fraction], Fraction]
+
+# The tiered maintenance margin the tests give riskd as the platform's own model
+# (tests/integration/test_model.py, TIERED_SQL): the rate rises with the position's notional.
+TIERS = ((Fraction(5000), Fraction(1)), (Fraction(20000), Fraction(3, 2)))
+TOP_TIER = Fraction(2)
+
+
+def tiered_margin(quantity: Fraction, price: Fraction, margin_rate: Fraction) -> Fraction:
+    notional = abs(quantity) * price
+    factor = next((f for limit, f in TIERS if notional < limit), TOP_TIER)
+    return notional * margin_rate * factor
+
+
 def assess(
     balance: Decimal | None,
     positions: list[Position],
     previous: Level = "ok",
     thresholds: Thresholds | None = None,
+    margin: Margin = builtin_margin,
 ) -> Risk:
     """Check one account: its balance (None counts 0), its positions, its previous level."""
     thresholds = thresholds or Thresholds()
@@ -152,7 +174,7 @@ def assess(
     )
     used = sum(
         (
-            abs(Fraction(p.quantity)) * Fraction(p.price) * Fraction(p.margin_rate)
+            margin(Fraction(p.quantity), Fraction(p.price), Fraction(p.margin_rate))
             for p in open_positions
             if p.price is not None and p.margin_rate is not None
         ),
@@ -190,9 +212,10 @@ class AccountHistory:
     thresholds: Thresholds = field(default_factory=Thresholds)
     level: Level = "ok"
     transitions: list[tuple[Level, Level]] = field(default_factory=list)
+    margin: Margin = builtin_margin
 
     def check(self, balance: Decimal | None, positions: list[Position]) -> Risk:
-        risk = assess(balance, positions, self.level, self.thresholds)
+        risk = assess(balance, positions, self.level, self.thresholds, self.margin)
         if risk.transition:
             self.transitions.append((risk.previous_level, risk.level))
         self.level = risk.level

@@ -20,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "ea0786ec277e4c06290fe8c30325b3aa3d6f89383c877670b5030e6b01bcc019"
+FROZEN_SHA256 = "a68e5c986f71211cea82d4f388dfe2cf36e60ee9ec4b25aaed3e7f7da600f341"
 
 
 def upgrade() -> None:

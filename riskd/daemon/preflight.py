@@ -11,12 +11,12 @@ from typing import Any
 import psycopg
 
 from riskd import __version__, capture, migrate, privileges
+from riskd.config import model_function
 from riskd.daemon.faults import SchemaMoved
 from riskd.daemon.shared import Shared
 from riskd.db import CONNECT_TIMEOUT, aconnect
 from riskd.errors import ConfigError, reason
-from riskd.mapping import as_json as mapping_json
-from riskd.mapping import mapped_tables, rls_refusal
+from riskd.mapping import installed_json, mapped_tables, model_problem, rls_refusal
 from riskd.sqlfiles import query
 
 log = logging.getLogger("riskd.daemon")
@@ -101,6 +101,24 @@ async def check_capture(shared: Shared, conn: psycopg.AsyncConnection[Any]) -> N
     shared.stats.capture_problems = found
 
 
+async def check_model(shared: Shared, conn: psycopg.AsyncConnection[Any]) -> None:
+    """The platform's margin model still fits (its owner may have altered it since `riskd
+    migrate`): one line saying what does not."""
+    model = model_function(shared.settings.risk)
+    if model is None:
+        return
+    cur = await conn.execute(query("account_id_type_oid"))
+    row = await cur.fetchone()
+    assert row is not None  # riskd is installed: account_state has its account_id
+    cur = await conn.execute(
+        query("model_signature"),
+        {"schema": model.schema, "name": model.name, "account_type": row[0]},
+    )
+    problem = model_problem(model, row[1], await cur.fetchall())
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 async def preflight(shared: Shared) -> None:
     """Everything the daemon needs of the database, or a ConfigError saying what is not."""
     conn = await shared.retry("start", lambda: _connect_at_start(shared.dsn))
@@ -120,12 +138,20 @@ async def preflight(shared: Shared) -> None:
                 f"{exc.diag.message_primary or reason(exc)} ({privileges.GRANTS_HINT})"
             ) from exc
         check_revision(shared, revision)
-        wanted = mapping_json(shared.settings.schema)
+        wanted = installed_json(shared.settings)
         if installed is None or installed[0] != wanted:
-            raise ConfigError(
-                "[schema] differs from the mapping `riskd migrate` installed the triggers "
-                "with: run `riskd migrate` with this configuration, or fix [schema]"
+            what = (
+                "[risk] model"
+                if installed is not None
+                and isinstance(installed[0], dict)
+                and installed[0].get("model") != wanted.get("model")
+                else "[schema]"
             )
+            raise ConfigError(
+                f"{what} differs from what `riskd migrate` installed riskd with: run `riskd "
+                f"migrate` with this configuration, or fix {what}"
+            )
+        await check_model(shared, conn)
         await _check_privileges(shared, conn)
         # I8: every row of the mapped tables visible to this role, or no start
         cur = await conn.execute(

@@ -29,12 +29,17 @@ from model import (
     AccountHistory,
     Level,
     Limits,
+    Margin,
     Position,
     Risk,
     Thresholds,
+    builtin_margin,
+    tiered_margin,
     to_decimal,
 )
+from test_model import MODEL, TIERED_SQL
 
+from riskd import migrate
 from riskd.check import CheckResult, check_accounts
 from riskd.config import Settings
 
@@ -340,8 +345,11 @@ def _compare(expected: Risk, got: CheckResult | None) -> list[str]:
     return problems
 
 
-def run_batch(db: Db, settings: Settings, batch: Batch) -> list[str]:
-    """Write and check every round of the batch; every disagreement, with its inputs."""
+def run_batch(
+    db: Db, settings: Settings, batch: Batch, margin: Margin = builtin_margin
+) -> list[str]:
+    """Write and check every round of the batch; every disagreement, with its inputs. The
+    model computes each position's margin with ``margin`` (riskd with [risk] model)."""
     conn = db.conn
     _reset(conn)
     with conn.transaction(), conn.cursor() as cur:
@@ -356,7 +364,8 @@ def run_batch(db: Db, settings: Settings, batch: Batch) -> list[str]:
     # DESIGN's defaults, not riskd's: riskd runs on its own default thresholds
     defaults = Thresholds(DEFAULT_WARNING, DEFAULT_AUTO_CLOSE, batch.hysteresis)
     histories = {
-        a.account_id: AccountHistory(defaults.for_account(a.limits)) for a in batch.accounts
+        a.account_id: AccountHistory(defaults.for_account(a.limits), margin=margin)
+        for a in batch.accounts
     }
     cases = {a.account_id: a for a in batch.accounts}
     last: dict[str, Risk] = {}
@@ -439,6 +448,36 @@ def test_check_accounts_matches_model(db: Db, batch: Batch) -> None:
     settings_ = settings_for(db.dsn, risk={"auto_close": "off", "hysteresis": batch.hysteresis})
     problems = run_batch(db, settings_, batch)
     note(f"hysteresis={batch.hysteresis}")
+    if problems:
+        print(f"{len(problems)} disagreement(s), hysteresis={batch.hysteresis}:")
+        for problem in problems[:5]:
+            print(problem)
+    assert not problems, "\n".join(problems[:5])
+
+
+_with_model: set[str] = set()  # the databases riskd was migrated to the tiered model in
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(batch=batches())
+def test_check_accounts_matches_model_with_the_platforms_tiered_model(db: Db, batch: Batch) -> None:
+    """The same, with `[risk] model` naming the tests' tiered maintenance-margin function and
+    the Python model given the same tiers (tests/model.py tiered_margin)."""
+    risk = {"auto_close": "off", "hysteresis": batch.hysteresis, "model": MODEL}
+    settings_ = settings_for(db.dsn, risk=risk)
+    if db.name not in _with_model:
+        db.conn.execute(TIERED_SQL)
+        migrate.migrate(settings_)
+        _with_model.add(db.name)
+    problems = run_batch(db, settings_, batch, tiered_margin)
     if problems:
         print(f"{len(problems)} disagreement(s), hysteresis={batch.hysteresis}:")
         for problem in problems[:5]:

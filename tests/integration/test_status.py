@@ -108,7 +108,7 @@ def test_healthy_with_a_running_daemon_then_unhealthy_once_it_stops(
     (start,) = [line for line in daemon.log().splitlines() if "daemon.starting" in line]
     assert start.endswith(
         " warning_threshold=0.80 auto_close_threshold=0.90 hysteresis=0.02 auto_close=request "
-        "max_closes_per_minute=0 max_price_age=0s "
+        "model=builtin max_closes_per_minute=0 max_price_age=0s "
         "debounce=0.2s max_delay=1s sweep_interval=60s batch_size=500"
     ), start
     assert instance["risk"] == instance["stats"]["risk"] == DEFAULT_RISK

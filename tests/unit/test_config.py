@@ -650,6 +650,7 @@ def test_the_effective_settings_hold_what_a_daemon_runs_with_and_no_password() -
         "auto_close_threshold": "0.90",
         "hysteresis": "0.05",
         "auto_close": "flatten",
+        "model": "builtin",
         "max_closes_per_minute": "0",
         "max_price_age": "0s",
         "debounce": "0.25s",
@@ -662,6 +663,7 @@ def test_the_effective_settings_hold_what_a_daemon_runs_with_and_no_password() -
         "auto_close_threshold": "0.90",
         "hysteresis": "0.05",
         "auto_close": "flatten",
+        "model": "builtin",
         "max_closes_per_minute": "0",
         "max_price_age": "0s",
     }
