@@ -19,6 +19,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from conftest import Db, settings_for
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 
 from riskd import migrate, rails
 from riskd.check import CheckResult, check_accounts
@@ -363,3 +365,104 @@ def test_pause_and_resume_from_the_command_line_and_status_says_paused(db: Db) -
     assert nothing.exit_code == 0 and nothing.output.startswith("riskd was not paused")
     wrong = runner.invoke(main, [*args, "events", "--alerts", "--follow"])
     assert wrong.exit_code == 2 and "--alerts goes with" in wrong.output
+
+
+# --- the property: whatever happens, the rails hold -------------------------------------
+
+STEP = st.one_of(
+    st.tuples(st.just("move"), st.sampled_from(["i1", "i2"]), st.integers(-9, 3)),
+    st.tuples(st.just("pause")),
+    st.tuples(st.just("resume")),
+    st.tuples(st.just("check"), st.integers(0, 1)),
+    st.tuples(st.just("advance"), st.integers(5, 90)),
+    st.tuples(st.just("done")),
+)
+RESET = (
+    "DELETE FROM riskd.deliveries",
+    "DELETE FROM riskd.alerts",
+    "DELETE FROM riskd.close_requests",
+    "DELETE FROM riskd.risk_events",
+    "DELETE FROM riskd.account_state",
+    "DELETE FROM riskd.dirty_accounts",
+    "UPDATE riskd.controls SET paused = false, paused_by = NULL, reason = NULL, since = NULL",
+    "DELETE FROM positions",
+    "DELETE FROM trading_accounts",
+    "DELETE FROM instruments",
+)
+
+
+def windows_over_cap(db: Db, cap: int) -> list[tuple[Any, int]]:
+    """Every close whose minute (the 60 s up to it) holds more than ``cap`` closes."""
+    rows = db.conn.execute(
+        "SELECT c.created_at, (SELECT count(*) FROM riskd.close_requests AS o"
+        "  WHERE o.created_at > c.created_at - interval '1 minute'"
+        "    AND o.created_at <= c.created_at)"
+        " FROM riskd.close_requests AS c"
+    ).fetchall()
+    return [(at, n) for at, n in rows if n > cap]
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(STEP, min_size=1, max_size=20),
+    cap=st.integers(1, 4),
+    mode=st.sampled_from(["request", "flatten"]),
+)
+def test_no_close_while_paused_and_never_more_than_the_cap_per_minute(
+    db: Db, steps: list[tuple[Any, ...]], cap: int, mode: str
+) -> None:
+    for statement in RESET:
+        db.conn.execute(statement)  # type: ignore[arg-type]
+    settings_ = rails_settings(db, max_closes_per_minute=cap, auto_close=mode)
+    ids = book(db, [60, 70, 80, 85, 88], "i1")
+    db.conn.execute(
+        "INSERT INTO instruments (id, symbol, price, \"marginRate\") VALUES ('i2', 'I2', 100, 0.1)"
+    )
+    for n, quantity in enumerate([75, 82, 87]):
+        account = f"b{n}"
+        db.conn.execute(
+            'INSERT INTO trading_accounts (id, "userId", balance) VALUES (%s, %s, 1000)',
+            (account, account),
+        )
+        db.conn.execute(
+            'INSERT INTO positions (id, "tradingAccountId", "instrumentId", quantity, '
+            "\"unrealizedPnL\") VALUES (%s, %s, 'i2', %s, 0)",
+            (f"q{n}", account, quantity),
+        )
+        ids.append(account)
+    instances = [checker(db, settings_), checker(db, settings_)]
+    try:
+        for step in steps:
+            note(repr(step))
+            if step[0] == "move":
+                crash(db, step[1], -step[2])
+            elif step[0] == "pause":
+                rails.pause(settings_, "property")
+            elif step[0] == "resume":
+                rails.resume(settings_, "property")
+            elif step[0] == "advance":  # the minute slides: every close made so long ago
+                db.conn.execute(
+                    "UPDATE riskd.close_requests"
+                    " SET created_at = created_at - %s * interval '1 second'",
+                    (step[1],),
+                )
+            elif step[0] == "done":  # the platform's engine closes what was asked
+                db.conn.execute(
+                    "UPDATE riskd.close_requests SET status = 'done', completed_at = now()"
+                    " WHERE status = 'pending'"
+                )
+            else:
+                was_paused = paused(db)
+                before = len(close_requests(db))
+                check(instances[step[1]], settings_, ids)
+                made = len(close_requests(db)) - before
+                assert not (was_paused and made), f"{made} closes made while paused"
+                assert made <= cap
+            assert windows_over_cap(db, cap) == []
+    finally:
+        for conn in instances:
+            conn.close()
