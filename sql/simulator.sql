@@ -159,3 +159,19 @@ SELECT count(*), count(DISTINCT account_id),
        COALESCE(sum(jsonb_array_length(detail -> 'closed')), 0),
        COALESCE(sum((detail ->> 'realised_pnl')::numeric), 0)
 FROM riskd.close_requests WHERE status = 'done'
+
+-- name: critical_accounts
+-- The accounts the first sweep (paused) found critical: the seeded book's breaches.
+SELECT count(*) FROM riskd.account_state WHERE level = 'critical'
+
+-- name: demo_alerts
+-- The safety rails' latest alerts, newest first (the view's banner and lines).
+SELECT id, kind, detail FROM riskd.alerts ORDER BY id DESC LIMIT 5
+
+-- name: summary_rails
+-- The safety rails at the end: paused now, the breaker's trips (the first one's detail), and
+-- the accounts left critical.
+SELECT (SELECT paused FROM riskd.controls),
+       (SELECT count(*) FROM riskd.alerts WHERE kind = 'circuit_open'),
+       (SELECT detail FROM riskd.alerts WHERE kind = 'circuit_open' ORDER BY id LIMIT 1),
+       (SELECT count(*) FROM riskd.account_state WHERE level = 'critical')

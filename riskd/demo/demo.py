@@ -37,11 +37,13 @@ from rich.live import Live
 from rich.logging import RichHandler
 
 from riskd import migrate
+from riskd.check import sweep
 from riskd.config import DaemonSettings, DatabaseSettings, RiskSettings, Settings
 from riskd.daemon.daemon import Daemon
 from riskd.db import require_dsn
 from riskd.demo.simulator import QUERY_FILE, Market, MarketStats
 from riskd.demo.view import FeedEvent, Flattened, Frame, Sample, ms, progress_line, render
+from riskd.rails import Switch, describe
 from riskd.sandbox.cluster import ClusterError, PgCluster, find_bindirs
 from riskd.sandbox.seed import seed
 from riskd.sqlfiles import query
@@ -62,6 +64,10 @@ READY_TIMEOUT = 120.0  # the first sweep of the seeded accounts
 SETTLE_TIMEOUT = 5.0  # the daemon re-checks what its first sweep flattened
 SETTLE_ROUNDS = 3
 STOP_TIMEOUT = 30.0
+DEMO_OPERATOR = "riskd demo"
+OPENING = "the book opens: the first sweep records it, nothing is closed before review"
+REVIEWED = "the book reviewed"
+BREAKER_BUDGET = 20  # closes a minute beyond the seeded breaches, at least
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,9 @@ class DemoOptions:
     keep: bool = False
     seed: int = 1
     live: bool | None = None  # None: when stdout is a terminal
+    # the circuit breaker; None: sized for the demo (the seeded book's breaches, and a budget
+    # the market's ordinary pace stays under and a flash crash does not); 0: off
+    max_closes_per_minute: int | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +103,8 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     sell_off_at: float | None = None
     interrupted: str = ""  # the signal that stopped the market early, if one did
+    said: set[int] = field(default_factory=set)  # the alerts already taken in
+    new_alerts: list[str] = field(default_factory=list)  # to print (no terminal), oldest first
 
 
 def _query(name: str) -> sql.SQL:
@@ -206,7 +217,26 @@ def _set_up(cluster: PgCluster, options: DemoOptions, console: Console) -> Setti
     )
     migrate.migrate(settings)
     console.print("installed riskd (riskd migrate)")
-    return settings
+    # The kill switch: the book opens paused, so that the first sweep records what the seed
+    # holds and closes nothing until the operator (the demo) resumes.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(query("pause"), {"by": DEMO_OPERATOR, "reason": OPENING})
+        sweep(conn, settings)
+        row = conn.execute(_query("critical_accounts")).fetchone()
+    breaches = int(row[0]) if row else 0
+    cap = options.max_closes_per_minute
+    if cap is None:
+        cap = breaches + max(BREAKER_BUDGET, options.accounts // 200)
+    console.print(
+        f"riskd pause: the first sweep found {breaches:,} seeded accounts critical and closed "
+        f"none; circuit breaker at {cap:,} closes a minute"
+        if cap
+        else "circuit breaker off",
+        soft_wrap=True,
+    )
+    return dataclasses.replace(
+        settings, risk=dataclasses.replace(settings.risk, max_closes_per_minute=cap)
+    )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -241,6 +271,11 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
             await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listener,
             await psycopg.AsyncConnection.connect(dsn) as trader,
         ):
+            await _settle(daemon, reader, stop)
+            # the operator has seen the book: resume, and the critical accounts are flattened
+            await reader.execute(query("resume"), {"by": DEMO_OPERATOR, "reason": REVIEWED})
+            console.print("riskd resume: the seeded breaches are flattened, worst first")
+            await _flattened_all(reader, stop)
             await _settle(daemon, reader, stop)
             await _initial(run_, reader)
             if not stop.is_set():  # else Ctrl-C before the market opened
@@ -322,6 +357,18 @@ async def _settle(daemon: Daemon, conn: psycopg.AsyncConnection[Any], stop: asyn
         if quiet >= SETTLE_ROUNDS:
             return
         checks = stats.checks
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DEBOUNCE)
+
+
+async def _flattened_all(conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+    """Wait (a while at most) until no account is left critical: the resume's flattening."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline and not stop.is_set():
+        cur = await conn.execute(_query("critical_accounts"))
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), DEBOUNCE)
 
@@ -413,6 +460,14 @@ async def _read_levels(run_: Run, conn: psycopg.AsyncConnection[Any], sample: Sa
     sample.flattened_accounts = row[0] if row else 0
     cur = await conn.execute(_query("latest_flattened"), {"from_id": run_.first_market_close})
     sample.latest_flattened = [_flattened(*row) for row in await cur.fetchall()]
+    cur = await conn.execute(query("controls"))
+    switch = await cur.fetchone()
+    sample.paused = Switch(*switch).line() if switch and switch[0] else None
+    cur = await conn.execute(_query("demo_alerts"))
+    alerts = [(row[0], f"{row[1]}: {describe(row[1], row[2])}") for row in await cur.fetchall()]
+    sample.alerts = [text for _, text in alerts]
+    run_.new_alerts += [text for n, text in reversed(alerts) if n not in run_.said]
+    run_.said.update(n for n, _ in alerts)
 
 
 def _flattened(
@@ -468,6 +523,11 @@ async def _view(
                 line = progress_line(run_.sample, run_.events, _market_stats(run_), news)
                 news = ""
                 console.print(line, highlight=False, soft_wrap=True)
+                for alert in run_.new_alerts:
+                    console.print(
+                        f"        alert {alert}", highlight=False, markup=False, soft_wrap=True
+                    )
+                run_.new_alerts.clear()
             if elapsed >= duration or stop.is_set() or daemon.done():
                 return
             wait = min(REFRESH_EVERY, max(0.0, duration - elapsed))
@@ -529,6 +589,7 @@ def _summary(run_: Run, console: Console) -> None:
         row = conn.execute(
             _query("summary_close_requests"), {"from_id": run_.first_market_close}
         ).fetchone()
+        rails = conn.execute(_query("summary_rails")).fetchone()
     done, accounts, by_market, closed, realised = row or (0, 0, 0, 0, Decimal(0))
     m = _market_stats(run_)
     checks = run_.daemon.snapshot().stats.checks - run_.checks_at_open
@@ -562,8 +623,31 @@ def _summary(run_: Run, console: Console) -> None:
         f"             {m.fills:,} fills: {m.added:,} added to, {m.reduced:,} reduced,"
         f" {m.opened:,} new positions; {m.sell_offs or 'no'} sell-off",
     ]
+    lines += _rails_lines(run_, rails)
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _rails_lines(run_: Run, rails: tuple[Any, ...] | None) -> list[str]:
+    """What the kill switch and the circuit breaker did."""
+    paused, trips, first, critical = rails or (False, 0, None, 0)
+    cap = run_.settings.risk.max_closes_per_minute
+    lines = ["  rails      kill switch: the book opened paused; resumed after the first sweep"]
+    if not cap:
+        return [*lines, "             circuit breaker off"]
+    if not trips:
+        return [*lines, f"             circuit breaker ({cap:,} closes a minute): not tripped"]
+    detail = first or {}
+    lines.append(
+        f"             circuit breaker ({cap:,} closes a minute): tripped {trips}x; the first"
+        f" time {detail.get('closing', '?')} closed, {detail.get('held', '?')} held"
+    )
+    if paused:
+        lines.append(
+            f"             still paused: {critical:,} accounts critical, held;"
+            " `riskd resume` closes them, worst first"
+        )
+    return lines
 
 
 def _print_kept(cluster: PgCluster, settings: Settings, console: Console) -> None:

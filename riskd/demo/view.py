@@ -56,6 +56,8 @@ class Sample:
     levels: dict[str, int] = field(default_factory=dict)
     flattened_accounts: int = 0
     latest_flattened: list[Flattened] = field(default_factory=list)
+    paused: str | None = None  # the kill switch, as `riskd status` says it; None: running
+    alerts: list[str] = field(default_factory=list)  # the safety rails' latest, newest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,9 @@ def progress_line(
         f" | {s.checks_per_second:,.0f} checks/s, latency p50 {ms(s.p50)} p99 {ms(s.p99)}"
         f" | events {_levels(events, 'warning', 'critical', 'ok')}"
         f" | flattened {s.flattened_accounts:,} accounts"
-        f" | {m.fills:,} fills, {m.price_moves:,} price moves" + (f" | {news}" if news else "")
+        f" | {m.fills:,} fills, {m.price_moves:,} price moves"
+        + (" | PAUSED" if s.paused else "")
+        + (f" | {news}" if news else "")
     )
 
 
@@ -135,7 +139,12 @@ def render(frame: Frame, width: int, height: int) -> RenderableType:
         top.add_column(ratio=1)
         panels.append(Panel(_market(f), title="market", border_style="blue"))
     top.add_row(*panels)
-    parts: list[RenderableType] = [header, top]
+    parts: list[RenderableType] = [header]
+    if s.paused:  # across the top: nothing is closed until an operator resumes
+        parts.append(Text(f" {s.paused} ", style="bold white on red"))
+    parts.append(top)
+    if s.alerts:
+        parts.append(Text("\n".join(f"alert: {a}" for a in s.alerts[:3]), style="bold"))
     rows = max(3, height - (17 if wide else 23))
     if wide:
         bottom = Table.grid(expand=True, padding=(0, 1))

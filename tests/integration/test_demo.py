@@ -126,6 +126,11 @@ def test_keep_leaves_a_database_with_real_events_and_flattened_accounts(
         )
         assert still_open == 0
         assert scalar("SELECT count(*) FROM riskd.close_requests WHERE status = 'done'") > 0
+        # the kill switch: the book opened paused, the demo resumed it, both recorded
+        kinds = conn.execute("SELECT kind FROM riskd.alerts ORDER BY id LIMIT 2").fetchall()
+        assert [k for (k,) in kinds] == ["paused", "resumed"], output
+    assert "  rails      kill switch: the book opened paused" in result.stdout, output
+    assert "circuit breaker (" in result.stdout, output
 
 
 @pytest.mark.parametrize(

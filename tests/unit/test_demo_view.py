@@ -108,6 +108,20 @@ def test_the_progress_line_without_a_terminal() -> None:
     assert news.endswith(" | SELL-OFF: 20 instruments -10 %")
 
 
+def test_paused_says_so_across_the_top_with_the_alerts_and_in_the_progress_line() -> None:
+    paused = replace(
+        SAMPLE,
+        paused="PAUSED by circuit breaker since 12:00:01 (3 s ago): 41 closes in a minute",
+        alerts=["circuit_open: 41 closes in a minute would exceed [risk] max_closes_per_minute"],
+    )
+    text = _text(replace(FRAME, sample=paused), 160)
+    first_lines = text.splitlines()[:4]
+    assert any("PAUSED by circuit breaker" in line for line in first_lines), first_lines
+    assert "alert: circuit_open: 41 closes" in text and "[risk] max_closes_per_minute" in text
+    assert progress_line(paused, Counter(), MARKET).endswith(" | PAUSED")
+    assert "PAUSED" not in _text(FRAME, 160)
+
+
 def test_the_demo_queries_load_from_their_own_file() -> None:
     demo = queries(file="simulator.sql")
     assert {"mark_to_market", "fill", "open", "create_database", "latest_flattened"} <= set(demo)
