@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,26 +28,8 @@ from riskd.errors import SchemaMappingError
 
 MODEL = "risk_model.tiered"
 
-# The rate of a position's margin: its instrument's, times 1 under 5 000 of notional, 1.5 under
-# 20 000, 2 above; equity the balance and the unrealised PnL. Only accounts with something open.
-TIERED_SQL = """
-CREATE SCHEMA IF NOT EXISTS risk_model;
-CREATE OR REPLACE FUNCTION risk_model.tiered(p_ids text[])
-RETURNS TABLE (account_id text, equity numeric, used_margin numeric)
-LANGUAGE sql STABLE AS $$
-    SELECT a.id,
-           COALESCE(a.balance, 0) + COALESCE(sum(p."unrealizedPnL"), 0),
-           COALESCE(sum(abs(p.quantity) * i.price * i."marginRate"
-                        * CASE WHEN abs(p.quantity) * i.price < 5000 THEN 1
-                               WHEN abs(p.quantity) * i.price < 20000 THEN 1.5
-                               ELSE 2 END), 0)
-    FROM public.trading_accounts AS a
-    JOIN public.positions AS p ON p."tradingAccountId" = a.id AND p.quantity <> 0
-    LEFT JOIN public.instruments AS i ON i.id = p."instrumentId"
-    WHERE a.id = ANY (p_ids)
-    GROUP BY a.id, a.balance
-$$;
-"""
+# tests/tiered_model.sql: margin tiered by notional (tests/model.py holds the same tiers)
+TIERED_SQL = (Path(__file__).resolve().parents[1] / "tiered_model.sql").read_text()
 
 
 def install_model(db: Db, **risk: Any) -> Settings:
