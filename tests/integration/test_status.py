@@ -60,6 +60,9 @@ DEFAULT_RISK = {
     "auto_close_threshold": "0.90",
     "hysteresis": "0.02",
     "auto_close": "request",
+    "model": "builtin",
+    "max_closes_per_minute": "0",
+    "max_price_age": "0s",
 }
 
 
@@ -300,8 +303,9 @@ def test_json_document_shape(db: Db) -> None:
         "dirty_marks", "dirty_accounts", "dirty_instrument_marks", "dirty_instruments",
         "levels", "pending_close_requests", "oldest_close_request_age", "pending_deliveries",
         "oldest_delivery_age", "failed_deliveries", "recent_events", "capture_problems",
-        "warnings",
+        "warnings", "paused", "recent_alerts",
     }  # fmt: skip
+    assert doc["paused"]["paused"] is False and doc["recent_alerts"] == []
     assert doc["summary"].startswith("riskd OK: ") and doc["warnings"] == []
     assert (doc["dirty_marks"], doc["dirty_accounts"]) == (3, 2)
     assert (doc["dirty_instrument_marks"], doc["dirty_instruments"]) == (2, 2)
