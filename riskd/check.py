@@ -352,11 +352,18 @@ def _check_and_report(
             if r.level == "critical" and not by_account.get(r.account_id)
         ]
         data_errors: set[str] = set()
-        if unexplained and settings.risk.auto_close != "off":
-            held = json.dumps([{"account_id": a} for a in unexplained])
+        held: dict[str, str] = {}
+        if unexplained:
+            asked = json.dumps([{"account_id": a} for a in unexplained])
             with conn.cursor(row_factory=dict_row) as dcur:
-                dcur.execute(query("check_data_errors"), {"accounts": held})
+                dcur.execute(query("check_data_errors"), {"accounts": asked})
                 data_errors = {row["account_id"] for row in dcur.fetchall()}
+                dcur.execute(query("check_held"), {"accounts": asked})
+                held = {
+                    row["account_id"]: why
+                    for row in dcur.fetchall()
+                    if (why := held_because(row, settings.risk.auto_close)) is not None
+                }
     return [
         decide_action(
             r,
@@ -364,13 +371,38 @@ def _check_and_report(
             by_account.get(r.account_id, []),
             before,
             r.account_id in data_errors,
+            held.get(r.account_id),
         )
         for r in results
     ]
 
 
+def held_because(row: dict[str, Any], mode: str) -> str | None:
+    """Why a critical account got no close, from the check_held query's row: its own mode,
+    the kill switch, or what a rail held back (None: none of these)."""
+    own = row["mode"]
+    if (own or mode) == "off":
+        return "auto_close = off" + (" (the account's limit)" if own else "")
+    if row["paused"]:
+        return "paused: no close until `riskd resume` (riskd status says who paused and why)"
+    detail = row["held"] or {}
+    if detail.get("reason") == "stale_price":
+        return (
+            f"close held: the price of {detail.get('instrument')} is "
+            f"{detail.get('price_age')} s old, over [risk] max_price_age"
+        )
+    if detail.get("reason") == "data_error":
+        return "close held: data riskd cannot trust (a NaN, infinite or NULL figure)"
+    return None
+
+
 def decide_action(
-    r: CheckResult, mode: str, requests: list[RequestSeen], before: set[int], data_error: bool
+    r: CheckResult,
+    mode: str,
+    requests: list[RequestSeen],
+    before: set[int],
+    data_error: bool,
+    held: str | None = None,
 ) -> Checked:
     """What a check did to one account, from the close requests its transaction sees after it:
     ``requests`` (the account's named or pending ones), ``before`` (the ids pending before)."""
@@ -392,6 +424,8 @@ def decide_action(
         return Checked(r, REQUEST_CANCELLED, withdrawn[0].id)
     if r.level != "critical":
         return Checked(r, NO_ACTION)
+    if held is not None:  # the account's mode, the kill switch, a rail (check_held)
+        return Checked(r, NO_ACTION, note=held)
     if mode == "off":
         return Checked(r, NO_ACTION, note="auto_close = off")
     if data_error:

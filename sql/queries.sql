@@ -458,6 +458,26 @@ SELECT a.account_id::text
 FROM riskd.platform_accounts AS a JOIN ids USING (account_id)
 WHERE a.data_error IS NOT NULL
 
+-- name: check_held
+-- riskd check: why these critical accounts got no close, as the check's transaction sees it:
+-- the kill switch, the account's own mode, or what a rail held back (its close_held alert of
+-- this critical spell: none older than the account's latest event).
+WITH ids AS (
+    SELECT r.account_id
+    FROM pg_catalog.jsonb_populate_recordset(NULL::riskd.account_state, %(accounts)s::jsonb) AS r
+)
+SELECT ids.account_id::text AS account_id,
+       (SELECT k.paused FROM riskd.controls AS k) AS paused,
+       l.auto_close AS mode,
+       (SELECT a.detail FROM riskd.alerts AS a
+        WHERE a.account_id = ids.account_id AND a.kind = 'close_held'
+          AND a.created_at >= COALESCE(
+              (SELECT e.created_at FROM riskd.risk_events AS e
+               WHERE e.account_id = ids.account_id ORDER BY e.id DESC LIMIT 1), '-infinity')
+        ORDER BY a.id DESC LIMIT 1) AS held
+FROM ids
+LEFT JOIN riskd.account_limits AS l USING (account_id)
+
 -- name: canonical_account_ids
 -- riskd check: each text as an account id of this installation would print it (a uuid in
 -- lower case, a number without leading zeros), or a data exception (class 22: not a uuid, out

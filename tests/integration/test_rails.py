@@ -466,3 +466,25 @@ def test_no_close_while_paused_and_never_more_than_the_cap_per_minute(
     finally:
         for conn in instances:
             conn.close()
+
+
+def test_riskd_check_says_why_a_critical_account_got_no_close(db: Db, priced: Settings) -> None:
+    book(db, [95, 96, 97])
+    db.conn.execute(
+        "INSERT INTO riskd.account_limits (account_id, auto_close) VALUES ('a2', 'off')"
+    )
+    db.conn.execute("""UPDATE instruments SET "pricedAt" = now() - interval '10 min'""")
+    env = {
+        "RISKD_SCHEMA_INSTRUMENT_PRICE_TIME": "pricedAt",
+        "RISKD_RISK_MAX_PRICE_AGE": "30s",
+    }
+    runner = CliRunner()
+    out = runner.invoke(main, ["--dsn", db.dsn, "check", "a0", "a2"], env=env)
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert "close held: the price of i1 is" in lines[0] and "over [risk] max_price_age" in lines[0]
+    assert "auto_close = off (the account's limit)" in lines[1]
+    db.conn.execute("""UPDATE instruments SET "pricedAt" = now()""")
+    rails.pause(priced, "drill")
+    out = runner.invoke(main, ["--dsn", db.dsn, "check", "a1"], env=env)
+    assert "paused: no close until `riskd resume`" in out.output, out.output
