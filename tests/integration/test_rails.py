@@ -19,14 +19,18 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from conftest import Db, settings_for
+from daemonproc import wait_until
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from test_daemon import Start, add_accounts, set_quantity, start
 
 from riskd import migrate, rails
 from riskd.check import CheckResult, check_accounts
 from riskd.cli import main
 from riskd.config import Settings
 from riskd.db import set_session
+
+__all__ = ["start"]  # the fixture, shared with test_daemon
 
 
 def book(db: Db, quantities: list[int], instrument: str = "i1") -> list[str]:
@@ -191,6 +195,34 @@ def test_the_circuit_breaker_closes_the_cap_then_pauses_every_instance(db: Db) -
         check(second, settings, ids)
         assert close_requests(db)[3:] == ["a5", "a4", "a3"]
         assert not paused(db)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_30_percent_crash_closes_exactly_the_cap_then_nothing_until_resume(db: Db) -> None:
+    """One instrument falls 30 %, marked to market (PnL = quantity x the move): six accounts
+    go critical at once, two instances check them all, the cap is three."""
+    settings = rails_settings(db, max_closes_per_minute=3)
+    ids = book(db, [20, 26, 27, 28, 29, 30, 31, 40])  # all ok at 100 (40 % at most)
+    first, second = checker(db, settings), checker(db, settings)
+    try:
+        db.conn.execute("UPDATE instruments SET price = 70 WHERE id = 'i1'")
+        db.conn.execute('UPDATE positions SET "unrealizedPnL" = quantity * (70 - 100)')
+        levels = {r.account_id: r.level for r in check(first, settings, ids)}
+        check(second, settings, ids)
+        assert [a for a in ids if levels[a] == "critical"] == ids[2:]
+        # exactly the cap, worst first: equity gone (a7), then 310 % (a6), 210 % (a5)
+        assert close_requests(db) == ["a7", "a6", "a5"]
+        assert paused(db)
+        for _ in range(3):
+            check(first, settings, ids)
+            check(second, settings, ids)
+        assert len(close_requests(db)) == 3
+        rails.resume(settings, None)
+        db.conn.execute("UPDATE riskd.close_requests SET created_at = now() - interval '2 min'")
+        check(second, settings, ids)
+        assert close_requests(db)[3:] == ["a4", "a3", "a2"]
     finally:
         first.close()
         second.close()
@@ -488,3 +520,33 @@ def test_riskd_check_says_why_a_critical_account_got_no_close(db: Db, priced: Se
     rails.pause(priced, "drill")
     out = runner.invoke(main, ["--dsn", db.dsn, "check", "a1"], env=env)
     assert "paused: no close until `riskd resume`" in out.output, out.output
+
+
+def test_the_pause_holds_across_daemon_restarts_and_resume_closes(db: Db, start: Start) -> None:
+    """The daemon as a process: paused before it starts, it records the breach and closes
+    nothing, says PAUSED in its heartbeat and log, holds across a restart; `riskd resume`
+    closes the account still critical, with no further change to it."""
+    (account,) = add_accounts(db, 1)
+    runner = CliRunner()
+    assert runner.invoke(main, ["--dsn", db.dsn, "pause", "--reason", "drill"]).exit_code == 0
+    daemon = start()
+    daemon.wait_ready()
+    set_quantity(db, account, "95")
+    wait_until(
+        lambda: db.scalar("SELECT count(*) FROM riskd.risk_events WHERE to_level = 'critical'"),
+        10,
+        "the transition recorded while paused",
+    )
+    stats = wait_until(lambda: (daemon.heartbeat() or {}).get("paused") and daemon.heartbeat(),
+                       10, "the heartbeat to say paused")  # fmt: skip
+    assert stats["paused_reason"] == "drill"
+    assert "rails.paused" in daemon.log()
+    assert daemon.stop() == 0
+    daemon = start()
+    daemon.wait_ready()  # its first sweep sees the critical account: still nothing closed
+    assert db.scalar("SELECT count(*) FROM riskd.close_requests") == 0
+    assert runner.invoke(main, ["--dsn", db.dsn, "resume"]).exit_code == 0
+    wait_until(
+        lambda: db.scalar("SELECT count(*) FROM riskd.close_requests"), 10, "the close on resume"
+    )
+    assert daemon.stop() == 0
