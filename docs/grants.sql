@@ -180,8 +180,9 @@ GRANT SELECT (
 ) ON "public"."instruments" TO :"daemon_role";   -- [schema] instruments_table
 
 -- ==================================================================== FLATTEN (--flatten)
--- [risk] auto_close = "flatten": riskd closes positions itself. check_accounts then calls
--- riskd.flatten on every check (so without this block every check fails), which locks the
+-- [risk] auto_close = "flatten" (or an account's limit saying flatten): riskd closes positions
+-- itself. The check calls riskd.flatten (without this block it opens a close request instead,
+-- saying that the daemon may not flatten), which locks the
 -- accounts' positions and balances (SELECT … FOR UPDATE, which needs UPDATE on a column),
 -- zeroes the closed positions and realises their PnL into the balance. It reads and writes the platform's tables through
 -- functions PostgreSQL tracks (a RENAME of a mapped column carries them along); their argument
