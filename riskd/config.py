@@ -151,6 +151,14 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    """`riskd dashboard` (DESIGN §4 "Dashboard"): where it listens; loopback by default."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
 class SchemaMapping:
     """Where the platform keeps its data; the defaults are the reference schema."""
 
@@ -178,6 +186,7 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     schema: SchemaMapping = field(default_factory=SchemaMapping)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     config_path: Path | None = None
 
 
@@ -401,6 +410,7 @@ _SECTIONS: dict[str, dict[str, Converter]] = {
         "retry_schedule": _retry_schedule,
         "concurrency": _bounded(_integer, 1, 64),
     },
+    "dashboard": {"host": _host, "port": _bounded(_integer, 1, 65_535)},
 }
 
 # (section, key) -> (value as found, where it was found: "from file PATH" or "from env NAME")
@@ -551,6 +561,7 @@ def load_settings(
         daemon=daemon,
         schema=schema,
         webhook=webhook,
+        dashboard=DashboardSettings(**values["dashboard"]),
         config_path=path,
     )
 

@@ -577,12 +577,17 @@ BEGIN
         RETURN p_results;
     END IF;
 
+    -- paused: nothing to close, and no lock to take (while paused in a crash, every check of
+    -- a critical account comes here)
+    IF (SELECT k.paused FROM riskd.controls AS k) THEN
+        RETURN p_results;
+    END IF;
     IF v_cap > 0 THEN
         PERFORM pg_advisory_xact_lock({rails_lock});
     ELSE
         PERFORM pg_advisory_xact_lock_shared({rails_lock});
     END IF;
-    -- read after the lock: a pause committed before it is seen
+    -- read again after the lock: a pause committed meanwhile is seen
     IF (SELECT k.paused FROM riskd.controls AS k) THEN
         RETURN p_results;
     END IF;

@@ -350,6 +350,15 @@ BEGIN
             FROM kept WHERE level <> previous_level
             ORDER BY account_id  -- one batch's events numbered in account order
             RETURNING id, account_id
+        ), flagged AS (
+            -- a transition decided on data riskd cannot trust gets an alert (a critical one's
+            -- held close says it, sql/act.sql)
+            INSERT INTO riskd.alerts (kind, account_id, detail)
+            SELECT 'data_error', account_id,
+                   jsonb_build_object('data_errors', data_errors, 'from_level', previous_level,
+                                      'to_level', level)
+            FROM kept
+            WHERE level <> previous_level AND level <> 'critical' AND data_errors IS NOT NULL
         ), cancelled AS (
             -- leaving critical: a pending request is no longer wanted (every data-modifying
             -- CTE runs to completion whether or not the main query reads it)

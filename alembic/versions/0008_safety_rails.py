@@ -20,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "a68e5c986f71211cea82d4f388dfe2cf36e60ee9ec4b25aaed3e7f7da600f341"
+FROZEN_SHA256 = "30f0908bbf581d0b89a4af6380097e8e1b21aca22e410735ad23edeb022a95cb"
 
 
 def upgrade() -> None:

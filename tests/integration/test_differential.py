@@ -459,7 +459,7 @@ _with_model: set[str] = set()  # the databases riskd was migrated to the tiered 
 
 
 @settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,

@@ -328,6 +328,20 @@ def test_data_riskd_cannot_trust_holds_the_close_with_an_alert(db: Db) -> None:
     assert held[2]["data_errors"] == [{"pnl": "NaN", "position": "p0"}]
 
 
+def test_a_transition_decided_on_data_riskd_cannot_trust_gets_an_alert(db: Db) -> None:
+    settings = rails_settings(db)
+    book(db, [85])  # warning
+    db.conn.execute("""UPDATE positions SET "unrealizedPnL" = 'Infinity'""")
+    with checker(db, settings) as conn:
+        (result,) = check(conn, settings, ["a0"])
+        assert result.level == "warning"
+        (alert,) = alerts(db, "data_error")
+        assert alert[1] == "a0" and alert[2]["to_level"] == "warning"
+        assert alert[2]["data_errors"] == [{"pnl": "Infinity", "position": "p0"}]
+        check(conn, settings, ["a0"])  # no transition: no second alert
+    assert len(alerts(db, "data_error")) == 1
+
+
 def test_the_account_limit_overrides_the_auto_close_mode(db: Db) -> None:
     settings = rails_settings(db, auto_close="request")
     ids = book(db, [95, 96, 97])
@@ -435,7 +449,7 @@ def windows_over_cap(db: Db, cap: int) -> list[tuple[Any, int]]:
 
 
 @settings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -321,6 +321,15 @@ BEGIN
             FROM kept WHERE level <> previous_level
             ORDER BY account_id  -- one batch's events numbered in account order
             RETURNING id, account_id
+        ), flagged AS (
+            -- a transition decided on data riskd cannot trust gets an alert (a critical one's
+            -- held close says it, sql/act.sql)
+            INSERT INTO riskd.alerts (kind, account_id, detail)
+            SELECT 'data_error', account_id,
+                   jsonb_build_object('data_errors', data_errors, 'from_level', previous_level,
+                                      'to_level', level)
+            FROM kept
+            WHERE level <> previous_level AND level <> 'critical' AND data_errors IS NOT NULL
         ), cancelled AS (
             -- leaving critical: a pending request is no longer wanted (every data-modifying
             -- CTE runs to completion whether or not the main query reads it)
@@ -914,12 +923,17 @@ BEGIN
         RETURN p_results;
     END IF;
 
+    -- paused: nothing to close, and no lock to take (while paused in a crash, every check of
+    -- a critical account comes here)
+    IF (SELECT k.paused FROM riskd.controls AS k) THEN
+        RETURN p_results;
+    END IF;
     IF v_cap > 0 THEN
         PERFORM pg_advisory_xact_lock({rails_lock});
     ELSE
         PERFORM pg_advisory_xact_lock_shared({rails_lock});
     END IF;
-    -- read after the lock: a pause committed before it is seen
+    -- read again after the lock: a pause committed meanwhile is seen
     IF (SELECT k.paused FROM riskd.controls AS k) THEN
         RETURN p_results;
     END IF;
