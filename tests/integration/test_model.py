@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import Db, settings_for
+from test_daemon import Start, start
 
 from riskd import migrate
 from riskd.check import check_accounts, sweep
@@ -27,6 +28,7 @@ from riskd.db import set_session
 from riskd.errors import SchemaMappingError
 
 MODEL = "risk_model.tiered"
+__all__ = ["start"]  # the fixture, shared with test_daemon
 
 # tests/tiered_model.sql: margin tiered by notional (tests/model.py holds the same tiers)
 TIERED_SQL = (Path(__file__).resolve().parents[1] / "tiered_model.sql").read_text()
@@ -237,3 +239,18 @@ def test_the_model_is_recorded_with_the_mapping(db: Db, tiered: Settings) -> Non
     assert recorded["model"] == MODEL
     assert migrate.mapping_matches(tiered)
     assert not migrate.mapping_matches(dataclasses.replace(tiered, risk=settings_for("").risk))
+
+
+def test_the_daemon_refuses_to_start_on_a_model_that_no_longer_fits(
+    db: Db, tiered: Settings, start: Start
+) -> None:
+    """Its owner may alter the function after `riskd migrate`: the daemon says so in one line,
+    exit 2, and so it does when the configuration names another model than the installed one."""
+    db.conn.execute("ALTER FUNCTION risk_model.tiered(text[]) VOLATILE")
+    daemon = start(extra_env={"RISKD_RISK_MODEL": MODEL})
+    assert daemon.proc is not None and daemon.proc.wait(30) == 2
+    assert "[risk] model: risk_model.tiered(text[]) is VOLATILE" in daemon.log()
+    db.conn.execute("ALTER FUNCTION risk_model.tiered(text[]) STABLE")
+    other = start()  # the built-in model configured, the platform's installed
+    assert other.proc is not None and other.proc.wait(30) == 2
+    assert "[risk] model differs from what `riskd migrate` installed riskd with" in other.log()

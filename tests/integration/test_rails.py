@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -536,15 +538,30 @@ def test_riskd_check_says_why_a_critical_account_got_no_close(db: Db, priced: Se
     assert "paused: no close until `riskd resume`" in out.output, out.output
 
 
-def test_the_pause_holds_across_daemon_restarts_and_resume_closes(db: Db, start: Start) -> None:
+def test_the_pause_holds_across_daemon_restarts_and_resume_closes(
+    db: Db, start: Start, tmp_path: Path
+) -> None:
     """The daemon as a process: paused before it starts, it records the breach and closes
     nothing, says PAUSED in its heartbeat and log, holds across a restart; `riskd resume`
     closes the account still critical, with no further change to it."""
     (account,) = add_accounts(db, 1)
     runner = CliRunner()
     assert runner.invoke(main, ["--dsn", db.dsn, "pause", "--reason", "drill"]).exit_code == 0
-    daemon = start()
-    daemon.wait_ready()
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(20)
+    try:
+        daemon = start(extra_env={"NOTIFY_SOCKET": str(path)})
+        daemon.wait_ready()
+        # systemd's STATUS= line says it first
+        status = ""
+        while not status.startswith("STATUS=PAUSED by "):
+            lines = sock.recv(4096).decode().splitlines()
+            status = next((m for m in lines if m.startswith("STATUS=")), status)
+        assert "(drill)" in status, status
+    finally:
+        sock.close()
     set_quantity(db, account, "95")
     wait_until(
         lambda: db.scalar("SELECT count(*) FROM riskd.risk_events WHERE to_level = 'critical'"),
