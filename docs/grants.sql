@@ -230,6 +230,10 @@ GRANT SELECT ON
     riskd.alerts,
     riskd.controls
 TO :"monitor_role";
+-- The dashboard's one action: `riskd dashboard --allow-actions` pauses and resumes (the kill
+-- switch, SECURITY DEFINER functions) as this role, each behind the dashboard's password and
+-- recorded with who and why. Revoke it where no dashboard may act.
+GRANT EXECUTE ON FUNCTION riskd.pause, riskd.resume TO :"monitor_role";
 
 -- ============================================================================ memberships
 \if :{?login}

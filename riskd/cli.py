@@ -721,6 +721,34 @@ def deliveries_retry(opts: _Options, ids: tuple[int, ...], all_failed: bool) -> 
         sys.exit(1)
 
 
+# --- the dashboard ------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", help="The address to listen on (default [dashboard] host: 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="The port (default [dashboard] port).")
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="Allow pause and resume from the page, with the password in RISKD_DASHBOARD_PASSWORD.",
+)
+@click.pass_obj
+def dashboard(opts: _Options, host: str | None, port: int | None, allow_actions: bool) -> None:
+    """The risk desk's web page: accounts per level, the accounts nearest a threshold, live
+    events and alerts, instances, close requests, the webhook backlog, PAUSED when paused.
+
+    Read-only, as the monitoring role of `riskd grants`; every asset comes from the package.
+    With --allow-actions, pause and resume (the kill switch) are on the page, each asking for
+    the password in RISKD_DASHBOARD_PASSWORD and recorded with who and why. Stops on Ctrl-C or
+    SIGTERM (exit 0); exit 2 when the configuration is wrong.
+    """
+    from riskd.dashboard import serve as dashboards  # the dashboard's alone: uvicorn, starlette
+
+    settings = opts.settings()
+    app_options = dashboards.options(settings, allow_actions)
+    dashboards.serve(app_options, host or settings.dashboard.host, port or settings.dashboard.port)
+
+
 # --- grants and systemd units (owned by the operator set-up work) ------------------------
 
 

@@ -156,6 +156,8 @@ class DashboardSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # what pause and resume ask for (--allow-actions); RISKD_DASHBOARD_PASSWORD: never shown
+    password: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +412,7 @@ _SECTIONS: dict[str, dict[str, Converter]] = {
         "retry_schedule": _retry_schedule,
         "concurrency": _bounded(_integer, 1, 64),
     },
-    "dashboard": {"host": _host, "port": _bounded(_integer, 1, 65_535)},
+    "dashboard": {"host": _host, "port": _bounded(_integer, 1, 65_535), "password": _string},
 }
 
 # (section, key) -> (value as found, where it was found: "from file PATH" or "from env NAME")

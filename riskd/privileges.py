@@ -129,6 +129,8 @@ MONITOR_GRANTS = (
             "riskd.controls",
         ),
     ),
+    # the dashboard's one action (`riskd dashboard --allow-actions`, behind its password)
+    Grant("monitor_actions", ("EXECUTE",), "function", ("riskd.pause", "riskd.resume")),
 )
 
 

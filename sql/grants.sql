@@ -153,6 +153,10 @@ GRANT CONNECT ON DATABASE :"DBNAME" TO :"daemon_role";
 GRANT CONNECT ON DATABASE :"DBNAME" TO :"monitor_role";
 {monitor_usage}
 {monitor_tables}
+-- The dashboard's one action: `riskd dashboard --allow-actions` pauses and resumes (the kill
+-- switch, SECURITY DEFINER functions) as this role, each behind the dashboard's password and
+-- recorded with who and why. Revoke it where no dashboard may act.
+{monitor_actions}
 
 -- ============================================================================ memberships
 \if :{{?login}}

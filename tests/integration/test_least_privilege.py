@@ -375,6 +375,7 @@ def test_the_monitoring_role_reads_riskd_and_nothing_else(db: Db, roles: Roles) 
             "DELETE FROM riskd.dirty_accounts",
             "INSERT INTO riskd.account_limits (account_id) VALUES ('a1')",
             "SELECT pg_catalog.setval('riskd.wakeup', 1, false)",
+            "UPDATE riskd.controls SET paused = true",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)

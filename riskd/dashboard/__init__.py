@@ -1,0 +1,1 @@
+"""`riskd dashboard`: the risk desk's web page (DESIGN §4 "Dashboard", issue 15)."""

@@ -1,0 +1,219 @@
+"""The dashboard as an ASGI app (Starlette): the pages, the JSON, the live stream, the one
+action. Every asset comes from the package (templates/, static/): no CDN, no build step.
+
+It reads riskd's tables only, as the monitoring role of `riskd grants`, through a small pool;
+the live feed is one LISTEN for every open browser (riskd.dashboard.feed). Pause and resume,
+the kill switch, are refused unless the dashboard was started with them allowed and the form
+carries the password (RISKD_DASHBOARD_PASSWORD); each is recorded with who and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from riskd import __version__
+from riskd.config import Settings
+from riskd.dashboard import present, reads
+from riskd.dashboard.feed import Feed
+from riskd.db import APPLICATION_NAME, CONNECT_TIMEOUT, KEEPALIVES, aconnect, require_dsn
+from riskd.errors import reason
+from riskd.sqlfiles import query
+
+HERE = Path(__file__).resolve().parent
+KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle ones)
+REPLAY = 500  # at most, what a reconnecting browser is sent of what it missed
+REFRESH = 5  # seconds between the page's refreshes of its figures
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    settings: Settings
+    allow_actions: bool = False
+    password: str = ""  # RISKD_DASHBOARD_PASSWORD; never logged, never on a page
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    # decimals as strings (money is never a float), times in ISO 8601
+    env.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": present.json_default}
+    env.filters |= {
+        "pct": present.pct,
+        "money": present.money,
+        "ago": present.ago,
+        "signed": present.signed,
+    }
+    return env
+
+
+def create_app(options: Options) -> Starlette:
+    """The dashboard for this configuration (the pool and the feed start with the app)."""
+    dsn = require_dsn(options.settings)
+    templates = _environment()
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={
+            "autocommit": True,
+            "application_name": f"{APPLICATION_NAME}-dashboard",
+            "connect_timeout": CONNECT_TIMEOUT,
+            **KEEPALIVES,
+        },
+        check=AsyncConnectionPool.check_connection,
+        name="riskd-dashboard",
+    )
+    feed = Feed(lambda: aconnect(dsn))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await pool.open(wait=False)
+        task = asyncio.create_task(feed.run(), name="dashboard-feed")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await pool.close()
+
+    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        context |= {"version": __version__, "allow_actions": options.allow_actions}
+        return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
+
+    async def overview_data() -> dict[str, Any]:
+        async with pool.connection() as conn:
+            return await reads.overview(conn, options.settings)
+
+    async def home(request: Request) -> Response:
+        data = await overview_data()
+        name = "figures.html" if request.query_params.get("partial") else "overview.html"
+        return page(name, o=data, refresh=REFRESH, settings=options.settings)
+
+    async def api_overview(request: Request) -> Response:
+        data = await overview_data()
+        return Response(present.dumps(data), media_type="application/json")
+
+    async def account(request: Request) -> Response:
+        account_id = request.path_params["account_id"]
+        async with pool.connection() as conn:
+            data = await reads.account(conn, options.settings, account_id)
+        if data is None:
+            return page("missing.html", 404, account_id=account_id)
+        return page("account.html", a=data, account_id=account_id)
+
+    async def stream(request: Request) -> Response:
+        # where the browser is: the last message it had (EventSource says so when it
+        # reconnects), else the cursor the page was rendered with
+        header, rendered = request.headers.get("last-event-id"), request.query_params.get("after")
+        last = present.Cursor.parse(header) or present.Cursor.parse(rendered)
+        return StreamingResponse(
+            _events(last),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    async def _events(last: present.Cursor | None) -> AsyncIterator[str]:
+        async with feed.subscribe() as subscription:
+            async with pool.connection() as conn:
+                if last is None:
+                    seen = feed.cursor or await reads.cursors(conn)
+                else:  # what the browser missed, from the tables
+                    seen = last
+                    for message, cursor in await reads.feed_rows(conn, last, REPLAY):
+                        seen = cursor
+                        yield present.sse(message, cursor)
+            # the cursor now, so that a browser that hears nothing still comes back from here
+            yield f"retry: 2000\nid: {seen}\nevent: hello\ndata: {{}}\n\n"
+            while not subscription.cut:
+                item = await subscription.next(KEEPALIVE)
+                if item is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                message, cursor = item
+                if seen is not None and seen.covers(message["kind"], message["id"]):
+                    continue
+                yield present.sse(message, cursor)
+
+    async def healthz(request: Request) -> Response:
+        try:
+            async with pool.connection(timeout=5) as conn:
+                cur = await conn.execute(query("riskd_installed"))
+                row = await cur.fetchone()
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            return JSONResponse({"ok": False, "reason": reason(exc)}, status_code=503)
+        installed = bool(row and row[0])
+        body = {"ok": installed, "installed": installed, "feed": feed.listening}
+        return JSONResponse(body, status_code=200 if installed else 503)
+
+    async def pause(request: Request) -> Response:
+        return await action(request, "pause")
+
+    async def resume(request: Request) -> Response:
+        return await action(request, "resume")
+
+    async def action(request: Request, name: str) -> Response:
+        if not options.allow_actions:
+            return PlainTextResponse(
+                "actions are off: start riskd dashboard with --allow-actions", status_code=403
+            )
+        if not _same_origin(request):
+            return PlainTextResponse("refused: the form came from another site", 403)
+        # an urlencoded form, read with the standard library (no multipart parser needed)
+        fields = urllib.parse.parse_qs((await request.body()).decode(errors="replace"))
+        form = {key: values[0] for key, values in fields.items()}
+        given = form.get("password", "")
+        if not hmac.compare_digest(given.encode(), options.password.encode()):
+            return PlainTextResponse("refused: wrong password", status_code=403)
+        who = str(form.get("by", "")).strip()[:100] or "someone"
+        why = str(form.get("reason", "")).strip()[:500] or None
+        async with pool.connection() as conn:
+            await conn.execute(query(name), {"by": f"{who} (dashboard)", "reason": why})
+        return RedirectResponse("/", status_code=303)
+
+    routes = [
+        Route("/", home),
+        Route("/api/overview", api_overview),
+        Route("/accounts/{account_id:path}", account),
+        Route("/events/stream", stream),
+        Route("/healthz", healthz),
+        Route("/actions/pause", pause, methods=["POST"]),
+        Route("/actions/resume", resume, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.feed = feed
+    return app
+
+
+def _same_origin(request: Request) -> bool:
+    """A form posted from this page, not from another site (the browser says Origin)."""
+    origin = request.headers.get("origin")
+    return origin is None or origin.split("://", 1)[-1] == request.headers.get("host", "")

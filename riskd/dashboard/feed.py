@@ -1,0 +1,105 @@
+"""The live feed: one LISTEN on ``riskd_events`` serves every open browser.
+
+A notification is only a hint (I4): on one, and on a timer (a NOTIFY skipped under a full queue,
+one lost while reconnecting), the feed reads the events and alerts after its cursor once and
+hands each to every subscriber. A browser that lost the stream comes back with the cursor of
+the last message it had (Last-Event-ID) and is first given what it missed, from the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from riskd.dashboard import reads
+from riskd.dashboard.present import Cursor
+from riskd.errors import reason
+from riskd.sqlfiles import EVENTS_CHANNEL, query
+
+log = logging.getLogger(__name__)
+
+POLL = 2.0  # seconds: reads on this timer too, whatever the notifications say
+RECONNECT = 2.0
+QUEUE = 1000  # messages a slow browser may fall behind before it is cut off (it reconnects)
+
+Message = tuple[dict[str, Any], Cursor]
+
+
+class Feed:
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self.connect = connect  # an autocommit AsyncConnection, the monitoring role's
+        self.cursor: Cursor | None = None
+        self.subscribers: set[Subscription] = set()
+        self.listening = False
+
+    async def run(self) -> None:
+        """Until cancelled: LISTEN, then read on every hint and every POLL seconds."""
+        while True:
+            try:
+                async with await self.connect() as conn:
+                    await conn.execute(
+                        query("listen").format(channel=sql.Identifier(EVENTS_CHANNEL))
+                    )
+                    self.listening = True
+                    if self.cursor is None:
+                        self.cursor = await reads.cursors(conn)
+                    await self._read(conn)  # what came while not listening
+                    while True:
+                        async for _ in conn.notifies(timeout=POLL, stop_after=1):
+                            pass
+                        await self._read(conn)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("dashboard.feed_lost", extra={"reason": reason(exc)})
+            finally:
+                self.listening = False
+            await asyncio.sleep(RECONNECT)
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        assert self.cursor is not None
+        while True:
+            rows = await reads.feed_rows(conn, self.cursor)
+            for message, cursor in rows:
+                self.cursor = cursor
+                self._publish((message, cursor))
+            if len(rows) < reads.FEED_BATCH:
+                return
+
+    def _publish(self, message: Message) -> None:
+        for subscription in list(self.subscribers):
+            try:
+                subscription.queue.put_nowait(message)
+            except asyncio.QueueFull:  # too far behind: cut off; its EventSource reconnects
+                subscription.cut = True
+                self.subscribers.discard(subscription)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Subscription]:
+        subscription = Subscription(asyncio.Queue(QUEUE))
+        self.subscribers.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self.subscribers.discard(subscription)
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One browser's stream: what the feed published for it, and whether it fell too far
+    behind (then its stream ends and the browser comes back with its cursor)."""
+
+    queue: asyncio.Queue[Message]
+    cut: bool = False
+
+    async def next(self, timeout: float) -> Message | None:
+        """The next message, or None after ``timeout`` seconds (time for a keep-alive)."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None

@@ -1,0 +1,133 @@
+"""What the dashboard shows, from plain values: numbers as people read them, the levels'
+change over the last hour, the feed's messages and cursors. Pure: no database, no clock of its
+own (ages come from the server's clock, in the rows), so every figure is tested without one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from riskd import numbers
+from riskd.levels import LEVELS
+from riskd.rails import describe
+
+
+def pct(ratio: Decimal | float | None) -> str:
+    """A utilisation as riskd prints one (``85.30 %``); equity at or below zero says so
+    (the ratio is NULL then)."""
+    return "equity ≤ 0" if ratio is None else numbers.percent(Decimal(str(ratio)))
+
+
+def money(value: Decimal | int | None) -> str:
+    """Money as the account keeps it: its own scale, grouped thousands."""
+    if value is None:
+        return "-"
+    amount = Decimal(value)
+    exponent = amount.as_tuple().exponent
+    if not isinstance(exponent, int):  # NaN or infinite: as it is
+        return str(amount)
+    return f"{amount:,.{max(0, -exponent)}f}"
+
+
+def ago(seconds: float | None) -> str:
+    return numbers.ago(seconds)
+
+
+def level_changes(rows: Iterable[tuple[str, str, int]]) -> dict[str, int]:
+    """Each level's net change over the last hour, from the hour's transitions
+    (from_level, to_level, count)."""
+    change = dict.fromkeys(LEVELS, 0)
+    for from_level, to_level, n in rows:
+        if from_level in change:
+            change[from_level] -= n
+        if to_level in change:
+            change[to_level] += n
+    return change
+
+
+def signed(n: int) -> str:
+    return f"+{n:,}" if n > 0 else f"{n:,}" if n < 0 else "±0"
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a browser is in the feed: the last event and the last alert it has. The SSE id of
+    every message, so that a browser that lost the stream says where it was (Last-Event-ID)."""
+
+    event_id: int = 0
+    alert_id: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.event_id}-{self.alert_id}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor | None:
+        """``"812-31"``; None for anything else (a header is never trusted, I4's spirit)."""
+        if not text or len(text) > 40:
+            return None
+        head, sep, tail = text.partition("-")
+        if not sep or not head.isdigit() or not tail.isdigit():
+            return None
+        return cls(int(head), int(tail))
+
+    def after(self, kind: str, row_id: int) -> Cursor:
+        if kind == "event":
+            return Cursor(max(self.event_id, row_id), self.alert_id)
+        return Cursor(self.event_id, max(self.alert_id, row_id))
+
+    def covers(self, kind: str, row_id: int) -> bool:
+        """Whether the browser at this cursor has that row already."""
+        return row_id <= (self.event_id if kind == "event" else self.alert_id)
+
+
+def json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def dumps(document: object) -> str:
+    """JSON with decimals as strings (money is never a float) and times in ISO 8601."""
+    return json.dumps(document, default=json_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_message(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A risk event as the feed sends it (and the page shows it)."""
+    return {
+        "kind": "event",
+        "id": row["id"],
+        "account_id": row["account_id"],
+        "from_level": row["from_level"],
+        "to_level": row["to_level"],
+        "utilization": row["utilization"],
+        "utilization_text": pct(row["utilization"]),
+        "equity": row["equity"],
+        "used_margin": row["used_margin"],
+        "close_request_id": row["close_request_id"],
+        "created_at": row["created_at"],
+    }
+
+
+def alert_message(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An alert as the feed sends it, with its description in words."""
+    return {
+        "kind": "alert",
+        "id": row["id"],
+        "alert": row["kind"],
+        "account_id": row["account_id"],
+        "detail": row["detail"],
+        "text": describe(row["kind"], row["detail"] or {}),
+        "created_at": row["created_at"],
+    }
+
+
+def sse(message: Mapping[str, Any], cursor: Cursor) -> str:
+    """One Server-Sent Event: its id the cursor after it, one ``data:`` JSON line."""
+    return f"id: {cursor}\nevent: {message['kind']}\ndata: {dumps(message)}\n\n"

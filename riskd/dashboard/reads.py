@@ -1,0 +1,149 @@
+"""What the dashboard reads: riskd's own tables only, as the monitoring role, each page in one
+read-only snapshot. The named queries of ``sql/dashboard.sql``, and those ``riskd status`` and
+``riskd accounts`` already use (``sql/queries.sql``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
+
+from riskd import numbers
+from riskd.config import Settings
+from riskd.dashboard.present import Cursor, alert_message, event_message, level_changes
+from riskd.levels import LEVELS
+from riskd.sqlfiles import query
+
+QUERIES = "dashboard.sql"
+NEAREST = 20  # the accounts nearest a threshold, on the overview
+LISTED = 20  # pending close requests, recent events, instances...
+ACCOUNT_ROWS = 50  # an account's events and close requests
+FEED_BATCH = 200  # rows a feed read takes at most (a browser far behind reads on)
+
+
+def _q(name: str) -> Any:
+    return query(name, file=QUERIES)
+
+
+async def _rows(
+    conn: psycopg.AsyncConnection[Any], statement: Any, params: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        set_json_loads(numbers.loads_exact, cur)  # jsonb numbers exact: money is no float
+        await cur.execute(statement, params)
+        return await cur.fetchall()
+
+
+async def _readable(conn: psycopg.AsyncConnection[Any], probe: str) -> bool:
+    cur = await conn.execute(query(probe))
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+def _thresholds(settings: Settings) -> dict[str, Any]:
+    return {
+        "warning": settings.risk.warning_threshold,
+        "auto_close": settings.risk.auto_close_threshold,
+    }
+
+
+async def overview(conn: psycopg.AsyncConnection[Any], settings: Settings) -> dict[str, Any]:
+    """The overview page's figures, read in one snapshot."""
+    await conn.set_read_only(True)
+    await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+    async with conn.transaction():
+        (summary,) = await _rows(conn, query("status_summary"))
+        changes = level_changes(
+            (r["from_level"], r["to_level"], r["n"]) for r in await _rows(conn, _q("level_changes"))
+        )
+        nearest = await _rows(
+            conn, query("accounts_nearest"), _thresholds(settings) | {"limit": NEAREST}
+        )
+        instances = await _rows(conn, query("status_instances"))
+        pending = await _rows(
+            conn, query("close_requests_list"), {"status": "pending", "limit": LISTED}
+        )
+        deliveries = (
+            (await _rows(conn, query("status_deliveries")))[0]
+            if settings.webhook.url or await _readable(conn, "status_reads_deliveries")
+            else None
+        )
+        switch = (
+            (await _rows(conn, query("controls")))[0]
+            if await _readable(conn, "reads_controls")
+            else None
+        )
+        (cursors,) = await _rows(conn, _q("feed_cursors"))
+        start = Cursor(max(0, cursors["event_id"] - LISTED), max(0, cursors["alert_id"] - LISTED))
+        feed = await feed_rows(conn, start, LISTED)
+    levels = {level: int(summary["levels"].get(level, 0)) for level in LEVELS}
+    return {
+        "levels": levels,
+        "level_changes": changes,
+        "nearest": nearest,
+        "instances": instances,
+        "pending_close_requests": pending,
+        "pending_close_requests_total": int(summary["pending_close_requests"]),
+        "oldest_close_request_age": summary["oldest_close_request_age"],
+        "deliveries": deliveries,
+        "switch": switch,
+        "feed": [message for message, _ in feed],
+        "cursor": str(feed[-1][1] if feed else Cursor(cursors["event_id"], cursors["alert_id"])),
+        "revision": summary["revision"],
+        "queue_usage": summary["queue_usage"],
+    }
+
+
+async def feed_rows(
+    conn: psycopg.AsyncConnection[Any], cursor: Cursor, limit: int = FEED_BATCH
+) -> list[tuple[dict[str, Any], Cursor]]:
+    """The events and alerts after ``cursor``, oldest first (by time), each with the cursor
+    after it."""
+    events = await _rows(conn, _q("feed_events"), {"after": cursor.event_id, "limit": limit})
+    alerts = await _rows(conn, _q("feed_alerts"), {"after": cursor.alert_id, "limit": limit})
+    tagged = [("event", r) for r in events] + [("alert", r) for r in alerts]
+    tagged.sort(key=lambda t: (t[1]["created_at"], t[0] == "event", t[1]["id"]))
+    out: list[tuple[dict[str, Any], Cursor]] = []
+    for kind, row in tagged:
+        cursor = cursor.after(kind, row["id"])
+        out.append((event_message(row) if kind == "event" else alert_message(row), cursor))
+    return out
+
+
+async def cursors(conn: psycopg.AsyncConnection[Any]) -> Cursor:
+    (row,) = await _rows(conn, _q("feed_cursors"))
+    return Cursor(int(row["event_id"]), int(row["alert_id"]))
+
+
+async def account(
+    conn: psycopg.AsyncConnection[Any], settings: Settings, account_id: str
+) -> dict[str, Any] | None:
+    """The account page: its figures, thresholds, events with their evidence, close requests
+    and alerts; None when riskd has never checked it (or the id is not one)."""
+    params = {"account": account_id}
+    await conn.set_read_only(True)
+    await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+    try:
+        async with conn.transaction():
+            figures = await _rows(conn, _q("account_figures"), params | _thresholds(settings))
+            if not figures:
+                return None
+            listed = params | {"limit": ACCOUNT_ROWS}
+            events = await _rows(conn, _q("account_events"), listed)
+            requests = await _rows(conn, _q("account_close_requests"), listed)
+            alerts = await _rows(conn, _q("account_alerts"), listed)
+    except psycopg.errors.InvalidTextRepresentation:
+        return None  # not an id of this installation's type: no such account
+    latest = next((e for e in events if isinstance(e["detail"], dict)), None)
+    return {
+        "figures": figures[0],
+        "events": events,
+        "close_requests": requests,
+        "alerts": alerts,
+        # the positions as the latest event's check saw them (the monitoring role reads
+        # nothing of the platform's tables)
+        "positions": (latest or {}).get("detail", {}).get("positions") or [],
+        "positions_at": latest["created_at"] if latest else None,
+    }

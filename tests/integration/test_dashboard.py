@@ -1,0 +1,251 @@
+"""`riskd dashboard` over HTTP (issue 15): every route, against a real uvicorn server on a free
+port and a real PostgreSQL; the live stream read as a browser's EventSource reads it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from click.testing import CliRunner
+from conftest import Db
+from daemonproc import wait_until
+from test_metrics import free_port
+from test_rails import book, check, checker, rails_settings
+
+from riskd import rails
+from riskd.cli import main
+from riskd.config import Settings
+from riskd.dashboard.app import Options, create_app
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Dashboard:
+    url: str
+    server: uvicorn.Server
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=10, follow_redirects=False, **kwargs)
+
+
+Serve = Callable[..., Dashboard]
+
+
+@pytest.fixture
+def serve(db: Db) -> Iterator[Serve]:
+    """Start the dashboard on a free port, in a thread, until the test ends."""
+    running: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(settings: Settings | None = None, **options: Any) -> Dashboard:
+        port = free_port()
+        app = create_app(Options(settings or db.settings, **options))
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        dashboard = Dashboard(f"http://127.0.0.1:{port}", server)
+
+        def up() -> bool:
+            try:
+                return dashboard.get("/healthz").json().get("feed") is True
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 20, "the dashboard to answer, its feed listening")
+        return dashboard
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(10)
+
+
+class Stream:
+    """/events/stream as EventSource reads it: id, event and data fields, messages apart."""
+
+    def __init__(self, dashboard: Dashboard, last_event_id: str | None = None) -> None:
+        headers = {"last-event-id": last_event_id} if last_event_id else {}
+        self.client = httpx.Client(timeout=httpx.Timeout(10, read=30))
+        self.response = self.client.send(
+            self.client.build_request("GET", dashboard.url + "/events/stream", headers=headers),
+            stream=True,
+        )
+        self.lines = self.response.iter_lines()
+        self.hello: str | None = None
+
+    def next(self) -> dict[str, Any]:
+        """The next message with data (comments and keep-alives skipped)."""
+        fields: dict[str, str] = {}
+        for line in self.lines:
+            if line == "":
+                if fields.get("event") == "hello":  # the cursor as the stream starts
+                    self.hello = fields["id"]
+                elif "data" in fields:
+                    return {**fields, "data": json.loads(fields["data"])}
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+        raise AssertionError("the stream ended")
+
+    def close(self) -> None:
+        self.response.close()
+        self.client.close()
+
+
+def breach(db: Db, quantities: list[int]) -> list[str]:
+    settings = rails_settings(db)
+    ids = book(db, quantities)
+    with checker(db, settings) as conn:
+        check(conn, settings, ids)
+    return ids
+
+
+def test_healthz_says_riskd_is_there(serve: Serve) -> None:
+    answer = serve().get("/healthz")
+    assert answer.status_code == 200 and answer.json() == {
+        "ok": True,
+        "installed": True,
+        "feed": True,
+    }
+
+
+def test_the_overview_shows_levels_the_nearest_and_pending_requests(db: Db, serve: Serve) -> None:
+    breach(db, [95, 85, 79, 40])
+    page = serve().get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "Accounts per level" in html and "Nearest a threshold" in html
+    # a level is a word, not only a colour
+    assert '<span class="level level-critical">critical</span>' in html
+    assert "95.00 %" in html and "79.00 %" in html  # utilisation as people read it
+    assert 'href="/accounts/a2"' in html  # the nearest below critical, linked
+    assert "Pending close requests" in html and ">a0</a>" in html
+    assert "/static/dashboard.js" in html and "cdn" not in html.lower()
+    assert "PAUSED" not in html
+    assert "Kill switch" not in html  # no actions unless allowed
+
+
+def test_api_overview_is_the_same_in_json(db: Db, serve: Serve) -> None:
+    breach(db, [95, 85, 79])
+    doc = serve().get("/api/overview").json()
+    assert doc["levels"] == {"ok": 1, "warning": 1, "critical": 1}
+    assert doc["level_changes"] == {"ok": -2, "warning": 1, "critical": 1}
+    assert [a["account_id"] for a in doc["nearest"]][:2] == ["a2", "a1"]
+    assert doc["nearest"][0]["utilization"] == "0.7900000000"  # decimals as strings
+    assert doc["pending_close_requests_total"] == 1
+    assert doc["switch"]["paused"] is False
+    kinds = [m["kind"] for m in doc["feed"]]
+    assert kinds.count("event") == 2 and doc["cursor"].count("-") == 1
+
+
+def test_the_account_page_has_figures_positions_evidence_and_requests(db: Db, serve: Serve) -> None:
+    breach(db, [95])
+    dashboard = serve()
+    html = dashboard.get("/accounts/a0").text
+    assert "Account a0" in html and "95.00 %" in html
+    assert "auto-close at" in html and "90.00 %" in html
+    assert "<td>p0</td>" in html  # the position, as the event's check saw it
+    assert 'ok</span> → <span class="level level-critical">' in html
+    assert '"positions": [' in html and '"quantity": "95"' in html  # the evidence, exact
+    assert "pending" in html  # its close request
+    missing = dashboard.get("/accounts/no-such-account")
+    assert missing.status_code == 404 and "No account no-such-account" in missing.text
+
+
+def test_paused_says_so_across_the_top(db: Db, serve: Serve) -> None:
+    rails.pause(db.settings, "feed incident")
+    html = serve().get("/").text
+    assert '<div class="paused" role="alert">' in html
+    assert "feed incident" in html and "No account is closed until someone resumes" in html
+    assert html.index("PAUSED") < html.index("Accounts per level")
+
+
+def test_a_breach_reaches_the_stream_within_two_seconds_and_a_lost_stream_resumes(
+    db: Db, serve: Serve
+) -> None:
+    dashboard = serve()
+    stream = Stream(dashboard)
+    try:
+        settings = rails_settings(db)
+        ids = book(db, [95, 96])
+        made = time.monotonic()
+        with checker(db, settings) as conn:
+            check(conn, settings, ids[:1])
+        first = stream.next()
+        assert time.monotonic() - made < 2.0
+        assert stream.hello is not None  # a browser that hears nothing comes back from there
+        assert first["event"] == "event" and first["data"]["account_id"] == "a0"
+        assert first["data"]["to_level"] == "critical"
+        assert first["data"]["utilization_text"] == "95.00 %"
+    finally:
+        stream.close()
+    # meanwhile (no stream open): another event and an alert
+    with checker(db, settings) as conn:
+        check(conn, settings, ids[1:])
+    rails.pause(settings, "drill")
+    again = Stream(dashboard, last_event_id=first["id"])
+    try:
+        missed = [again.next(), again.next()]
+    finally:
+        again.close()
+    assert [(m["event"], m["data"].get("account_id")) for m in missed] == [
+        ("event", "a1"),
+        ("alert", None),
+    ]
+    assert missed[1]["data"]["alert"] == "paused" and "drill" in missed[1]["data"]["text"]
+
+
+def test_pause_and_resume_only_when_allowed_and_with_the_password(db: Db, serve: Serve) -> None:
+    form = {"by": "alice", "reason": "bad tick", "password": PASSWORD}
+    read_only = serve()
+    refused = read_only.post("/actions/pause", data=form)
+    assert refused.status_code == 403 and "--allow-actions" in refused.text
+    acting = serve(allow_actions=True, password=PASSWORD)
+    assert "Kill switch" in acting.get("/").text
+    wrong = acting.post("/actions/pause", data=form | {"password": "guess"})
+    assert wrong.status_code == 403 and db.scalar("SELECT paused FROM riskd.controls") is False
+    other_site = acting.post(
+        "/actions/pause", data=form, headers={"origin": "https://evil.example"}
+    )
+    assert other_site.status_code == 403
+    done = acting.post("/actions/pause", data=form)
+    assert done.status_code == 303 and done.headers["location"] == "/"
+    paused_by, reason = db.conn.execute(
+        "SELECT paused_by, reason FROM riskd.controls"
+    ).fetchone() or (None, None)
+    assert (paused_by, reason) == ("alice (dashboard)", "bad tick")
+    assert "Resume auto-close" in acting.get("/").text
+    resumed = acting.post("/actions/resume", data=form | {"reason": "fixed"})
+    assert resumed.status_code == 303 and db.scalar("SELECT paused FROM riskd.controls") is False
+    kinds = db.conn.execute("SELECT kind, detail ->> 'by' FROM riskd.alerts ORDER BY id").fetchall()
+    assert kinds == [("paused", "alice (dashboard)"), ("resumed", "alice (dashboard)")]
+
+
+def test_actions_without_a_password_are_refused_at_start(db: Db) -> None:
+    env = {"RISKD_CONFIG": "", "RISKD_DSN": db.dsn, "RISKD_DASHBOARD_PASSWORD": ""}
+    out = CliRunner().invoke(main, ["dashboard", "--allow-actions"], env=env)
+    assert out.exit_code == 2
+    assert out.output.strip().endswith("set RISKD_DASHBOARD_PASSWORD, the password pause and "
+                                       "resume ask for")  # fmt: skip
+
+
+def test_money_keeps_the_accounts_scale(db: Db, serve: Serve) -> None:
+    breach(db, [85])
+    db.conn.execute("UPDATE riskd.account_state SET equity = 1234567.5, used_margin = 0.125")
+    html = serve().get("/").text
+    assert "1,234,567.5" in html and "0.125" in html
