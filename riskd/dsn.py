@@ -105,6 +105,13 @@ def _url_problem(dsn: str) -> str | None:
     head, slash, tail = rest.partition("/")
     if head.count("@") > 1:
         return '"@" more than once before the host (write an "@" in a user name or password as %40)'
+    if "@" in head and _reads_like_a_password_parameter(head.partition("@")[0]):
+        # `//host:1?password=@secret`: libpq reads a user, a password and a host "secret",
+        # which it would then look up (and psycopg would log) by name
+        return (
+            'a password parameter before an "@": libpq would read what follows the "@" as the '
+            'host (write an "@" in a password as %40)'
+        )
     if slash and "@" in tail.partition("?")[0]:
         return (
             '"@" after the first "/" (write "/" as %2F and "@" as %40 in a user name or password)'

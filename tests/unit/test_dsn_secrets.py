@@ -248,6 +248,8 @@ def test_a_dsn_error_masking_and_settings_never_show_the_password(
 
 @settings(max_examples=100, deadline=None)
 @given(_dsns, st.sampled_from(SOURCES))
+# found by this test in CI: libpq reads "PW1000" as the host, which psycopg logged by name
+@example(dsn_secrets=("postgresql://127.0.0.1:1?password=@PW1000", ["PW1000"]), source="--dsn")
 def test_riskd_status_and_the_daemon_log_never_show_the_password(
     scratch: Path, dsn_secrets: tuple[str, list[str]], source: str
 ) -> None:
