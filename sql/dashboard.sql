@@ -87,3 +87,7 @@ WHERE a.account_id = (pg_catalog.jsonb_populate_record(
           pg_catalog.jsonb_build_object('account_id', %(account)s::text))).account_id
 ORDER BY a.id DESC
 LIMIT %(limit)s
+
+-- name: snapshot
+-- Each page in one snapshot, read only, without changing the pooled connection's defaults.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY

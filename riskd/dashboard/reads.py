@@ -51,9 +51,8 @@ def _thresholds(settings: Settings) -> dict[str, Any]:
 
 async def overview(conn: psycopg.AsyncConnection[Any], settings: Settings) -> dict[str, Any]:
     """The overview page's figures, read in one snapshot."""
-    await conn.set_read_only(True)
-    await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
     async with conn.transaction():
+        await conn.execute(_q("snapshot"))
         (summary,) = await _rows(conn, query("status_summary"))
         changes = level_changes(
             (r["from_level"], r["to_level"], r["n"]) for r in await _rows(conn, _q("level_changes"))
@@ -123,10 +122,9 @@ async def account(
     """The account page: its figures, thresholds, events with their evidence, close requests
     and alerts; None when riskd has never checked it (or the id is not one)."""
     params = {"account": account_id}
-    await conn.set_read_only(True)
-    await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
     try:
         async with conn.transaction():
+            await conn.execute(_q("snapshot"))
             figures = await _rows(conn, _q("account_figures"), params | _thresholds(settings))
             if not figures:
                 return None

@@ -41,6 +41,7 @@ from riskd.check import sweep
 from riskd.config import DaemonSettings, DatabaseSettings, RiskSettings, Settings
 from riskd.daemon.daemon import Daemon
 from riskd.db import require_dsn
+from riskd.demo.board import Board
 from riskd.demo.simulator import QUERY_FILE, Market, MarketStats
 from riskd.demo.view import FeedEvent, Flattened, Frame, Sample, ms, progress_line, render
 from riskd.rails import Switch, describe
@@ -261,10 +262,14 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
 
     daemon = run_.daemon
     daemon_task = asyncio.create_task(daemon.run(), name="daemon")
+    stack = contextlib.ExitStack()  # the dashboard, once started
     try:
         console.print("daemon started: first sweep over the seeded accounts", soft_wrap=True)
         if not await _wait_ready(daemon, daemon_task, stop):
             return await _stop_daemon(daemon, daemon_task)
+        board = await asyncio.to_thread(Board(run_.settings).start)
+        stack.callback(board.stop)
+        console.print(f"dashboard: {board.url}", soft_wrap=True)
         dsn = require_dsn(run_.settings)
         async with (
             await psycopg.AsyncConnection.connect(dsn, autocommit=True) as reader,
@@ -282,6 +287,7 @@ async def _main(run_: Run, console: Console, live: bool) -> int:
                 await _trade(run_, console, live, stop, daemon_task, (reader, listener, trader))
         return await _stop_daemon(daemon, daemon_task)
     finally:
+        stack.close()
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         if not daemon_task.done():  # something failed, or a second Ctrl-C: stop it anyway
@@ -658,6 +664,7 @@ def _print_kept(cluster: PgCluster, settings: Settings, console: Console) -> Non
         "\nThe database keeps running (--keep); the daemon has stopped.\n"
         f"  DSN:    {dsn}\n"
         f"  look:   riskd --dsn {dsn} status   (or resume the daemon: riskd --dsn {dsn} run)\n"
+        f"  page:   riskd --dsn {dsn} dashboard\n"
         f"  stop:   {as_user}{pg_ctl} stop -D {cluster.data_dir}\n"
         f"  remove: rm -rf {cluster.root}   (once stopped)",
         highlight=False,

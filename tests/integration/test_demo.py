@@ -23,6 +23,7 @@ from riskd.sandbox.cluster import PgCluster, find_bindirs
 
 CLUSTER_LINE = re.compile(r"^PostgreSQL (\d+) in (\S+), port \d+$", re.MULTILINE)
 PROGRESS_LINE = re.compile(r"^\s*\d+\.\d s  accounts [\d,]+ ok, ", re.MULTILINE)
+DASHBOARD_LINE = re.compile(r"^dashboard: http://127\.0\.0\.1:\d+/$", re.MULTILINE)
 DSN_LINE = re.compile(r"^  DSN:\s+(\S+)$", re.MULTILINE)
 FLATTENED_LINE = re.compile(
     r"^  flattened\s+([\d,]+) accounts by the market, ([\d,]+) in all", re.MULTILINE
@@ -81,6 +82,7 @@ def test_keep_leaves_a_database_with_real_events_and_flattened_accounts(
     assert cluster is not None, output
     assert len(PROGRESS_LINE.findall(result.stdout)) >= 3, output
     assert "Summary" in result.stdout, output
+    assert DASHBOARD_LINE.search(result.stdout), output  # the dashboard beside the view
     assert "\x1b[" not in result.stdout, "no terminal, so no escape codes"
     dsn_line = DSN_LINE.search(result.stdout)
     assert dsn_line is not None, output
