@@ -66,6 +66,7 @@ def _environment() -> jinja2.Environment:
     env.filters |= {
         "pct": present.pct,
         "money": present.money,
+        "money_as": present.money_as,
         "ago": present.ago,
         "signed": present.signed,
     }

@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from riskd import numbers
@@ -32,6 +32,18 @@ def money(value: Decimal | int | None) -> str:
     if not isinstance(exponent, int):  # NaN or infinite: as it is
         return str(amount)
     return f"{amount:,.{max(0, -exponent)}f}"
+
+
+def money_as(value: Decimal | int | None, like: Decimal | int | None) -> str:
+    """A computed amount (used margin: quantity x price x rate, many places) at the scale of
+    the account's own money (its equity), rounded half away from zero."""
+    if value is None or like is None:
+        return money(value)
+    exponent = Decimal(like).as_tuple().exponent
+    if not isinstance(exponent, int) or not Decimal(value).is_finite():
+        return money(value)
+    places = Decimal(1).scaleb(min(exponent, 0))
+    return money(Decimal(value).quantize(places, rounding=ROUND_HALF_UP))
 
 
 def ago(seconds: float | None) -> str:

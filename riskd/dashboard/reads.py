@@ -82,7 +82,7 @@ async def overview(conn: psycopg.AsyncConnection[Any], settings: Settings) -> di
         "levels": levels,
         "level_changes": changes,
         "nearest": nearest,
-        "instances": instances,
+        "instances": [instance_row(i) for i in instances],
         "pending_close_requests": pending,
         "pending_close_requests_total": int(summary["pending_close_requests"]),
         "oldest_close_request_age": summary["oldest_close_request_age"],
@@ -92,6 +92,29 @@ async def overview(conn: psycopg.AsyncConnection[Any], settings: Settings) -> di
         "cursor": str(feed[-1][1] if feed else Cursor(cursors["event_id"], cursors["alert_id"])),
         "revision": summary["revision"],
         "queue_usage": summary["queue_usage"],
+    }
+
+
+STALE_AFTER = 10.0  # seconds without a heartbeat: the instance is not working (riskd status's)
+
+
+def instance_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An instance as the page shows it, from its heartbeat row (its stats decoded exactly:
+    numbers are Decimals there)."""
+    stats = row["stats"] if isinstance(row["stats"], dict) else {}
+    uptime = float(row["uptime"] or 0)
+    checks = float(stats.get("checks") or 0)
+    return {
+        "instance": row["instance"],
+        "host": row["host"],
+        "version": row["version"],
+        "state": str(stats.get("state") or "?"),
+        "heartbeat_age": float(row["heartbeat_age"]),
+        "stale": float(row["heartbeat_age"]) > STALE_AFTER,
+        "lag": float(stats.get("lag") or 0),
+        "leader": stats.get("leader") is True,
+        "checks_per_second": checks / uptime if uptime >= 1 else 0.0,
+        "paused": stats.get("paused") is True,
     }
 
 

@@ -19,7 +19,7 @@ from daemonproc import wait_until
 from test_metrics import free_port
 from test_rails import book, check, checker, rails_settings
 
-from riskd import rails
+from riskd import migrate, rails
 from riskd.cli import main
 from riskd.config import Settings
 from riskd.dashboard.app import Options, create_app
@@ -140,6 +140,24 @@ def test_the_overview_shows_levels_the_nearest_and_pending_requests(db: Db, serv
     assert "Kill switch" not in html  # no actions unless allowed
 
 
+def test_the_overview_lists_instances_from_their_heartbeats(db: Db, serve: Serve) -> None:
+    stats = {
+        "schema_revision": migrate.head(), "state": "running", "lag": 0.25, "leader": True,
+        "checks": 1200, "paused": False,
+    }  # fmt: skip
+    db.conn.execute(
+        "INSERT INTO riskd.daemons (instance, host, pid, version, started_at, stats)"
+        " VALUES ('host-1:42', 'host-1', 42, '0.2.0', now() - interval '60 s', %s)",
+        (json.dumps(stats),),
+    )
+    html = serve().get("/").text
+    assert "host-1:42" in html and "running" in html and "0.2 s" in html
+    assert ">20</td>" in html  # 1 200 checks in 60 s
+    doc = serve().get("/api/overview").json()
+    (instance,) = doc["instances"]
+    assert instance["leader"] is True and not instance["stale"]
+
+
 def test_api_overview_is_the_same_in_json(db: Db, serve: Serve) -> None:
     breach(db, [95, 85, 79])
     doc = serve().get("/api/overview").json()
@@ -246,6 +264,7 @@ def test_actions_without_a_password_are_refused_at_start(db: Db) -> None:
 
 def test_money_keeps_the_accounts_scale(db: Db, serve: Serve) -> None:
     breach(db, [85])
-    db.conn.execute("UPDATE riskd.account_state SET equity = 1234567.5, used_margin = 0.125")
+    db.conn.execute("UPDATE riskd.account_state SET equity = 1234567.50, used_margin = 0.125")
     html = serve().get("/").text
-    assert "1,234,567.5" in html and "0.125" in html
+    # equity as kept; used margin (a computed product) at the same scale
+    assert "1,234,567.50" in html and ">0.13</td>" in html

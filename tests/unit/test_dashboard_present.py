@@ -15,6 +15,7 @@ from riskd.dashboard.present import (
     event_message,
     level_changes,
     money,
+    money_as,
     pct,
     signed,
     sse,
@@ -39,6 +40,13 @@ def test_utilisation_reads_as_riskd_prints_it_and_says_when_equity_is_gone() -> 
 )
 def test_money_keeps_its_own_scale(value: Decimal | None, shown: str) -> None:
     assert money(value) == shown
+
+
+def test_a_computed_amount_reads_at_the_scale_of_the_accounts_money() -> None:
+    assert money_as(Decimal("23408.46649225"), Decimal("29262.56")) == "23,408.47"
+    assert money_as(Decimal("950.0"), Decimal("1000")) == "950"
+    assert money_as(Decimal("0.125"), Decimal("1.00")) == "0.13"  # half away from zero
+    assert money_as(None, Decimal("1")) == "-"
 
 
 def test_the_hours_changes_are_what_came_in_less_what_went_out() -> None:
