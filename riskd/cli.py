@@ -746,6 +746,7 @@ def dashboard(opts: _Options, host: str | None, port: int | None, allow_actions:
 
     settings = opts.settings()
     app_options = dashboards.options(settings, allow_actions)
+    logs.configure(settings.daemon.log_format)
     dashboards.serve(app_options, host or settings.dashboard.host, port or settings.dashboard.port)
 
 

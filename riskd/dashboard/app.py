@@ -46,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle ones)
 REPLAY = 500  # at most, what a reconnecting browser is sent of what it missed
 REFRESH = 5  # seconds between the page's refreshes of its figures
+NOT_INSTALLED = "riskd is not installed in this database (run `riskd migrate`)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +115,18 @@ def create_app(options: Options) -> Starlette:
             return await reads.overview(conn, options.settings)
 
     async def home(request: Request) -> Response:
-        data = await overview_data()
+        try:
+            data = await overview_data()
+        except psycopg.errors.UndefinedTable:
+            return page("missing_riskd.html", 503)
         name = "figures.html" if request.query_params.get("partial") else "overview.html"
         return page(name, o=data, refresh=REFRESH, settings=options.settings)
 
     async def api_overview(request: Request) -> Response:
-        data = await overview_data()
+        try:
+            data = await overview_data()
+        except psycopg.errors.UndefinedTable:
+            return JSONResponse({"error": NOT_INSTALLED}, status_code=503)
         return Response(present.dumps(data), media_type="application/json")
 
     async def account(request: Request) -> Response:

@@ -47,7 +47,7 @@ def serve(db: Db) -> Iterator[Serve]:
     """Start the dashboard on a free port, in a thread, until the test ends."""
     running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(settings: Settings | None = None, **options: Any) -> Dashboard:
+    def start(settings: Settings | None = None, ready: bool = True, **options: Any) -> Dashboard:
         port = free_port()
         app = create_app(Options(settings or db.settings, **options))
         config = uvicorn.Config(
@@ -61,9 +61,10 @@ def serve(db: Db) -> Iterator[Serve]:
 
         def up() -> bool:
             try:
-                return dashboard.get("/healthz").json().get("feed") is True
+                health = dashboard.get("/healthz").json()
             except httpx.HTTPError:
                 return False
+            return health.get("feed") is True or (not ready and "installed" in health)
 
         wait_until(up, 20, "the dashboard to answer, its feed listening")
         return dashboard
@@ -268,3 +269,12 @@ def test_money_keeps_the_accounts_scale(db: Db, serve: Serve) -> None:
     html = serve().get("/").text
     # equity as kept; used margin (a computed product) at the same scale
     assert "1,234,567.50" in html and ">0.13</td>" in html
+
+
+def test_a_database_without_riskd_says_so(bare_db: Db, serve: Serve) -> None:
+    dashboard = serve(bare_db.settings, ready=False)
+    page = dashboard.get("/")
+    assert page.status_code == 503 and "riskd is not installed in this database" in page.text
+    assert dashboard.get("/api/overview").status_code == 503
+    health = dashboard.get("/healthz")
+    assert health.status_code == 503 and health.json()["installed"] is False
