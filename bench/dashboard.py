@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import psycopg
 import uvicorn
-from check_cost import check_params
+from check_cost import check_params, record_all
 from common import machine, seeded_database
 
 from riskd.dashboard.app import Options, create_app
@@ -48,13 +48,6 @@ WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 ORDER BY total_exec_time DESC
 """
 REFRESH = 5.0  # what the page does (riskd/dashboard/app.py REFRESH)
-
-
-def record_all(conn: psycopg.Connection[Any], accounts: int) -> None:
-    for start in range(1, accounts + 1, 5000):
-        ids = [f"acc-{n:06d}" for n in range(start, min(start + 5000, accounts + 1))]
-        conn.execute(query("check_accounts"), check_params(ids))
-    conn.execute("VACUUM ANALYZE")
 
 
 def serve(settings: Any) -> tuple[str, uvicorn.Server, threading.Thread]:

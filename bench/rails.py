@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from check_cost import check_params
+from check_cost import check_params, record_all
 from common import DURABLE, machine, seeded_database
 
 from riskd import migrate
@@ -60,13 +60,6 @@ def connection(dsn: str, settings: Settings) -> psycopg.Connection[Any]:
     conn.execute("SET plan_cache_mode = force_generic_plan")
     conn.execute(query("session_settings"), session_values(settings))
     return conn
-
-
-def record_all(conn: psycopg.Connection[Any], accounts: int) -> None:
-    for start in range(1, accounts + 1, 5000):
-        ids = [f"acc-{n:06d}" for n in range(start, min(start + 5000, accounts + 1))]
-        conn.execute(query("check_accounts"), check_params(ids))
-    conn.execute("VACUUM ANALYZE")
 
 
 def measure(

