@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle ones)
 REPLAY = 500  # at most, what a reconnecting browser is sent of what it missed
 REFRESH = 5  # seconds between the page's refreshes of its figures
+SHARED_FOR = 2.0  # seconds one read of the overview serves every page
 NOT_INSTALLED = "riskd is not installed in this database (run `riskd migrate`)"
 
 
@@ -110,9 +112,14 @@ def create_app(options: Options) -> Starlette:
         context |= {"version": __version__, "allow_actions": options.allow_actions}
         return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
 
-    async def overview_data() -> dict[str, Any]:
+    async def read_overview() -> dict[str, Any]:
         async with pool.connection() as conn:
             return await reads.overview(conn, options.settings)
+
+    cache = Shared(read_overview, SHARED_FOR)
+
+    async def overview_data() -> dict[str, Any]:
+        return await cache.get()
 
     async def home(request: Request) -> Response:
         try:
@@ -204,6 +211,7 @@ def create_app(options: Options) -> Starlette:
         why = str(form.get("reason", "")).strip()[:500] or None
         async with pool.connection() as conn:
             await conn.execute(query(name), {"by": f"{who} (dashboard)", "reason": why})
+        cache.forget()  # the page it redirects to shows the switch as it is now
         return RedirectResponse("/", status_code=303)
 
     routes = [
@@ -218,7 +226,34 @@ def create_app(options: Options) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.feed = feed
+    app.state.overview = cache
     return app
+
+
+class Shared:
+    """One read of the overview serves every page that asks within ``ttl`` seconds (each open
+    page refreshes every REFRESH seconds): the database's cost stops growing with the number of
+    pages. Concurrent askers wait for the one read in flight."""
+
+    def __init__(self, read: Callable[[], Awaitable[dict[str, Any]]], ttl: float) -> None:
+        self.read = read
+        self.ttl = ttl
+        self.reads = 0  # how many times the database was asked (the tests count them)
+        self._value: dict[str, Any] | None = None
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+
+    def forget(self) -> None:
+        self._value = None
+
+    async def get(self) -> dict[str, Any]:
+        async with self._lock:
+            now = time.monotonic()
+            if self._value is None or now - self._at >= self.ttl:
+                self._value = await self.read()
+                self._at = time.monotonic()
+                self.reads += 1
+            return self._value
 
 
 def _same_origin(request: Request) -> bool:

@@ -278,3 +278,14 @@ def test_a_database_without_riskd_says_so(bare_db: Db, serve: Serve) -> None:
     assert dashboard.get("/api/overview").status_code == 503
     health = dashboard.get("/healthz")
     assert health.status_code == 503 and health.json()["installed"] is False
+
+
+def test_pages_asking_together_share_one_read_of_the_overview(db: Db, serve: Serve) -> None:
+    dashboard = serve()
+    shared = dashboard.server.config.app.state.overview  # type: ignore[attr-defined]
+    before = shared.reads
+    for _ in range(5):  # five open pages refreshing at once
+        assert dashboard.get("/?partial=1").status_code == 200
+    assert shared.reads - before == 1
+    wait_until(lambda: dashboard.get("/api/overview") and shared.reads - before == 2, 10,
+               "a read once the shared one is older than its time")  # fmt: skip
