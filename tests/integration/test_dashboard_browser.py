@@ -149,3 +149,21 @@ def test_pause_with_the_password_works_and_without_it_is_refused(
     expect(page.get_by_role("alert")).to_contain_text("PAUSED by alice (dashboard): bad tick")
     assert db.scalar("SELECT paused FROM riskd.controls") is True
     expect(page.get_by_role("button", name="Resume auto-close")).to_be_visible()
+
+
+def test_on_a_phone_the_page_fits_its_width(db: Db, site: Server, browser: Browser) -> None:
+    """390 x 844, a phone's viewport: the tables scroll inside their cards, the page does not
+    scroll sideways, and the levels still read as words."""
+    breach(db, [95, 85, 79])
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        phone = context.new_page()
+        phone.goto(site.url)
+        expect(phone.get_by_role("heading", name="Accounts per level")).to_be_visible()
+        widths = phone.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert widths[0] <= widths[1], widths
+        expect(phone.locator(".levels span.level-critical").first).to_have_text("critical")
+    finally:
+        context.close()
