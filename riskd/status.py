@@ -97,7 +97,7 @@ class Instance:
     def number(self, key: str) -> float | None:
         """A numeric counter from ``stats`` (written by the daemon, read defensively)."""
         value = self.stats.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
             return None
         return float(value)
 

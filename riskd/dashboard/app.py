@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jinja2
 import psycopg
@@ -48,6 +48,9 @@ KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies clos
 REPLAY = 500  # at most, what a reconnecting browser is sent of what it missed
 REFRESH = 5  # seconds between the page's refreshes of its figures
 SHARED_FOR = 2.0  # seconds one read of the overview serves every page
+RANK_EVERY = 30.0  # seconds, at least, between two rankings of every account at ok
+RANK_SHARE = 0.02  # and at most this share of the time spent ranking them
+T = TypeVar("T")
 NOT_INSTALLED = "riskd is not installed in this database (run `riskd migrate`)"
 
 
@@ -71,6 +74,9 @@ def _environment() -> jinja2.Environment:
         "money": present.money,
         "money_as": present.money_as,
         "ago": present.ago,
+        "lasted": present.lasted,
+        "points": present.points,
+        "trouble_action": present.trouble_action,
         "signed": present.signed,
     }
     return env
@@ -112,9 +118,18 @@ def create_app(options: Options) -> Starlette:
         context |= {"version": __version__, "allow_actions": options.allow_actions}
         return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
 
-    async def read_overview() -> dict[str, Any]:
+    async def read_ranking() -> reads.Ranking:
         async with pool.connection() as conn:
-            return await reads.overview(conn, options.settings)
+            return await reads.ranking(conn, options.settings)
+
+    # the one read over every account, seldom: at most RANK_SHARE of the time, and never
+    # more often than every RANK_EVERY seconds, whatever the number of pages
+    ranking = Shared(read_ranking, RANK_EVERY, share=RANK_SHARE)
+
+    async def read_overview() -> dict[str, Any]:
+        ranked = await ranking.get()
+        async with pool.connection() as conn:
+            return await reads.overview(conn, options.settings, ranked)
 
     cache = Shared(read_overview, SHARED_FOR)
 
@@ -227,31 +242,40 @@ def create_app(options: Options) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.feed = feed
     app.state.overview = cache
+    app.state.ranking = ranking
     return app
 
 
-class Shared:
-    """One read of the overview serves every page that asks within ``ttl`` seconds (each open
-    page refreshes every REFRESH seconds): the database's cost stops growing with the number of
-    pages. Concurrent askers wait for the one read in flight."""
+class Shared(Generic[T]):
+    """One read serves every page that asks within ``ttl`` seconds (each open page refreshes
+    every REFRESH seconds): the database's cost stops growing with the number of pages.
+    Concurrent askers wait for the one read in flight. With ``share``, a read that took longer
+    is kept longer: read again no sooner than its duration / ``share``, so that it takes no
+    more than that share of the time however large the book."""
 
-    def __init__(self, read: Callable[[], Awaitable[dict[str, Any]]], ttl: float) -> None:
+    def __init__(
+        self, read: Callable[[], Awaitable[T]], ttl: float, share: float | None = None
+    ) -> None:
         self.read = read
         self.ttl = ttl
+        self.share = share
         self.reads = 0  # how many times the database was asked (the tests count them)
-        self._value: dict[str, Any] | None = None
+        self.kept_for = ttl  # how long the value in hand is kept
+        self._value: T | None = None
         self._at = 0.0
         self._lock = asyncio.Lock()
 
     def forget(self) -> None:
         self._value = None
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self) -> T:
         async with self._lock:
             now = time.monotonic()
-            if self._value is None or now - self._at >= self.ttl:
+            if self._value is None or now - self._at >= self.kept_for:
                 self._value = await self.read()
                 self._at = time.monotonic()
+                took = self._at - now
+                self.kept_for = max(self.ttl, took / self.share) if self.share else self.ttl
                 self.reads += 1
             return self._value
 

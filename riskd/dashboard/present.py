@@ -50,6 +50,38 @@ def ago(seconds: float | None) -> str:
     return numbers.ago(seconds)
 
 
+def points(ratio: Decimal | float | None) -> str:
+    """A distance to a threshold in percentage points (``1.03 points``); one already crossed,
+    which the account's next check records, says so."""
+    if ratio is None:
+        return "-"
+    distance = Decimal(str(ratio))
+    text = numbers.points(distance)
+    return f"over by {text}" if distance < 0 else text
+
+
+def lasted(seconds: float | None) -> str:
+    """How long something has lasted: ``3 s``, ``2 min``."""
+    return "-" if seconds is None else numbers.duration(seconds)
+
+
+def trouble_action(account: Mapping[str, Any], paused: bool) -> str:
+    """What riskd did, or will do, about an account over a threshold, in words: the close
+    request it opened, or why there is none."""
+    if account["level"] != "critical":
+        return f"auto-close at {pct(account['auto_close_threshold'])}"
+    if account["close_request_id"] is not None:
+        waiting = lasted(account["close_request_age"])
+        return f"close request {account['close_request_id']} sent, waiting {waiting}"
+    if account["auto_close"] == "off":
+        return "auto-close is off for it: events only"
+    if paused:
+        return "close held: auto-close is paused"
+    if account["auto_close"] == "flatten":
+        return "flattened what it could (see the account)"
+    return "no close request open (see the account)"
+
+
 def level_changes(rows: Iterable[tuple[str, str, int]]) -> dict[str, int]:
     """Each level's net change over the last hour, from the hour's transitions
     (from_level, to_level, count)."""

@@ -4,20 +4,23 @@ read-only snapshot. The named queries of ``sql/dashboard.sql``, and those ``risk
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
-from riskd import numbers
+from riskd import migrate, numbers, rails, status
 from riskd.config import Settings
 from riskd.dashboard.present import Cursor, alert_message, event_message, level_changes
 from riskd.levels import LEVELS
 from riskd.sqlfiles import query
 
 QUERIES = "dashboard.sql"
-NEAREST = 20  # the accounts nearest a threshold, on the overview
+NEAREST = 20  # the accounts at ok nearest their warning threshold, on the overview
+RANKED = 50  # the accounts the seldom ranking hands to every refresh, to follow by their keys
 LISTED = 20  # pending close requests, recent events, instances...
 ACCOUNT_ROWS = 50  # an account's events and close requests
 FEED_BATCH = 200  # rows a feed read takes at most (a browser far behind reads on)
@@ -49,21 +52,47 @@ def _thresholds(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def overview(conn: psycopg.AsyncConnection[Any], settings: Settings) -> dict[str, Any]:
-    """The overview page's figures, read in one snapshot."""
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """The accounts at ok nearest their warning threshold, as the seldom read over every
+    account ranked them, and how many accounts riskd keeps a level for."""
+
+    ids: list[str]
+    accounts: int
+    at: float  # time.monotonic() when it was read
+
+
+async def ranking(conn: psycopg.AsyncConnection[Any], settings: Settings) -> Ranking:
+    """Every account at ok, ranked by its distance to its warning threshold: the overview's
+    one read over every account, made seldom (riskd.dashboard.app); the ``RANKED`` nearest are
+    followed at every refresh by their keys."""
+    (row,) = await _rows(conn, _q("ok_ranking"), _thresholds(settings) | {"limit": RANKED})
+    return Ranking([str(i) for i in row["ranked"]], int(row["accounts"]), time.monotonic())
+
+
+async def overview(
+    conn: psycopg.AsyncConnection[Any], settings: Settings, ranked: Ranking
+) -> dict[str, Any]:
+    """The overview page's figures, read in one snapshot, each through an index or a limit:
+    the accounts over a threshold (all of them counted, the worst listed), the ranked accounts
+    as they are now, the instances, the pending close requests, the feed."""
+    thresholds = _thresholds(settings)
     async with conn.transaction():
         await conn.execute(_q("snapshot"))
-        (summary,) = await _rows(conn, query("status_summary"))
+        (summary,) = await _rows(conn, _q("overview_summary"))
         changes = level_changes(
             (r["from_level"], r["to_level"], r["n"]) for r in await _rows(conn, _q("level_changes"))
         )
+        trouble = await _rows(
+            conn,
+            _q("accounts_in_trouble"),
+            thresholds | {"mode": settings.risk.auto_close, "limit": LISTED},
+        )
         nearest = await _rows(
-            conn, query("accounts_nearest"), _thresholds(settings) | {"limit": NEAREST}
+            conn, _q("ok_nearest"), thresholds | {"ids": ranked.ids, "limit": NEAREST}
         )
         instances = await _rows(conn, query("status_instances"))
-        pending = await _rows(
-            conn, query("close_requests_list"), {"status": "pending", "limit": LISTED}
-        )
+        pending = await _rows(conn, _q("pending_close_requests"), {"limit": LISTED})
         deliveries = (
             (await _rows(conn, query("status_deliveries")))[0]
             if settings.webhook.url or await _readable(conn, "status_reads_deliveries")
@@ -77,11 +106,19 @@ async def overview(conn: psycopg.AsyncConnection[Any], settings: Settings) -> di
         (cursors,) = await _rows(conn, _q("feed_cursors"))
         start = Cursor(max(0, cursors["event_id"] - LISTED), max(0, cursors["alert_id"] - LISTED))
         feed = await feed_rows(conn, start, LISTED)
-    levels = {level: int(summary["levels"].get(level, 0)) for level in LEVELS}
+    health = _health(summary, instances, switch, deliveries)
+    over = {level: int(summary["in_trouble"].get(level, 0)) for level in LEVELS if level != "ok"}
+    # the accounts at ok: those riskd keeps a level for (counted with the ranking, seldom)
+    # less those over a threshold now
+    levels = {"ok": max(0, ranked.accounts - sum(over.values()))} | over
     return {
+        "read_at": summary["read_at"],
+        "health": health,
         "levels": levels,
         "level_changes": changes,
+        "in_trouble": trouble,
         "nearest": nearest,
+        "nearest_ranked_age": time.monotonic() - ranked.at,
         "instances": [instance_row(i) for i in instances],
         "pending_close_requests": pending,
         "pending_close_requests_total": int(summary["pending_close_requests"]),
@@ -95,7 +132,52 @@ async def overview(conn: psycopg.AsyncConnection[Any], settings: Settings) -> di
     }
 
 
-STALE_AFTER = 10.0  # seconds without a heartbeat: the instance is not working (riskd status's)
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _health(
+    summary: dict[str, Any],
+    instances: list[dict[str, Any]],
+    switch: dict[str, Any] | None,
+    deliveries: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """riskd's health judged by the rules of ``riskd status`` (riskd.status.assess), from what
+    the overview read: its verdict, its problems (one line each) and its summary line."""
+    st = status.Status(
+        database="",
+        head=migrate.head(),
+        installed=True,
+        revision=summary["revision"],
+        instances=[status.Instance(**(row | {"stats": _dict(row["stats"])})) for row in instances],
+        queue_usage=float(summary["queue_usage"] or 0),
+        switch=rails.Switch(**switch) if switch else None,
+        pending_close_requests=int(summary["pending_close_requests"]),
+        **(
+            {
+                "pending_deliveries": int(deliveries["pending_deliveries"]),
+                "oldest_delivery_age": deliveries["oldest_delivery_age"],
+            }
+            if deliveries
+            else {}
+        ),
+    )
+    limits = status.Limits()
+    problems = status.assess(st, limits)
+    live = st.live(limits)
+    paused = " ".join(st.switch.line().split()) if st.switch and st.switch.paused else None
+    return {
+        "healthy": not problems,
+        "problems": problems,
+        "shown": [p for p in problems if p != paused],  # the page says PAUSED on its own
+        "summary": status.summary(st, limits, problems),
+        "live": len(live),
+        "heartbeat_age": min((i.heartbeat_age for i in live), default=None),
+        "lag": max((i.lag or 0.0 for i in live), default=0.0),
+    }
+
+
+STALE_AFTER = status.STALE_AFTER  # seconds without a heartbeat: the instance is not working
 
 
 def instance_row(row: dict[str, Any]) -> dict[str, Any]:

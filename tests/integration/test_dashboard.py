@@ -125,20 +125,81 @@ def test_healthz_says_riskd_is_there(serve: Serve) -> None:
     }
 
 
-def test_the_overview_shows_levels_the_nearest_and_pending_requests(db: Db, serve: Serve) -> None:
+def section(html: str, title: str) -> str:
+    """The part of a page from a heading to the next one."""
+    start = html.index(title)
+    end = html.find("<h2>", start)
+    return html[start : end if end >= 0 else len(html)]
+
+
+def test_the_overview_shows_the_accounts_in_trouble_first(db: Db, serve: Serve) -> None:
     breach(db, [95, 85, 79, 40])
     page = serve().get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
-    assert "Accounts per level" in html and "Nearest a threshold" in html
-    # a level is a word, not only a colour
-    assert '<span class="level level-critical">critical</span>' in html
-    assert "95.00 %" in html and "79.00 %" in html  # utilisation as people read it
-    assert 'href="/accounts/a2"' in html  # the nearest below critical, linked
-    assert "Pending close requests" in html and ">a0</a>" in html
+    trouble = section(html, "Accounts in trouble")
+    # the worst first, each level a word as well as a colour, what riskd does about it
+    assert trouble.index(">a0</a>") < trouble.index(">a1</a>")
+    assert '<span class="level level-critical">critical</span>' in trouble
+    assert "95.00 %" in trouble and "85.00 %" in trouble  # utilisation as people read it
+    assert "close request 1 sent, waiting" in trouble and "auto-close at 90.00 %" in trouble
+    assert ">1 critical</span>" in trouble and ">1 warning</span>" in trouble
+    nearest = section(html, "Next to watch")
+    assert nearest.index(">a2</a>") < nearest.index(">a3</a>")  # 79 % before 40 %
+    assert ">a0</a>" not in nearest and ">a1</a>" not in nearest
+    assert "Accounts per level" in html
+    assert "Pending close requests" in html and ">a0</a>" in section(html, "Pending close")
     assert "/static/dashboard.js" in html and "cdn" not in html.lower()
     assert "PAUSED" not in html
     assert "Kill switch" not in html  # no actions unless allowed
+    # no instance runs: the page says riskd is not checking, above everything else
+    assert html.index("riskd needs attention") < html.index("Accounts in trouble")
+    assert "no live riskd instance" in html
+
+
+def test_the_page_says_riskd_is_healthy_when_it_is(db: Db, serve: Serve) -> None:
+    heartbeat(db, lag=0.25)
+    html = serve().get("/").text
+    verdict = html[html.index('id="health"') : html.index("Accounts in trouble")]
+    assert "riskd is healthy." in verdict and "1 instance checking accounts" in verdict
+    assert "changes checked within 0.2 s" in verdict
+    heartbeat(db, lag=95.0, instance="host-2:7")  # a second one, far behind
+    doc = serve().get("/api/overview").json()
+    assert doc["health"]["healthy"] is False
+    (problem,) = doc["health"]["problems"]
+    assert problem.startswith("instance host-2:7: lag 1 min 35 s") or "host-2:7" in problem
+
+
+def test_the_ranking_over_every_account_is_made_seldom_and_its_figures_kept_current(
+    db: Db, serve: Serve
+) -> None:
+    settings = rails_settings(db)
+    ids = breach(db, [70, 60])
+    dashboard = serve()
+    ranking = dashboard.server.config.app.state.ranking  # type: ignore[attr-defined]
+    overview = dashboard.server.config.app.state.overview  # type: ignore[attr-defined]
+    first = dashboard.get("/api/overview").json()
+    assert [a["utilization"] for a in first["nearest"]] == ["0.7000000000", "0.6000000000"]
+    # a1's position grows: the next read shows it without ranking every account again
+    db.conn.execute("UPDATE positions SET quantity = 75 WHERE \"tradingAccountId\" = 'a1'")
+    with checker(db, settings) as conn:
+        check(conn, settings, ids)
+    overview.forget()
+    again = dashboard.get("/api/overview").json()
+    assert [(a["account_id"], a["utilization"]) for a in again["nearest"]] == [
+        ("a1", "0.7500000000"),
+        ("a0", "0.7000000000"),
+    ]
+    assert ranking.reads == 1 and ranking.kept_for >= 30.0
+
+
+def heartbeat(db: Db, lag: float, instance: str = "host-1:42") -> None:
+    stats = {"schema_revision": migrate.head(), "state": "running", "lag": lag, "checks": 10}
+    db.conn.execute(
+        "INSERT INTO riskd.daemons (instance, host, pid, version, started_at, stats)"
+        " VALUES (%s, 'host', 42, '0.2.0', now() - interval '60 s', %s)",
+        (instance, json.dumps(stats)),
+    )
 
 
 def test_the_overview_lists_instances_from_their_heartbeats(db: Db, serve: Serve) -> None:
@@ -164,8 +225,10 @@ def test_api_overview_is_the_same_in_json(db: Db, serve: Serve) -> None:
     doc = serve().get("/api/overview").json()
     assert doc["levels"] == {"ok": 1, "warning": 1, "critical": 1}
     assert doc["level_changes"] == {"ok": -2, "warning": 1, "critical": 1}
-    assert [a["account_id"] for a in doc["nearest"]][:2] == ["a2", "a1"]
+    assert [a["account_id"] for a in doc["in_trouble"]] == ["a0", "a1"]
+    assert [a["account_id"] for a in doc["nearest"]] == ["a2"]
     assert doc["nearest"][0]["utilization"] == "0.7900000000"  # decimals as strings
+    assert doc["health"]["healthy"] is False  # no instance runs
     assert doc["pending_close_requests_total"] == 1
     assert doc["switch"]["paused"] is False
     kinds = [m["kind"] for m in doc["feed"]]
@@ -190,8 +253,9 @@ def test_paused_says_so_across_the_top(db: Db, serve: Serve) -> None:
     rails.pause(db.settings, "feed incident")
     html = serve().get("/").text
     assert '<div class="paused" role="alert">' in html
-    assert "feed incident" in html and "No account is closed until someone resumes" in html
-    assert html.index("PAUSED") < html.index("Accounts per level")
+    assert "feed incident" in html and "no account is closed until someone resumes" in html
+    assert "riskd resume" in html
+    assert html.index("PAUSED") < html.index("Accounts in trouble")
 
 
 def test_a_breach_reaches_the_stream_within_two_seconds_and_a_lost_stream_resumes(

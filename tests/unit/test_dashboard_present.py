@@ -3,12 +3,15 @@ cursor and messages (riskd/dashboard/present.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
+from riskd.dashboard.app import Shared
 from riskd.dashboard.present import (
     Cursor,
     alert_message,
@@ -17,8 +20,10 @@ from riskd.dashboard.present import (
     money,
     money_as,
     pct,
+    points,
     signed,
     sse,
+    trouble_action,
 )
 
 
@@ -83,3 +88,59 @@ def test_a_message_is_one_sse_block_with_the_cursor_as_its_id() -> None:
          "detail": {"by": "alice", "reason": "drill"}}
     )  # fmt: skip
     assert alert["text"] == "by alice: drill" and alert["kind"] == "alert"
+
+
+def test_a_distance_to_a_threshold_is_in_points_and_one_crossed_says_so() -> None:
+    assert points(Decimal("0.0103")) == "1.03 points"
+    assert points(Decimal("-0.0050")) == "over by 0.50 points"
+    assert points(None) == "-"
+
+
+TROUBLE = {
+    "level": "critical",
+    "auto_close_threshold": Decimal("0.9"),
+    "close_request_id": None,
+    "close_request_age": None,
+    "auto_close": "request",
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "paused", "said"),
+    [
+        ({"level": "warning"}, False, "auto-close at 90.00 %"),
+        ({"close_request_id": 7, "close_request_age": 125.0}, True,
+         "close request 7 sent, waiting 2 min"),
+        ({"auto_close": "off"}, True, "auto-close is off for it: events only"),
+        ({}, True, "close held: auto-close is paused"),
+        ({"auto_close": "flatten"}, False, "flattened what it could (see the account)"),
+        ({}, False, "no close request open (see the account)"),
+    ],
+)  # fmt: skip
+def test_what_riskd_does_about_an_account_in_trouble_in_words(
+    changes: dict[str, object], paused: bool, said: str
+) -> None:
+    assert trouble_action(TROUBLE | changes, paused) == said
+
+
+def test_a_slow_shared_read_is_kept_longer_so_that_it_takes_its_share_at_most() -> None:
+    took = {"s": 0.0}
+
+    async def read() -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < took["s"]:  # a read that takes its time
+            await asyncio.sleep(0.005)
+        return took["s"]
+
+    async def scenario() -> tuple[float, float, int]:
+        quick = Shared(read, ttl=30.0, share=0.02)
+        await quick.get()
+        took["s"] = 0.8
+        slow = Shared(read, ttl=30.0, share=0.02)
+        await slow.get()
+        await slow.get()  # kept: no second read
+        return quick.kept_for, slow.kept_for, slow.reads
+
+    quick, slow, reads = asyncio.run(scenario())
+    assert quick == 30.0  # a quick read: kept for the floor
+    assert slow >= 0.8 / 0.02 and reads == 1  # 0.8 s of reading: kept 40 s at least
