@@ -165,5 +165,35 @@ def test_on_a_phone_the_page_fits_its_width(db: Db, site: Server, browser: Brows
         )
         assert widths[0] <= widths[1], widths
         expect(phone.locator(".levels span.level-critical").first).to_have_text("critical")
+        first_screen(phone, 844)
+    finally:
+        context.close()
+
+
+def first_screen(page: Page, height: int) -> None:
+    """What someone who has never seen riskd needs, on the first screen without scrolling:
+    whether riskd is healthy, and which accounts are in trouble (the worst first, its level a
+    word, what riskd does about it)."""
+    verdict = page.locator("#health")
+    expect(verdict).to_contain_text("riskd needs attention")  # no instance runs here
+    expect(verdict).to_contain_text("no live riskd instance")
+    worst = page.locator(".trouble tbody tr").first
+    expect(worst).to_contain_text("a0")
+    expect(worst).to_contain_text("critical")
+    expect(worst).to_contain_text("close request")
+    for shown in (verdict, worst):
+        box = shown.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= height, box
+
+
+def test_on_a_laptop_the_first_screen_says_which_accounts_and_whether_riskd_is_healthy(
+    db: Db, site: Server, browser: Browser
+) -> None:
+    breach(db, [95, 85, 79])
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        laptop = context.new_page()
+        laptop.goto(site.url)
+        first_screen(laptop, 720)
     finally:
         context.close()
