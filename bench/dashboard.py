@@ -23,6 +23,7 @@ transitions while the page is open. The dashboard runs in this process (uvicorn,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import random
 import socket
@@ -104,6 +105,7 @@ def open_page(url: str, window: float, dsn: str, accounts: int) -> dict[str, flo
         with (
             httpx.Client(timeout=timeout) as client,
             client.stream("GET", url + "/events/stream") as response,
+            contextlib.suppress(httpx.HTTPError),  # the server stopping at the end
         ):
             for line in response.iter_lines():
                 if line.startswith("data:"):

@@ -22,7 +22,17 @@ SELECT pg_catalog.now() AS read_at,
 -- name: accounts_in_trouble
 -- The accounts over a threshold, critical first, then by utilisation (none: equity gone,
 -- first), through the partial index of revision 0009; with the thresholds that apply, how long
--- each has been at its level, its pending close request and the mode of its auto-close.
+-- each has been at its level, its pending close request and the mode of its auto-close. The
+-- worst are taken from riskd.account_state alone (its level and utilisation say which), and
+-- only they are joined: the cost grows with the accounts in trouble, not with the book.
+WITH worst AS (
+    SELECT s.account_id, s.level, s.utilization, s.equity, s.used_margin, s.checked_at,
+           s.changed_at
+    FROM riskd.account_state AS s
+    WHERE s.level <> 'ok'
+    ORDER BY s.level = 'critical' DESC, s.utilization DESC NULLS FIRST, s.account_id
+    LIMIT %(limit)s
+)
 SELECT s.account_id::text AS account_id, s.level, s.utilization, s.equity, s.used_margin,
        greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - s.checked_at))::float8
            AS checked_age,
@@ -35,12 +45,10 @@ SELECT s.account_id::text AS account_id, s.level, s.utilization, s.equity, s.use
        c.id AS close_request_id,
        greatest(0, extract(epoch FROM pg_catalog.clock_timestamp() - c.created_at))::float8
            AS close_request_age
-FROM riskd.account_state AS s
+FROM worst AS s
 LEFT JOIN riskd.account_limits AS l ON l.account_id = s.account_id
 LEFT JOIN riskd.close_requests AS c ON c.account_id = s.account_id AND c.status = 'pending'
-WHERE s.level <> 'ok'
 ORDER BY s.level = 'critical' DESC, s.utilization DESC NULLS FIRST, s.account_id
-LIMIT %(limit)s
 
 -- name: ok_ranking
 -- The accounts at ok nearest their warning threshold, and how many accounts riskd keeps a
