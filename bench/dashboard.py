@@ -152,6 +152,11 @@ def main() -> None:
             account = conn.execute(
                 "SELECT account_id FROM riskd.account_state WHERE level = 'critical' LIMIT 1"
             ).fetchone()
+            levels = dict(
+                conn.execute(  # type: ignore[arg-type]
+                    "SELECT level, count(*) FROM riskd.account_state GROUP BY level"
+                ).fetchall()
+            )
         url, server, thread = serve(db.settings)
         state = server.config.app.state  # type: ignore[attr-defined]
 
@@ -187,7 +192,8 @@ def main() -> None:
     print(
         f"dashboard, {datetime.date.today()}, PostgreSQL {db.version}, CPU-bound (fsync off), "
         f"{machine()}, {args.accounts} accounts / {args.positions} positions, "
-        f"{time.monotonic() - began:.0f} s"
+        f"{time.monotonic() - began:.0f} s; accounts after the first checks: "
+        + ", ".join(f"{levels.get(level, 0):,} {level}" for level in ("ok", "warning", "critical"))
     )
     print()
     print("| page | median ms | p90 ms | max ms |")
