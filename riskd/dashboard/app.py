@@ -76,6 +76,8 @@ def _environment() -> jinja2.Environment:
         "ago": present.ago,
         "lasted": present.lasted,
         "points": present.points,
+        "rate": present.rate,
+        "alert_text": present.alert_text,
         "trouble_action": present.trouble_action,
         "signed": present.signed,
     }
@@ -157,7 +159,7 @@ def create_app(options: Options) -> Starlette:
             data = await reads.account(conn, options.settings, account_id)
         if data is None:
             return page("missing.html", 404, account_id=account_id)
-        return page("account.html", a=data, account_id=account_id)
+        return page("account.html", a=data, account_id=account_id, settings=options.settings)
 
     async def stream(request: Request) -> Response:
         # where the browser is: the last message it had (EventSource says so when it
@@ -185,6 +187,8 @@ def create_app(options: Options) -> Starlette:
             while not subscription.cut:
                 item = await subscription.next(KEEPALIVE)
                 if item is None:
+                    if subscription.cut:  # too far behind, or the server stops
+                        break
                     yield ": keep-alive\n\n"
                     continue
                 message, cursor = item

@@ -38,9 +38,12 @@ class Feed:
         self.cursor: Cursor | None = None
         self.subscribers: set[Subscription] = set()
         self.listening = False
+        self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
         """Until cancelled: LISTEN, then read on every hint and every POLL seconds."""
+        self._loop = asyncio.get_running_loop()
         while True:
             try:
                 async with await self.connect() as conn:
@@ -79,9 +82,24 @@ class Feed:
                 subscription.cut = True
                 self.subscribers.discard(subscription)
 
+    def close(self) -> None:
+        """The server is stopping: every stream ends now (an event stream never ends by
+        itself, and the server waits for every response before it stops)."""
+        self.closed = True
+        for subscription in list(self.subscribers):
+            subscription.end()
+        self.subscribers.clear()
+
+    def close_threadsafe(self) -> None:
+        """close(), from a signal handler or another thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.close)
+
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscription]:
         subscription = Subscription(asyncio.Queue(QUEUE))
+        if self.closed:
+            subscription.end()
         self.subscribers.add(subscription)
         try:
             yield subscription
@@ -94,11 +112,20 @@ class Subscription:
     """One browser's stream: what the feed published for it, and whether it fell too far
     behind (then its stream ends and the browser comes back with its cursor)."""
 
-    queue: asyncio.Queue[Message]
+    queue: asyncio.Queue[Message | None]
     cut: bool = False
 
+    def end(self) -> None:
+        """End this stream: cut, and woken if it waits."""
+        self.cut = True
+        with contextlib.suppress(asyncio.QueueFull):  # full: it wakes on what it holds
+            self.queue.put_nowait(None)
+
     async def next(self, timeout: float) -> Message | None:
-        """The next message, or None after ``timeout`` seconds (time for a keep-alive)."""
+        """The next message, or None after ``timeout`` seconds (time for a keep-alive) or
+        when the stream ends (``cut``)."""
+        if self.cut:
+            return None
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:

@@ -60,6 +60,23 @@ def points(ratio: Decimal | float | None) -> str:
     return f"over by {text}" if distance < 0 else text
 
 
+def rate(value: object) -> str:
+    """A margin rate as a percentage (``5.00 %``); anything that is not a finite number (data
+    riskd could not trust, kept in the evidence as it was read) as it is."""
+    if value is None:
+        return "-"
+    try:
+        number = Decimal(str(value))
+    except ArithmeticError:
+        return str(value)
+    return numbers.percent(number) if number.is_finite() else str(value)
+
+
+def alert_text(alert: Mapping[str, Any]) -> str:
+    """An alert in words, as ``riskd events --alerts`` says it."""
+    return describe(alert["kind"], alert["detail"] or {})
+
+
 def lasted(seconds: float | None) -> str:
     """How long something has lasted: ``3 s``, ``2 min``."""
     return "-" if seconds is None else numbers.duration(seconds)

@@ -13,6 +13,7 @@ import uvicorn
 
 from riskd.config import Settings
 from riskd.dashboard.app import Options, create_app
+from riskd.dashboard.serve import Server
 
 PREFERRED_PORT = 8080
 READY_TIMEOUT = 20.0
@@ -38,7 +39,7 @@ class Board:
             create_app(Options(settings)), host="127.0.0.1", port=self.port,
             log_level="warning", access_log=False, timeout_graceful_shutdown=1,
         )  # fmt: skip
-        self.server = uvicorn.Server(config)
+        self.server = Server(config)
         self.thread = threading.Thread(target=self.server.run, name="dashboard", daemon=True)
 
     def start(self) -> Board:
@@ -55,5 +56,5 @@ class Board:
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.server.stop()
         self.thread.join(5)

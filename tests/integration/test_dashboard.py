@@ -23,6 +23,7 @@ from riskd import migrate, rails
 from riskd.cli import main
 from riskd.config import Settings
 from riskd.dashboard.app import Options, create_app
+from riskd.dashboard.serve import Server
 
 PASSWORD = "correct horse battery staple"
 
@@ -30,7 +31,7 @@ PASSWORD = "correct horse battery staple"
 @dataclass
 class Dashboard:
     url: str
-    server: uvicorn.Server
+    server: Server
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(self.url + path, timeout=10, **kwargs)
@@ -51,9 +52,9 @@ def serve(db: Db) -> Iterator[Serve]:
         port = free_port()
         app = create_app(Options(settings or db.settings, **options))
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
+            app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10
         )
-        server = uvicorn.Server(config)
+        server = Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         running.append((server, thread))
@@ -71,7 +72,7 @@ def serve(db: Db) -> Iterator[Serve]:
 
     yield start
     for server, thread in running:
-        server.should_exit = True
+        server.stop()
         thread.join(10)
 
 
@@ -97,6 +98,20 @@ class Stream:
                     self.hello = fields["id"]
                 elif "data" in fields:
                     return {**fields, "data": json.loads(fields["data"])}
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+        raise AssertionError("the stream ended")
+
+    def next_hello(self) -> str:
+        """Read up to the stream's hello (its cursor as it starts)."""
+        fields: dict[str, str] = {}
+        for line in self.lines:
+            if line == "":
+                if fields.get("event") == "hello":
+                    self.hello = fields["id"]
+                    return self.hello
                 fields = {}
             elif not line.startswith(":"):
                 name, _, value = line.partition(": ")
@@ -353,3 +368,28 @@ def test_pages_asking_together_share_one_read_of_the_overview(db: Db, serve: Ser
     assert shared.reads - before == 1
     wait_until(lambda: dashboard.get("/api/overview") and shared.reads - before == 2, 10,
                "a read once the shared one is older than its time")  # fmt: skip
+
+
+def test_stopping_ends_the_open_streams_at_once(serve: Serve) -> None:
+    """An event stream never ends by itself: stopping the server ends them first, so that it
+    stops gracefully, well before uvicorn would cancel them (10 s here) with a traceback."""
+    dashboard = serve()
+    stream = Stream(dashboard)
+    try:
+        stream.next_hello()
+        started = time.monotonic()
+        dashboard.server.stop()
+        with pytest.raises(AssertionError, match="the stream ended"):
+            stream.next()
+        wait_until(lambda: dashboard_down(dashboard), 5, "the server to stop")
+        assert time.monotonic() - started < 5
+    finally:
+        stream.close()
+
+
+def dashboard_down(dashboard: Dashboard) -> bool:
+    try:
+        dashboard.get("/healthz")
+    except httpx.HTTPError:
+        return True
+    return False

@@ -21,6 +21,7 @@ from test_metrics import free_port
 from test_rails import book, check, checker, rails_settings
 
 from riskd.dashboard.app import Options, create_app
+from riskd.dashboard.serve import Server as DashboardServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # what these machines need of a headless Chromium (no sandbox as root, no network of its own)
@@ -53,7 +54,7 @@ class Server:
         self.options = options
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server: uvicorn.Server | None = None
+        self.server: DashboardServer | None = None
         self.thread: threading.Thread | None = None
 
     def start(self) -> Server:
@@ -61,7 +62,7 @@ class Server:
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=1
         )
-        self.server = uvicorn.Server(config)
+        self.server = DashboardServer(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         dashboard = Dashboard(self.url, self.server)
@@ -70,7 +71,7 @@ class Server:
 
     def stop(self) -> None:
         if self.server is not None and self.thread is not None:
-            self.server.should_exit = True
+            self.server.stop()
             self.thread.join(15)
             assert not self.thread.is_alive(), "the dashboard did not stop"
 

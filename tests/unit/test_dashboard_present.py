@@ -21,6 +21,7 @@ from riskd.dashboard.present import (
     money_as,
     pct,
     points,
+    rate,
     signed,
     sse,
     trouble_action,
@@ -144,3 +145,9 @@ def test_a_slow_shared_read_is_kept_longer_so_that_it_takes_its_share_at_most() 
     quick, slow, reads = asyncio.run(scenario())
     assert quick == 30.0  # a quick read: kept for the floor
     assert slow >= 0.8 / 0.02 and reads == 1  # 0.8 s of reading: kept 40 s at least
+
+
+def test_a_margin_rate_reads_as_a_percentage_unless_it_is_no_number() -> None:
+    assert rate(Decimal("0.05")) == "5.00 %"
+    assert rate("NaN") == "NaN" and rate("Infinity") == "Infinity"  # bad data, as it was read
+    assert rate(None) == "-"
