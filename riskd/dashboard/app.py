@@ -45,7 +45,8 @@ from riskd.sqlfiles import query
 
 HERE = Path(__file__).resolve().parent
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle ones)
-REPLAY = 500  # at most, what a reconnecting browser is sent of what it missed
+REPLAY = 500  # what a reconnecting browser is sent of what it missed, a batch at a time
+REPLAY_BATCHES = 20  # at most: one further behind goes on from there (the page shows the rest)
 REFRESH = 5  # seconds between the page's refreshes of its figures
 SHARED_FOR = 2.0  # seconds one read of the overview serves every page
 RANK_EVERY = 30.0  # seconds, at least, between two rankings of every account at ok
@@ -143,6 +144,8 @@ def create_app(options: Options) -> Starlette:
             data = await overview_data()
         except psycopg.errors.UndefinedTable:
             return page("missing_riskd.html", 503)
+        except psycopg.OperationalError as exc:  # the database is down, or the pool waits
+            return page("unavailable.html", 503, why=reason(exc))
         name = "figures.html" if request.query_params.get("partial") else "overview.html"
         return page(name, o=data, refresh=REFRESH, settings=options.settings)
 
@@ -151,12 +154,19 @@ def create_app(options: Options) -> Starlette:
             data = await overview_data()
         except psycopg.errors.UndefinedTable:
             return JSONResponse({"error": NOT_INSTALLED}, status_code=503)
+        except psycopg.OperationalError as exc:
+            return JSONResponse({"error": reason(exc)}, status_code=503)
         return Response(present.dumps(data), media_type="application/json")
 
     async def account(request: Request) -> Response:
         account_id = request.path_params["account_id"]
-        async with pool.connection() as conn:
-            data = await reads.account(conn, options.settings, account_id)
+        try:
+            async with pool.connection() as conn:
+                data = await reads.account(conn, options.settings, account_id)
+        except psycopg.errors.UndefinedTable:
+            return page("missing_riskd.html", 503)
+        except psycopg.OperationalError as exc:
+            return page("unavailable.html", 503, why=reason(exc))
         if data is None:
             return page("missing.html", 404, account_id=account_id)
         return page("account.html", a=data, account_id=account_id, settings=options.settings)
@@ -175,13 +185,21 @@ def create_app(options: Options) -> Starlette:
     async def _events(last: present.Cursor | None) -> AsyncIterator[str]:
         async with feed.subscribe() as subscription:
             async with pool.connection() as conn:
-                if last is None:
-                    seen = feed.cursor or await reads.cursors(conn)
-                else:  # what the browser missed, from the tables
-                    seen = last
-                    for message, cursor in await reads.feed_rows(conn, last, REPLAY):
+                now = await reads.cursors(conn)
+            if last is None or not now.covers_cursor(last):
+                # a new page, or a cursor from another database (a tab left open across
+                # demos): from now on
+                seen = now
+            else:  # what the browser missed, from the tables, a batch at a time
+                seen = last
+                for _ in range(REPLAY_BATCHES):
+                    async with pool.connection() as conn:  # not held while the browser reads
+                        missed = await reads.feed_rows(conn, seen, REPLAY)
+                    for message, cursor in missed:
                         seen = cursor
                         yield present.sse(message, cursor)
+                    if len(missed) < REPLAY:
+                        break
             # the cursor now, so that a browser that hears nothing still comes back from here
             yield f"retry: 2000\nid: {seen}\nevent: hello\ndata: {{}}\n\n"
             while not subscription.cut:
@@ -220,17 +238,30 @@ def create_app(options: Options) -> Starlette:
             )
         if not _same_origin(request):
             return PlainTextResponse("refused: the form came from another site", 403)
+        body = await _form_body(request)
+        if body is None:
+            return PlainTextResponse("refused: the form is too large", status_code=413)
         # an urlencoded form, read with the standard library (no multipart parser needed)
-        fields = urllib.parse.parse_qs((await request.body()).decode(errors="replace"))
+        fields = urllib.parse.parse_qs(body.decode(errors="replace"))
         form = {key: values[0] for key, values in fields.items()}
         given = form.get("password", "")
         if not hmac.compare_digest(given.encode(), options.password.encode()):
             return PlainTextResponse("refused: wrong password", status_code=403)
-        who = str(form.get("by", "")).strip()[:100] or "someone"
-        why = str(form.get("reason", "")).strip()[:500] or None
+        who = str(form.get("by", "")).strip()[:100]
+        why = str(form.get("reason", "")).strip()[:500]
+        if not who or not why:
+            return PlainTextResponse(
+                f"refused: say who you are and why you {name} (both are recorded)", 400
+            )
         async with pool.connection() as conn:
-            await conn.execute(query(name), {"by": f"{who} (dashboard)", "reason": why})
+            cur = await conn.execute(query(name), {"by": f"{who} (dashboard)", "reason": why})
+            row = await cur.fetchone()
         cache.forget()  # the page it redirects to shows the switch as it is now
+        if not (row and row[0]):  # another page, or riskd pause, did it first
+            already = "paused" if name == "pause" else "running (not paused)"
+            return PlainTextResponse(
+                f"nothing changed: auto-close was already {already}; reload the page", 409
+            )
         return RedirectResponse("/", status_code=303)
 
     routes = [
@@ -267,24 +298,48 @@ class Shared(Generic[T]):
         self.kept_for = ttl  # how long the value in hand is kept
         self._value: T | None = None
         self._at = 0.0
+        self._generation = 0
         self._lock = asyncio.Lock()
 
     def forget(self) -> None:
+        """What is in hand, or being read now, is out of date: the next get() reads again."""
         self._value = None
+        self._generation += 1
 
     async def get(self) -> T:
         async with self._lock:
-            now = time.monotonic()
-            if self._value is None or now - self._at >= self.kept_for:
-                self._value = await self.read()
-                self._at = time.monotonic()
+            while self._value is None or time.monotonic() - self._at >= self.kept_for:
+                generation, now = self._generation, time.monotonic()
+                value = await self.read()
+                self.reads += 1
+                if generation != self._generation:
+                    continue  # forgotten while it was read: read again
+                self._value, self._at = value, time.monotonic()
                 took = self._at - now
                 self.kept_for = max(self.ttl, took / self.share) if self.share else self.ttl
-                self.reads += 1
             return self._value
 
 
 def _same_origin(request: Request) -> bool:
-    """A form posted from this page, not from another site (the browser says Origin)."""
+    """A form posted from this page, not from another site (the browser says Origin). Behind
+    a reverse proxy the page's host is the one the proxy forwards (``X-Forwarded-Host``, or
+    ``Host`` when the proxy passes the browser's on)."""
     origin = request.headers.get("origin")
-    return origin is None or origin.split("://", 1)[-1] == request.headers.get("host", "")
+    if origin is None:
+        return True
+    here = {request.headers.get("host", "")}
+    here |= {h.strip() for h in request.headers.get("x-forwarded-host", "").split(",")}
+    return origin.split("://", 1)[-1] in here - {""}
+
+
+FORM_LIMIT = 16 * 1024  # bytes: a name, a reason, a password
+
+
+async def _form_body(request: Request) -> bytes | None:
+    """The posted form, or None when it is larger than any form of this page."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            return None
+    return body

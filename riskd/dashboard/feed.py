@@ -60,6 +60,8 @@ class Feed:
                         await self._read(conn)
             except (psycopg.Error, OSError) as exc:
                 log.warning("dashboard.feed_lost", extra={"reason": reason(exc)})
+            except Exception:  # a bug must not end the feed for good: log it, start again
+                log.exception("dashboard.feed_failed")
             finally:
                 self.listening = False
             await asyncio.sleep(RECONNECT)

@@ -85,13 +85,14 @@ def lasted(seconds: float | None) -> str:
 def trouble_action(account: Mapping[str, Any], paused: bool) -> str:
     """What riskd did, or will do, about an account over a threshold, in words: the close
     request it opened, or why there is none."""
-    if account["level"] != "critical":
-        return f"auto-close at {pct(account['auto_close_threshold'])}"
-    if account["close_request_id"] is not None:
+    if account["level"] == "critical" and account["close_request_id"] is not None:
         waiting = lasted(account["close_request_age"])
         return f"close request {account['close_request_id']} sent, waiting {waiting}"
     if account["auto_close"] == "off":
         return "auto-close is off for it: events only"
+    if account["level"] != "critical":
+        held = " (held while paused)" if paused else ""
+        return f"auto-close at {pct(account['auto_close_threshold'])}{held}"
     if paused:
         return "close held: auto-close is paused"
     if account["auto_close"] == "flatten":
@@ -140,6 +141,10 @@ class Cursor:
         if kind == "event":
             return Cursor(max(self.event_id, row_id), self.alert_id)
         return Cursor(self.event_id, max(self.alert_id, row_id))
+
+    def covers_cursor(self, other: Cursor) -> bool:
+        """Whether ``other`` is at or before this cursor (a browser's, against the tables')."""
+        return other.event_id <= self.event_id and other.alert_id <= self.alert_id
 
     def covers(self, kind: str, row_id: int) -> bool:
         """Whether the browser at this cursor has that row already."""

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 
-from riskd import migrate, numbers, rails, status
+from riskd import capture, migrate, numbers, rails, status
 from riskd.config import Settings
 from riskd.dashboard.present import Cursor, alert_message, event_message, level_changes
 from riskd.levels import LEVELS
@@ -103,10 +104,11 @@ async def overview(
             if await _readable(conn, "reads_controls")
             else None
         )
+        capture_problems = await capture.aproblems(conn, settings.schema)
         (cursors,) = await _rows(conn, _q("feed_cursors"))
         start = Cursor(max(0, cursors["event_id"] - LISTED), max(0, cursors["alert_id"] - LISTED))
         feed = await feed_rows(conn, start, LISTED)
-    health = _health(summary, instances, switch, deliveries)
+    health = _health(summary, instances, switch, deliveries, capture_problems, settings)
     over = {level: int(summary["in_trouble"].get(level, 0)) for level in LEVELS if level != "ok"}
     # the accounts at ok: those riskd keeps a level for (counted with the ranking, seldom)
     # less those over a threshold now
@@ -141,9 +143,13 @@ def _health(
     instances: list[dict[str, Any]],
     switch: dict[str, Any] | None,
     deliveries: dict[str, Any] | None,
+    capture_problems: list[str],
+    settings: Settings,
 ) -> dict[str, Any]:
     """riskd's health judged by the rules of ``riskd status`` (riskd.status.assess), from what
-    the overview read: its verdict, its problems (one line each) and its summary line."""
+    the overview read: its verdict, its problems (one line each) and its summary line; and
+    one more of the page's own: the thresholds it shows are its configuration's, so a live
+    instance running others makes them wrong."""
     st = status.Status(
         database="",
         head=migrate.head(),
@@ -153,6 +159,7 @@ def _health(
         queue_usage=float(summary["queue_usage"] or 0),
         switch=rails.Switch(**switch) if switch else None,
         pending_close_requests=int(summary["pending_close_requests"]),
+        capture_problems=capture_problems,
         **(
             {
                 "pending_deliveries": int(deliveries["pending_deliveries"]),
@@ -163,8 +170,8 @@ def _health(
         ),
     )
     limits = status.Limits()
-    problems = status.assess(st, limits)
     live = st.live(limits)
+    problems = status.assess(st, limits) + _settings_problems(live, settings)
     paused = " ".join(st.switch.line().split()) if st.switch and st.switch.paused else None
     return {
         "healthy": not problems,
@@ -175,6 +182,39 @@ def _health(
         "heartbeat_age": min((i.heartbeat_age for i in live), default=None),
         "lag": max((i.lag or 0.0 for i in live), default=0.0),
     }
+
+
+# what the page computes with its own [risk] settings: the thresholds, the mode, the ranking
+SHOWN_SETTINGS = ("warning_threshold", "auto_close_threshold", "auto_close")
+
+
+def _settings_problems(live: list[status.Instance], settings: Settings) -> list[str]:
+    """One line when a live instance runs risk settings other than the dashboard's own (the
+    page's thresholds, modes and ranking are then not riskd's)."""
+    mine = {key: str(getattr(settings.risk, key)) for key in SHOWN_SETTINGS}
+    differing = sorted(
+        {
+            f"[risk] {key} {theirs[key]} on {i.instance}, {mine[key]} here"
+            for i in live
+            if (theirs := i.risk)
+            for key in SHOWN_SETTINGS
+            if key in theirs and _differs(theirs[key], mine[key])
+        }
+    )
+    if not differing:
+        return []
+    return [
+        "this dashboard's risk settings are not the daemon's: "
+        + "; ".join(differing)
+        + " (start it with the daemon's configuration: the thresholds shown are wrong)"
+    ]
+
+
+def _differs(theirs: str, mine: str) -> bool:
+    try:
+        return Decimal(theirs) != Decimal(mine)
+    except ArithmeticError:
+        return theirs != mine
 
 
 STALE_AFTER = status.STALE_AFTER  # seconds without a heartbeat: the instance is not working
@@ -237,7 +277,7 @@ async def account(
             events = await _rows(conn, _q("account_events"), listed)
             requests = await _rows(conn, _q("account_close_requests"), listed)
             alerts = await _rows(conn, _q("account_alerts"), listed)
-    except psycopg.errors.InvalidTextRepresentation:
+    except (psycopg.errors.InvalidTextRepresentation, psycopg.errors.NumericValueOutOfRange):
         return None  # not an id of this installation's type: no such account
     latest = next((e for e in events if isinstance(e["detail"], dict)), None)
     return {

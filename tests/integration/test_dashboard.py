@@ -185,6 +185,26 @@ def test_the_page_says_riskd_is_healthy_when_it_is(db: Db, serve: Serve) -> None
     assert problem.startswith("instance host-2:7: lag 1 min 35 s") or "host-2:7" in problem
 
 
+def test_the_page_says_when_its_thresholds_are_not_the_daemons(db: Db, serve: Serve) -> None:
+    heartbeat(db, lag=0.1, risk={"warning_threshold": "0.80", "auto_close_threshold": "0.9"})
+    assert serve().get("/api/overview").json()["health"]["healthy"] is True  # 0.80 is 0.8
+    db.conn.execute("DELETE FROM riskd.daemons")
+    heartbeat(db, lag=0.1, risk={"warning_threshold": "0.7", "auto_close": "off"})
+    doc = serve().get("/api/overview").json()
+    (problem,) = doc["health"]["problems"]
+    assert problem.startswith("this dashboard's risk settings are not the daemon's: ")
+    assert "[risk] auto_close off on host-1:42, request here" in problem
+    assert "[risk] warning_threshold 0.7 on host-1:42, 0.80 here" in problem
+
+
+def test_a_capture_trigger_switched_off_makes_riskd_need_attention(db: Db, serve: Serve) -> None:
+    heartbeat(db, lag=0.1)
+    db.conn.execute("ALTER TABLE positions DISABLE TRIGGER USER")
+    html = serve().get("/").text
+    verdict = html[html.index('id="health"') : html.index("Accounts in trouble")]
+    assert "riskd needs attention" in verdict and "disabled" in verdict and "positions" in verdict
+
+
 def test_the_ranking_over_every_account_is_made_seldom_and_its_figures_kept_current(
     db: Db, serve: Serve
 ) -> None:
@@ -208,8 +228,12 @@ def test_the_ranking_over_every_account_is_made_seldom_and_its_figures_kept_curr
     assert ranking.reads == 1 and ranking.kept_for >= 30.0
 
 
-def heartbeat(db: Db, lag: float, instance: str = "host-1:42") -> None:
+def heartbeat(
+    db: Db, lag: float, instance: str = "host-1:42", risk: dict[str, str] | None = None
+) -> None:
     stats = {"schema_revision": migrate.head(), "state": "running", "lag": lag, "checks": 10}
+    if risk is not None:
+        stats["risk"] = risk
     db.conn.execute(
         "INSERT INTO riskd.daemons (instance, host, pid, version, started_at, stats)"
         " VALUES (%s, 'host', 42, '0.2.0', now() - interval '60 s', %s)",
@@ -321,8 +345,17 @@ def test_pause_and_resume_only_when_allowed_and_with_the_password(db: Db, serve:
         "/actions/pause", data=form, headers={"origin": "https://evil.example"}
     )
     assert other_site.status_code == 403
-    done = acting.post("/actions/pause", data=form)
+    unsaid = acting.post("/actions/pause", data=form | {"reason": " "})
+    assert unsaid.status_code == 400 and "why" in unsaid.text  # who and why are recorded
+    assert db.scalar("SELECT paused FROM riskd.controls") is False
+    # behind a reverse proxy: the browser's origin is the host the proxy forwards
+    proxied = {
+        "origin": "https://risk.example", "host": "127.0.0.1", "x-forwarded-host": "risk.example"
+    }  # fmt: skip
+    done = acting.post("/actions/pause", data=form, headers=proxied)
     assert done.status_code == 303 and done.headers["location"] == "/"
+    twice = acting.post("/actions/pause", data=form)  # a page from before the pause
+    assert twice.status_code == 409 and "already paused" in twice.text
     paused_by, reason = db.conn.execute(
         "SELECT paused_by, reason FROM riskd.controls"
     ).fetchone() or (None, None)
@@ -368,6 +401,18 @@ def test_pages_asking_together_share_one_read_of_the_overview(db: Db, serve: Ser
     assert shared.reads - before == 1
     wait_until(lambda: dashboard.get("/api/overview") and shared.reads - before == 2, 10,
                "a read once the shared one is older than its time")  # fmt: skip
+
+
+def test_a_cursor_from_another_database_goes_on_from_now(db: Db, serve: Serve) -> None:
+    """A tab left open across two demos comes back with a cursor this database never had:
+    it is given what happens from now on, not nothing."""
+    stream = Stream(serve(), last_event_id="999999-999999")
+    try:
+        assert stream.next_hello() == "0-0"
+        breach(db, [95])
+        assert stream.next()["data"]["account_id"] == "a0"
+    finally:
+        stream.close()
 
 
 def test_stopping_ends_the_open_streams_at_once(serve: Serve) -> None:

@@ -20,6 +20,7 @@ from test_dashboard import PASSWORD, Dashboard
 from test_metrics import free_port
 from test_rails import book, check, checker, rails_settings
 
+from riskd import rails
 from riskd.dashboard.app import Options, create_app
 from riskd.dashboard.serve import Server as DashboardServer
 
@@ -126,10 +127,13 @@ def test_the_stream_comes_back_after_the_server_restarts(db: Db, site: Server, p
     expect(page.locator("#stream-state")).to_have_text("live", timeout=5000)
     site.stop()
     expect(page.locator("#stream-state")).to_have_text("reconnecting…", timeout=5000)
+    # the figures cannot be refreshed: the page says they are old (within one refresh)
+    expect(page.locator("#stale")).to_contain_text("Not refreshed since", timeout=8000)
     breach(db, [95])  # made while the server was down: the browser gets it on its return
     site.start()
     expect(page.locator("#stream-state")).to_have_text("live", timeout=10000)
     expect(page.locator("ol#feed li.event").first).to_contain_text("a0", timeout=5000)
+    expect(page.locator("#stale")).to_have_count(0, timeout=8000)
 
 
 def test_pause_with_the_password_works_and_without_it_is_refused(
@@ -150,6 +154,9 @@ def test_pause_with_the_password_works_and_without_it_is_refused(
     expect(page.get_by_role("alert")).to_contain_text("PAUSED by alice (dashboard): bad tick")
     assert db.scalar("SELECT paused FROM riskd.controls") is True
     expect(page.get_by_role("button", name="Resume auto-close")).to_be_visible()
+    # resumed elsewhere (riskd resume): the form follows at the next refresh
+    rails.resume(db.settings, "checked")
+    expect(page.get_by_role("button", name="Pause every auto-close")).to_be_visible(timeout=8000)
 
 
 def test_on_a_phone_the_page_fits_its_width(db: Db, site: Server, browser: Browser) -> None:

@@ -110,6 +110,8 @@ TROUBLE = {
     ("changes", "paused", "said"),
     [
         ({"level": "warning"}, False, "auto-close at 90.00 %"),
+        ({"level": "warning"}, True, "auto-close at 90.00 % (held while paused)"),
+        ({"level": "warning", "auto_close": "off"}, False, "auto-close is off for it: events only"),
         ({"close_request_id": 7, "close_request_age": 125.0}, True,
          "close request 7 sent, waiting 2 min"),
         ({"auto_close": "off"}, True, "auto-close is off for it: events only"),
@@ -151,3 +153,29 @@ def test_a_margin_rate_reads_as_a_percentage_unless_it_is_no_number() -> None:
     assert rate(Decimal("0.05")) == "5.00 %"
     assert rate("NaN") == "NaN" and rate("Infinity") == "Infinity"  # bad data, as it was read
     assert rate(None) == "-"
+
+
+def test_what_is_forgotten_while_it_is_read_is_read_again() -> None:
+    """An action forgets the overview while a page's read of it is in flight: that read's
+    value (from before the action) is not kept, and the next page sees the new state."""
+    state = {"paused": False}
+    reading = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def read() -> bool:
+        seen = state["paused"]
+        reading.set()
+        await go_on.wait()
+        return seen
+
+    async def scenario() -> tuple[bool, int]:
+        shared = Shared(read, ttl=30.0)
+        first = asyncio.create_task(shared.get())
+        await reading.wait()
+        state["paused"] = True  # the action, while the read is in flight
+        shared.forget()
+        go_on.set()
+        return await first, shared.reads
+
+    value, reads = asyncio.run(scenario())
+    assert value is True and reads == 2

@@ -46,24 +46,66 @@ function item(m) {
   return li;
 }
 
-if (feed) {
+function listen(cursor) {
   // from where the page was rendered; on a reconnect the browser says its last id itself
-  const stream = new EventSource(`/events/stream?after=${encodeURIComponent(feed.dataset.cursor)}`);
+  const stream = new EventSource(`/events/stream?after=${encodeURIComponent(cursor)}`);
+  let last = cursor;
   const add = (e) => {
+    last = e.lastEventId || last;
     feed.prepend(item(JSON.parse(e.data)));
     while (feed.children.length > 200) feed.lastElementChild.remove();
   };
   stream.addEventListener("event", add);
   stream.addEventListener("alert", add);
+  stream.addEventListener("hello", (e) => { last = e.lastEventId || last; });
   stream.onopen = () => { state.textContent = "live"; };
-  stream.onerror = () => { state.textContent = "reconnecting…"; };
+  stream.onerror = () => {
+    state.textContent = "reconnecting…";
+    // a proxy's error page ends an EventSource for good: start another from where it was
+    if (stream.readyState === EventSource.CLOSED) setTimeout(() => listen(last), 2000);
+  };
 }
+
+if (feed) listen(feed.dataset.cursor);
+
+function stale(since) {
+  let note = document.getElementById("stale");
+  if (!note) {
+    note = text("div", "stale", "");
+    note.id = "stale";
+    note.setAttribute("role", "alert");
+    figures.prepend(note);
+  }
+  note.textContent = `Not refreshed since ${since}: the dashboard or its database does not ` +
+    "answer. The figures below are old; riskd itself may be fine (riskd status).";
+}
+
+let failingSince = null;
 
 async function refresh() {
   try {
     const response = await fetch("/?partial=1", { cache: "no-store" });
-    if (response.ok) figures.innerHTML = await response.text();
-  } catch (e) { /* the next refresh tries again */ }
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    figures.innerHTML = await response.text();
+    failingSince = null;
+    follow();
+  } catch (e) {
+    failingSince = failingSince || new Date().toLocaleTimeString();
+    stale(failingSince);  // the next refresh tries again
+  }
+}
+
+function follow() {
+  // the kill switch's form says what it would do now (it sits outside the refreshed part,
+  // so that what is being typed in it stays)
+  const form = document.getElementById("switch");
+  const health = document.getElementById("health");
+  if (!form || !health) return;
+  const paused = health.dataset.paused === "yes";
+  const button = form.querySelector("button");
+  form.action = paused ? "/actions/resume" : "/actions/pause";
+  button.className = paused ? "resume" : "pause";
+  button.textContent = paused ? "Resume auto-close" : "Pause every auto-close";
 }
 
 if (figures) setInterval(refresh, 1000 * Number(figures.dataset.refresh || 5));
