@@ -40,6 +40,7 @@ from check_cost import check_params, record_all
 from common import machine, seeded_database
 
 from riskd.dashboard.app import Options, create_app
+from riskd.dashboard.serve import Server
 from riskd.sqlfiles import query
 
 SERVER = {
@@ -55,7 +56,7 @@ ORDER BY total_exec_time DESC
 REFRESH = 5.0  # what the page does (riskd/dashboard/app.py REFRESH)
 
 
-def serve(settings: Any) -> tuple[str, uvicorn.Server, threading.Thread]:
+def serve(settings: Any) -> tuple[str, Server, threading.Thread]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -63,7 +64,7 @@ def serve(settings: Any) -> tuple[str, uvicorn.Server, threading.Thread]:
         create_app(Options(settings)), host="127.0.0.1", port=port, log_level="warning",
         timeout_graceful_shutdown=1,
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = Server(config)  # riskd's: it ends the open streams when it stops
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -183,7 +184,7 @@ def main() -> None:
             conn.execute("SELECT pg_stat_statements_reset()")
             seen = open_page(url, args.window, db.dsn, args.accounts)
             rows = conn.execute(STATEMENTS).fetchall()
-        server.should_exit = True
+        server.stop()
         thread.join(10)
     theirs = ("check_accounts", "UPDATE trading_accounts", "pg_stat_statements")
     board = [r for r in rows if not any(t in r[0] for t in theirs)]
