@@ -289,9 +289,14 @@ def test_the_account_page_has_figures_positions_evidence_and_requests(db: Db, se
 
 
 def test_paused_says_so_across_the_top(db: Db, serve: Serve) -> None:
+    heartbeat(db, lag=0.1)
     rails.pause(db.settings, "feed incident")
     html = serve().get("/").text
     assert '<div class="paused" role="alert">' in html
+    # not "healthy" under a red banner: running, and what the pause means
+    verdict = html[html.index('id="health"') : html.index("Accounts in trouble")]
+    assert "riskd is running, but closes nothing while paused." in verdict
+    assert "riskd is healthy" not in html
     assert "feed incident" in html and "no account is closed until someone resumes" in html
     assert "riskd resume" in html
     assert html.index("PAUSED") < html.index("Accounts in trouble")
