@@ -174,7 +174,7 @@ ORDER BY e.id DESC
 LIMIT %(limit)s
 
 -- name: account_close_requests
--- The account page: its close requests, newest first.
+-- The account page: its close requests, newest first (the index on (account_id, id)).
 SELECT c.id, c.status, c.utilization, c.created_at, c.completed_at, c.detail
 FROM riskd.close_requests AS c
 WHERE c.account_id = (pg_catalog.jsonb_populate_record(

@@ -46,6 +46,8 @@ CREATE UNIQUE INDEX close_requests_one_pending ON riskd.close_requests (account_
     WHERE status = 'pending';
 -- The circuit breaker counts the closes of the last minute, across instances (sql/act.sql).
 CREATE INDEX close_requests_created_idx ON riskd.close_requests (created_at);
+-- An account's requests, newest first (the dashboard's account page).
+CREATE INDEX close_requests_account_idx ON riskd.close_requests (account_id, id);
 
 CREATE TABLE riskd.account_limits (
     account_id           {account_id_type} PRIMARY KEY,

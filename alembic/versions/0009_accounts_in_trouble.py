@@ -2,7 +2,8 @@
 
 Issue 15: the dashboard lists and counts the accounts at warning or critical at every refresh
 without reading every account, and without costing the check a HOT update (the index's key and
-predicate change only with the level).
+predicate change only with the level). And an index on the close requests by account, for an
+account's page.
 
 Frozen with its release: alembic/versions/0009/ holds the SQL, never to be edited once released
 (FROZEN_SHA256 is checked by tests/unit/test_revisions.py).
@@ -19,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 RELEASE = "0.2.0"
-FROZEN_SHA256 = "ffee5b84d10a690889df564375d0e7dee0274c3f9d8eee5ea1cf3dbeb9b0249e"
+FROZEN_SHA256 = "d824bc6573336d5a98820d3bcf0ea30dbb4c8651ec4d75daa686f8b9446ad628"
 
 
 def upgrade() -> None:
