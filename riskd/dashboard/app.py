@@ -45,8 +45,9 @@ from riskd.sqlfiles import query
 
 HERE = Path(__file__).resolve().parent
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies close idle ones)
+WAIT = 5.0  # seconds a page waits for a database connection before it says it has none
 REPLAY = 500  # what a reconnecting browser is sent of what it missed, a batch at a time
-REPLAY_BATCHES = 20  # at most: one further behind goes on from there (the page shows the rest)
+REPLAY_BATCHES = 20  # at most: one further behind goes on from there (its figures are current)
 REFRESH = 5  # seconds between the page's refreshes of its figures
 SHARED_FOR = 2.0  # seconds one read of the overview serves every page
 RANK_EVERY = 30.0  # seconds, at least, between two rankings of every account at ok
@@ -122,7 +123,7 @@ def create_app(options: Options) -> Starlette:
         return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
 
     async def read_ranking() -> reads.Ranking:
-        async with pool.connection() as conn:
+        async with pool.connection(timeout=WAIT) as conn:
             return await reads.ranking(conn, options.settings)
 
     # the one read over every account, seldom: at most RANK_SHARE of the time, and never
@@ -131,7 +132,7 @@ def create_app(options: Options) -> Starlette:
 
     async def read_overview() -> dict[str, Any]:
         ranked = await ranking.get()
-        async with pool.connection() as conn:
+        async with pool.connection(timeout=WAIT) as conn:
             return await reads.overview(conn, options.settings, ranked)
 
     cache = Shared(read_overview, SHARED_FOR)
@@ -161,7 +162,7 @@ def create_app(options: Options) -> Starlette:
     async def account(request: Request) -> Response:
         account_id = request.path_params["account_id"]
         try:
-            async with pool.connection() as conn:
+            async with pool.connection(timeout=WAIT) as conn:
                 data = await reads.account(conn, options.settings, account_id)
         except psycopg.errors.UndefinedTable:
             return page("missing_riskd.html", 503)
@@ -184,7 +185,7 @@ def create_app(options: Options) -> Starlette:
 
     async def _events(last: present.Cursor | None) -> AsyncIterator[str]:
         async with feed.subscribe() as subscription:
-            async with pool.connection() as conn:
+            async with pool.connection(timeout=WAIT) as conn:
                 now = await reads.cursors(conn)
             if last is None or not now.covers_cursor(last):
                 # a new page, or a cursor from another database (a tab left open across
@@ -193,7 +194,8 @@ def create_app(options: Options) -> Starlette:
             else:  # what the browser missed, from the tables, a batch at a time
                 seen = last
                 for _ in range(REPLAY_BATCHES):
-                    async with pool.connection() as conn:  # not held while the browser reads
+                    # the connection is not held while the browser reads
+                    async with pool.connection(timeout=WAIT) as conn:
                         missed = await reads.feed_rows(conn, seen, REPLAY)
                     for message, cursor in missed:
                         seen = cursor
@@ -216,7 +218,7 @@ def create_app(options: Options) -> Starlette:
 
     async def healthz(request: Request) -> Response:
         try:
-            async with pool.connection(timeout=5) as conn:
+            async with pool.connection(timeout=WAIT) as conn:
                 cur = await conn.execute(query("riskd_installed"))
                 row = await cur.fetchone()
         except (psycopg.Error, OSError, TimeoutError) as exc:
@@ -253,9 +255,12 @@ def create_app(options: Options) -> Starlette:
             return PlainTextResponse(
                 f"refused: say who you are and why you {name} (both are recorded)", 400
             )
-        async with pool.connection() as conn:
-            cur = await conn.execute(query(name), {"by": f"{who} (dashboard)", "reason": why})
-            row = await cur.fetchone()
+        try:
+            async with pool.connection(timeout=WAIT) as conn:
+                cur = await conn.execute(query(name), {"by": f"{who} (dashboard)", "reason": why})
+                row = await cur.fetchone()
+        except psycopg.OperationalError as exc:
+            return PlainTextResponse(f"not done: {reason(exc)}", status_code=503)
         cache.forget()  # the page it redirects to shows the switch as it is now
         if not (row and row[0]):  # another page, or riskd pause, did it first
             already = "paused" if name == "pause" else "running (not paused)"

@@ -85,7 +85,7 @@ def lasted(seconds: float | None) -> str:
 def trouble_action(account: Mapping[str, Any], paused: bool) -> str:
     """What riskd did, or will do, about an account over a threshold, in words: the close
     request it opened, or why there is none."""
-    if account["level"] == "critical" and account["close_request_id"] is not None:
+    if account["close_request_id"] is not None:  # a warning account too, until it is done
         waiting = lasted(account["close_request_age"])
         return f"close request {account['close_request_id']} sent, waiting {waiting}"
     if account["auto_close"] == "off":

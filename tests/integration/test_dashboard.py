@@ -3,6 +3,7 @@ port and a real PostgreSQL; the live stream read as a browser's EventSource read
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from test_rails import book, check, checker, rails_settings
 from riskd import migrate, rails
 from riskd.cli import main
 from riskd.config import Settings
+from riskd.dashboard import app as dashboard_app
 from riskd.dashboard.app import Options, create_app
 from riskd.dashboard.serve import Server
 
@@ -443,3 +445,45 @@ def dashboard_down(dashboard: Dashboard) -> bool:
     except httpx.HTTPError:
         return True
     return False
+
+
+def test_a_database_that_does_not_answer_gives_a_503_page_not_a_500(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No database behind the dashboard (down, or every connection busy): within WAIT seconds
+    each page says so, with a 503 the open page's refresh turns into its stale note."""
+    monkeypatch.setattr(dashboard_app, "WAIT", 1.0)
+    gone = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=1"
+    settings = dataclasses.replace(
+        db.settings, database=dataclasses.replace(db.settings.database, dsn=gone)
+    )
+    dashboard = serve_unready(settings)
+    try:
+        for path in ("/", "/?partial=1", "/accounts/a0"):
+            answer = dashboard.get(path)
+            assert answer.status_code == 503, path
+            assert "The dashboard cannot read the database" in answer.text
+        api = dashboard.get("/api/overview")
+        assert api.status_code == 503 and api.json()["error"]
+    finally:
+        dashboard.server.stop()
+
+
+def serve_unready(settings: Settings) -> Dashboard:
+    """The dashboard on a free port whatever its database says: up when it answers at all."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(Options(settings)), host="127.0.0.1", port=port, log_level="critical"
+    )
+    server = Server(config)
+    threading.Thread(target=server.run, daemon=True).start()
+    dashboard = Dashboard(f"http://127.0.0.1:{port}", server)
+
+    def answers() -> bool:
+        try:
+            return dashboard.get("/healthz").status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, 20, "the dashboard to answer")
+    return dashboard

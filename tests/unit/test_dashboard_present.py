@@ -111,6 +111,8 @@ TROUBLE = {
     [
         ({"level": "warning"}, False, "auto-close at 90.00 %"),
         ({"level": "warning"}, True, "auto-close at 90.00 % (held while paused)"),
+        ({"level": "warning", "close_request_id": 7, "close_request_age": 125.0}, False,
+         "close request 7 sent, waiting 2 min"),  # back below critical, the request still open
         ({"level": "warning", "auto_close": "off"}, False, "auto-close is off for it: events only"),
         ({"close_request_id": 7, "close_request_age": 125.0}, True,
          "close request 7 sent, waiting 2 min"),

@@ -81,8 +81,11 @@ function stale(since) {
 }
 
 let failingSince = null;
+let refreshing = false;
 
 async function refresh() {
+  if (refreshing) return;  // one at a time: a slow answer is not piled on
+  refreshing = true;
   try {
     const response = await fetch("/?partial=1", { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
@@ -92,6 +95,8 @@ async function refresh() {
   } catch (e) {
     failingSince = failingSince || new Date().toLocaleTimeString();
     stale(failingSince);  // the next refresh tries again
+  } finally {
+    refreshing = false;
   }
 }
 
