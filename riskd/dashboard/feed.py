@@ -4,6 +4,8 @@ A notification is only a hint (I4): on one, and on a timer (a NOTIFY skipped und
 one lost while reconnecting), the feed reads the events and alerts after its cursor once and
 hands each to every subscriber. A browser that lost the stream comes back with the cursor of
 the last message it had (Last-Event-ID) and is first given what it missed, from the tables.
+Rows commit in another order than their ids: at a gap below a row it has, the feed waits a
+moment (GAP_WAIT) for the row missing, so that its cursor does not pass it for good.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from riskd.dashboard import reads
-from riskd.dashboard.present import Cursor
+from riskd.dashboard.present import Cursor, settled
 from riskd.errors import reason
 from riskd.sqlfiles import EVENTS_CHANNEL, query
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 POLL = 2.0  # seconds: reads on this timer too, whatever the notifications say
 RECONNECT = 2.0
+GAP_WAIT = 3.0  # seconds the feed waits for a row missing below one it has (present.settled)
 QUEUE = 1000  # messages a slow browser may fall behind before it is cut off (it reconnects)
 
 Message = tuple[dict[str, Any], Cursor]
@@ -39,6 +43,7 @@ class Feed:
         self.subscribers: set[Subscription] = set()
         self.listening = False
         self.closed = False
+        self._gaps: dict[str, dict[int, float]] = {"event": {}, "alert": {}}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
@@ -69,12 +74,24 @@ class Feed:
     async def _read(self, conn: psycopg.AsyncConnection[Any]) -> None:
         assert self.cursor is not None
         while True:
-            rows = await reads.feed_rows(conn, self.cursor)
-            for message, cursor in rows:
+            events, alerts = await reads.feed_tables(conn, self.cursor)
+            full = max(len(events), len(alerts)) >= reads.FEED_BATCH
+            now = time.monotonic()
+            # what may have a row still to commit below it waits a moment (present.settled)
+            take_events = settled(
+                self.cursor.event_id, [r["id"] for r in events], self._gaps["event"], now, GAP_WAIT
+            )
+            take_alerts = settled(
+                self.cursor.alert_id, [r["id"] for r in alerts], self._gaps["alert"], now, GAP_WAIT
+            )
+            held = take_events < len(events) or take_alerts < len(alerts)
+            for message, cursor in reads.feed_merge(
+                self.cursor, events[:take_events], alerts[:take_alerts]
+            ):
                 self.cursor = cursor
                 self._publish((message, cursor))
-            if len(rows) < reads.FEED_BATCH:
-                return
+            if held or not full:
+                return  # the held ones at the next read (on a hint, or POLL seconds on)
 
     def _publish(self, message: Message) -> None:
         for subscription in list(self.subscribers):

@@ -151,6 +151,24 @@ class Cursor:
         return row_id <= (self.event_id if kind == "event" else self.alert_id)
 
 
+def settled(after: int, ids: list[int], gaps: dict[int, float], now: float, wait: float) -> int:
+    """How many of ``ids`` (ascending, each after ``after``) the feed may hand on now: up to
+    the first gap in the sequence younger than ``wait`` seconds. An id is taken when its row
+    is inserted, and rows commit in any order: a gap may be a transaction still under way,
+    whose row would come in below a cursor already past it (and so never be sent), or a
+    value rolled back, which never comes. ``gaps`` remembers when each gap (the id missing)
+    was first seen; it is kept up to date."""
+    expected, taken = after + 1, 0
+    for row_id in ids:
+        if row_id != expected and now - gaps.setdefault(expected, now) < wait:
+            break
+        taken += 1
+        expected = row_id + 1
+    for gap in [g for g in gaps if g < expected]:  # passed: come in, or given up on
+        del gaps[gap]
+    return taken
+
+
 def json_default(value: object) -> object:
     if isinstance(value, Decimal):
         return str(value)

@@ -240,13 +240,28 @@ def instance_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+Rows = list[dict[str, Any]]
+
+
 async def feed_rows(
     conn: psycopg.AsyncConnection[Any], cursor: Cursor, limit: int = FEED_BATCH
 ) -> list[tuple[dict[str, Any], Cursor]]:
     """The events and alerts after ``cursor``, oldest first (by time), each with the cursor
     after it."""
+    return feed_merge(cursor, *await feed_tables(conn, cursor, limit))
+
+
+async def feed_tables(
+    conn: psycopg.AsyncConnection[Any], cursor: Cursor, limit: int = FEED_BATCH
+) -> tuple[Rows, Rows]:
+    """The events after ``cursor``, and its alerts, each by id (at most ``limit`` of each)."""
     events = await _rows(conn, _q("feed_events"), {"after": cursor.event_id, "limit": limit})
     alerts = await _rows(conn, _q("feed_alerts"), {"after": cursor.alert_id, "limit": limit})
+    return events, alerts
+
+
+def feed_merge(cursor: Cursor, events: Rows, alerts: Rows) -> list[tuple[dict[str, Any], Cursor]]:
+    """Events and alerts as messages, oldest first (by time), each with the cursor after it."""
     tagged = [("event", r) for r in events] + [("alert", r) for r in alerts]
     tagged.sort(key=lambda t: (t[1]["created_at"], t[0] == "event", t[1]["id"]))
     out: list[tuple[dict[str, Any], Cursor]] = []

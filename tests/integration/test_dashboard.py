@@ -410,6 +410,32 @@ def test_pages_asking_together_share_one_read_of_the_overview(db: Db, serve: Ser
                "a read once the shared one is older than its time")  # fmt: skip
 
 
+def test_an_event_committed_after_a_later_one_still_reaches_the_stream(
+    db: Db, serve: Serve
+) -> None:
+    """Two instances check at once: the event that took the lower id commits last. The feed
+    waits for it (a moment) instead of moving its cursor past it for good."""
+    dashboard = serve()
+    feed = dashboard.server.config.app.state.feed  # type: ignore[attr-defined]
+    settings = rails_settings(db)
+    ids = book(db, [85, 86])  # warnings: no close, so no lock between the two checks
+    stream = Stream(dashboard)
+    slow, quick = checker(db, settings), checker(db, settings)
+    try:
+        stream.next_hello()
+        with slow.transaction():
+            check(slow, settings, ids[:1])  # event 1, not committed yet
+            check(quick, settings, ids[1:])  # event 2, committed
+            wait_until(lambda: feed._gaps["event"], 10, "the feed to see event 2 past a gap")
+            assert feed.cursor.event_id == 0  # event 2 held: event 1 may still come
+        got = {stream.next()["data"]["account_id"], stream.next()["data"]["account_id"]}
+        assert got == {"a0", "a1"}
+    finally:
+        stream.close()
+        slow.close()
+        quick.close()
+
+
 def test_a_cursor_from_another_database_goes_on_from_now(db: Db, serve: Serve) -> None:
     """A tab left open across two demos comes back with a cursor this database never had:
     it is given what happens from now on, not nothing."""

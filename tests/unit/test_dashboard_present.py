@@ -22,6 +22,7 @@ from riskd.dashboard.present import (
     pct,
     points,
     rate,
+    settled,
     signed,
     sse,
     trouble_action,
@@ -181,3 +182,16 @@ def test_what_is_forgotten_while_it_is_read_is_read_again() -> None:
 
     value, reads = asyncio.run(scenario())
     assert value is True and reads == 2
+
+
+def test_the_feed_waits_a_moment_at_a_gap_in_the_ids_then_goes_on() -> None:
+    gaps: dict[int, float] = {}
+    assert settled(4, [5, 6, 7], gaps, now=100.0, wait=3.0) == 3 and gaps == {}
+    # 8 missing: 9 and 10 wait, the gap remembered from when it was first seen
+    assert settled(7, [9, 10], gaps, now=100.0, wait=3.0) == 0 and gaps == {8: 100.0}
+    assert settled(7, [9, 10], gaps, now=102.0, wait=3.0) == 0 and gaps == {8: 100.0}
+    # 8 committed: all three go, the gap forgotten
+    assert settled(7, [8, 9, 10], gaps, now=102.5, wait=3.0) == 3 and gaps == {}
+    # a gap that never fills (a rolled-back id) is given up on after the wait
+    assert settled(10, [12], gaps, now=200.0, wait=3.0) == 0
+    assert settled(10, [12, 14], gaps, now=203.0, wait=3.0) == 1 and gaps == {13: 203.0}
