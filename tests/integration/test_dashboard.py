@@ -63,13 +63,15 @@ def serve(db: Db) -> Iterator[Serve]:
         dashboard = Dashboard(f"http://127.0.0.1:{port}", server)
 
         def up() -> bool:
+            """Its feed listening; or, with ``ready=False``, answering at all (a database
+            without riskd, or none)."""
             try:
                 health = dashboard.get("/healthz").json()
             except httpx.HTTPError:
                 return False
-            return health.get("feed") is True or (not ready and "installed" in health)
+            return health.get("feed") is True or not ready
 
-        wait_until(up, 20, "the dashboard to answer, its feed listening")
+        wait_until(up, 20, "the dashboard to answer")
         return dashboard
 
     yield start
@@ -474,7 +476,7 @@ def dashboard_down(dashboard: Dashboard) -> bool:
 
 
 def test_a_database_that_does_not_answer_gives_a_503_page_not_a_500(
-    db: Db, monkeypatch: pytest.MonkeyPatch
+    db: Db, serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No database behind the dashboard (down, or every connection busy): within WAIT seconds
     each page says so, with a 503 the open page's refresh turns into its stale note."""
@@ -483,33 +485,10 @@ def test_a_database_that_does_not_answer_gives_a_503_page_not_a_500(
     settings = dataclasses.replace(
         db.settings, database=dataclasses.replace(db.settings.database, dsn=gone)
     )
-    dashboard = serve_unready(settings)
-    try:
-        for path in ("/", "/?partial=1", "/accounts/a0"):
-            answer = dashboard.get(path)
-            assert answer.status_code == 503, path
-            assert "The dashboard cannot read the database" in answer.text
-        api = dashboard.get("/api/overview")
-        assert api.status_code == 503 and api.json()["error"]
-    finally:
-        dashboard.server.stop()
-
-
-def serve_unready(settings: Settings) -> Dashboard:
-    """The dashboard on a free port whatever its database says: up when it answers at all."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(Options(settings)), host="127.0.0.1", port=port, log_level="critical"
-    )
-    server = Server(config)
-    threading.Thread(target=server.run, daemon=True).start()
-    dashboard = Dashboard(f"http://127.0.0.1:{port}", server)
-
-    def answers() -> bool:
-        try:
-            return dashboard.get("/healthz").status_code in (200, 503)
-        except httpx.HTTPError:
-            return False
-
-    wait_until(answers, 20, "the dashboard to answer")
-    return dashboard
+    dashboard = serve(settings, ready=False)
+    for path in ("/", "/?partial=1", "/accounts/a0"):
+        answer = dashboard.get(path)
+        assert answer.status_code == 503, path
+        assert "The dashboard cannot read the database" in answer.text
+    api = dashboard.get("/api/overview")
+    assert api.status_code == 503 and api.json()["error"]
