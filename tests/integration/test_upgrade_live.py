@@ -208,12 +208,19 @@ def test_upgrade_from_riskd_0_1_0_with_its_daemon_running_and_trading_going_on(
                 "the breach made during the upgrade to be caught",
             )
 
-            # every account traded is checked after its last write
+            # every account traded has the figures of its last write recorded (by its figures:
+            # checked_at is the check's start, which may precede a write its read then saw)
             def unchecked() -> list[str]:
-                rows = dict(
-                    db.conn.execute("SELECT account_id, checked_at FROM riskd.account_state")
-                )
-                return [a for a, t in last_write.items() if a not in rows or rows[a] < t]
+                rows = db.conn.execute(
+                    "SELECT a.id FROM trading_accounts AS a"
+                    ' JOIN positions AS p ON p."tradingAccountId" = a.id'
+                    ' JOIN instruments AS i ON i.id = p."instrumentId"'
+                    " LEFT JOIN riskd.account_state AS s ON s.account_id = a.id"
+                    " WHERE a.id = ANY(%s) AND (s.account_id IS NULL OR s.equity <> a.balance"
+                    '   OR s.used_margin <> abs(p.quantity) * i.price * i."marginRate")',
+                    (list(last_write),),
+                ).fetchall()
+                return [r[0] for r in rows]
 
             wait_until(lambda: unchecked() == [], 30, "every traded account to be checked")
 
